@@ -1,0 +1,44 @@
+"""``reparametrize``: turn a trained multi-branch model into its plain deploy model."""
+
+import keras
+
+from repq.layers.base import RepConvBlock
+
+
+def _copy_layer(layer):
+    """A fresh, independent copy of a non-rep layer, with its weights."""
+    clone = layer.__class__.from_config(layer.get_config())
+    build_config = layer.get_build_config() if layer.built else None
+    if build_config:
+        clone.build_from_config(build_config)
+        clone.set_weights(layer.get_weights())
+    return clone
+
+
+def _deploy_clone(layer):
+    if isinstance(layer, RepConvBlock):
+        return layer.deploy_layer()
+    return _copy_layer(layer)
+
+
+def reparametrize(model):
+    """Return a copy of ``model`` with every rep block replaced by one convolution.
+
+    Works on functional and sequential models, including models nested inside
+    them; non-rep layers are copied with their weights, so the result shares no
+    state with ``model``. In inference mode the result computes the same
+    outputs as ``model`` (up to float rounding).
+
+    Raises:
+      TypeError: for subclassed models, whose graph cannot be rebuilt; wrap the
+        blocks in a functional model instead.
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"reparametrize needs a keras.Model, got {type(model).__name__}.")
+    try:
+        return keras.models.clone_model(model, clone_function=_deploy_clone, recursive=True)
+    except ValueError as err:
+        if "Functional" in str(err) or "Sequential" in str(err):
+            raise TypeError(f"reparametrize needs a functional or Sequential model, got the subclassed "
+                            f"{type(model).__name__}; build it with the functional API.") from err
+        raise
