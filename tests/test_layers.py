@@ -1,0 +1,244 @@
+"""Rep blocks: exact merge, gradients, BN estimation and serialization."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras import ops
+
+import keras
+import repq
+from repq.layers import (ACBlock, ConvBN, ECBlock, OREPABlock, OREPALargeConv, PaddedConv2D,
+                         RepVGGBlock)
+from repq.layers.norm_stats import estimate_output_moments
+from repq.layers.orepa import frequency_prior
+from tests.conftest import randomize_norms, rel_max_error
+
+TOL = 1e-4  # max abs error relative to the output scale
+
+# (name, factory, input channels): stride 1/2, channel changes, groups, identities.
+BLOCKS = [
+    ("repvgg_identity", lambda: RepVGGBlock(8), 8),
+    ("repvgg_stride2_widen", lambda: RepVGGBlock(12, strides=2), 8),
+    ("repvgg_groups", lambda: RepVGGBlock(8, groups=4), 8),
+    ("acb_stride1", lambda: ACBlock(6, activation="relu"), 4),
+    ("acb_stride2", lambda: ACBlock(8, strides=2), 4),
+    ("acb_5x5", lambda: ACBlock(8, 5, strides=2, gamma_init=1 / 3), 4),
+    ("orepa_stride1", lambda: OREPABlock(8, activation="relu"), 8),
+    ("orepa_stride2", lambda: OREPABlock(6, strides=2), 4),
+    ("orepa_large7", lambda: OREPALargeConv(8, 7, strides=2, activation="relu"), 3),
+    ("ecb_prelu", lambda: ECBlock(8), 4),
+    ("ecb_identity", lambda: ECBlock(8, with_identity=True), 8),
+    ("ecb_linear_narrow", lambda: ECBlock(4, depth_multiplier=2.0, activation=None), 8),
+    ("convbn_depthwise_s2", lambda: ConvBN(8, 3, strides=2, groups=8, activation="relu6"), 8),
+    ("convbn_1x1_s2", lambda: ConvBN(8, 1, strides=2), 4),
+]
+IDS = [b[0] for b in BLOCKS]
+
+
+def built_block(factory, cin, seed=0):
+    block = factory()
+    x = np.random.default_rng(seed).normal(size=(2, 9, 11, cin)).astype("float32")
+    block(x, training=True)  # one training step's forward: builds and moves BN stats
+    randomize_norms(block, seed)
+    return block
+
+
+def randomize_ecb_scales(block, seed=0):
+    """ECB's edge scales start at ~1e-3; make the edge branches matter in the test."""
+    rng = np.random.default_rng(seed)
+    for var in block.trainable_variables:
+        if "scale" in var.path or var.path.endswith("_bias"):
+            var.assign(rng.normal(0, 0.5, var.shape))
+
+
+@pytest.mark.parametrize("name,factory,cin", BLOCKS, ids=IDS)
+@pytest.mark.parametrize("shape", [(1, 7, 7), (3, 10, 13)], ids=["b1_odd", "b3_even"])
+def test_deploy_equals_multi_branch(name, factory, cin, shape):
+    block = built_block(factory, cin)
+    if isinstance(block, ECBlock):
+        randomize_ecb_scales(block)
+    x = np.random.default_rng(1).normal(size=(*shape, cin)).astype("float32")
+    multi = ops.convert_to_numpy(block(x, training=False))
+    kernel, bias = block.merged_kernel_and_bias()
+    assert tuple(kernel.shape) == (block.kernel_size, block.kernel_size, cin // block.groups, block.filters)
+    deployed = block.deploy_layer()
+    assert isinstance(deployed, (PaddedConv2D, keras.Sequential))
+    assert rel_max_error(multi, deployed(x)) < TOL
+
+
+def test_repvgg_merge_matches_numpy_reference():
+    """Independent check: fold each branch in numpy and add the padded kernels by hand."""
+    block = built_block(lambda: RepVGGBlock(4), 4)
+    kernel, bias = (ops.convert_to_numpy(t) for t in block.merged_kernel_and_bias())
+    ref_k, ref_b = np.zeros((3, 3, 4, 4), np.float32), np.zeros(4, np.float32)
+    branch = {"bn_3x3": ops.convert_to_numpy(block.kernel_3x3), "bn_1x1": np.zeros((3, 3, 4, 4), np.float32),
+              "bn_identity": np.zeros((3, 3, 4, 4), np.float32)}
+    branch["bn_1x1"][1, 1] = ops.convert_to_numpy(block.kernel_1x1)[0, 0]
+    branch["bn_identity"][1, 1] = np.eye(4)
+    for norm in block.norms:
+        g, b, m, v = (ops.convert_to_numpy(w) for w in (norm.gamma, norm.beta, norm.moving_mean, norm.moving_variance))
+        t = g / np.sqrt(v + 1e-5)
+        ref_k += branch[norm.name] * t
+        ref_b += b - m * t
+    np.testing.assert_allclose(kernel, ref_k, atol=1e-6)
+    np.testing.assert_allclose(bias, ref_b, atol=1e-6)
+
+
+def test_orepa_kernel_matches_numpy_reference():
+    """The generated OREPA kernel against the six branch formulas written with loops."""
+    block = built_block(lambda: OREPABlock(4), 3)
+    gen = block.generator
+    rng = np.random.default_rng(3)
+    for var in gen.trainable_variables:  # non-trivial values everywhere (idconv1 starts at 0)
+        var.assign(rng.normal(size=var.shape))
+    v = {w.name: ops.convert_to_numpy(w) for w in gen.weights}
+    k, cin, cout = 3, 3, 4
+    ref = np.zeros((k, k, cin, cout))
+    for o in range(cout):
+        for i in range(cin):
+            for h in range(k):
+                for w in range(k):
+                    terms = [
+                        v["origin"][h, w, i, o],
+                        v["avg_conv"][i, o] / (k * k),
+                        v["pfir_conv"][i, o] * frequency_prior(cout, k)[h, w, o],
+                        sum(v["conv2"][h, w, t, o] * (v["idconv1"][t, i] + (t == i)) for t in range(cin)),
+                        v["conv_1x1"][i, o] if (h, w) == (1, 1) else 0.0,
+                        sum(v["pw"][8 * i + t, o] * v["dw"][h, w, 8 * i + t] for t in range(8)),
+                    ]
+                    ref[h, w, i, o] = sum(v["vector"][j, o] * term for j, term in enumerate(terms))
+    np.testing.assert_allclose(ops.convert_to_numpy(gen.kernel()), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_frequency_prior_matches_official_k3():
+    prior = frequency_prior(4, 3)  # half = 2: channels 0,1 vary along rows, 2,3 along columns
+    h = np.arange(3) + 0.5
+    np.testing.assert_allclose(prior[:, 0, 1], np.cos(np.pi * h * 2 / 3), atol=1e-6)
+    np.testing.assert_allclose(prior[2, :, 3], np.cos(np.pi * h * 2 / 3), atol=1e-6)
+    assert np.allclose(prior[:, :, 0], prior[:, :1, 0])  # constant along columns
+
+
+@pytest.mark.parametrize("name,factory,cin", BLOCKS, ids=IDS)
+@pytest.mark.parametrize("training", [False, True], ids=["moving_stats", "batch_stats"])
+def test_gradients_reach_every_branch_variable(name, factory, cin, training):
+    block = built_block(factory, cin)
+    for var in block.trainable_variables:  # OREPA's prior branch scale starts at exactly 0
+        if var.path.endswith("vector"):
+            var.assign(np.random.default_rng(2).uniform(0.5, 1.0, var.shape))
+    x = np.random.default_rng(2).normal(size=(2, 9, 11, cin)).astype("float32")
+    with tf.GradientTape() as tape:
+        kernel, bias = block.merged_kernel_and_bias(x, training=training)
+        loss = ops.sum(ops.square(kernel)) + ops.sum(bias * ops.arange(bias.shape[0], dtype="float32"))
+    branch_vars = [v for v in block.trainable_variables if "prelu" not in v.path]
+    grads = tape.gradient(loss, branch_vars)
+    # ECB's edge-branch 1x1 biases (``*_b0``) are connected but provably inert: the
+    # Sobel/Laplacian masks sum to zero, so a constant map contributes nothing.
+    missing = [v.path for v, g in zip(branch_vars, grads)
+               if g is None or (not np.any(ops.convert_to_numpy(g)) and not v.path.endswith("_b0"))]
+    assert not missing, f"no gradient reaches {missing}"
+
+
+def test_repq_bn_batch_statistics_fold_equals_batchnorm_training_forward():
+    """Folding with this batch's statistics equals the multi-branch block in training mode."""
+    block = built_block(lambda: RepVGGBlock(8), 8)
+    x = np.random.default_rng(4).normal(size=(4, 8, 8, 8)).astype("float32")
+    before = [ops.convert_to_numpy(n.moving_mean) for n in block.norms]
+    kernel, bias = block.merged_kernel_and_bias(x, training=True)
+    folded = ops.convert_to_numpy(block.activate(block.convolve(x, kernel) + bias))
+    after_fold = [ops.convert_to_numpy(n.moving_mean) for n in block.norms]
+    assert all(not np.allclose(a, b) for a, b in zip(before, after_fold)), "moving stats not updated"
+    reference = ops.convert_to_numpy(block(x, training=True))
+    assert rel_max_error(reference, folded) < TOL
+
+
+def test_bnest_matches_formula_and_true_statistics_on_large_maps():
+    rng = np.random.default_rng(5)
+    x = rng.normal(1.0, 2.0, size=(8, 64, 64, 6)).astype("float32")
+    kernel = rng.normal(size=(3, 3, 6, 5)).astype("float32")
+    bias = rng.normal(size=5).astype("float32")
+    mean, var = (ops.convert_to_numpy(t) for t in estimate_output_moments(x, kernel, bias))
+    ex, vx = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
+    np.testing.assert_allclose(mean, ex @ kernel.sum(axis=(0, 1)) + bias, rtol=1e-5)
+    np.testing.assert_allclose(var, vx @ np.square(kernel).sum(axis=(0, 1)), rtol=1e-5)
+    y = ops.convert_to_numpy(ops.conv(x, kernel, padding="valid")) + bias  # no border: exact regime
+    assert np.allclose(mean, y.mean(axis=(0, 1, 2)), rtol=0.02, atol=0.05 * np.abs(mean).max())
+    assert np.allclose(var, y.var(axis=(0, 1, 2)), rtol=0.05)  # i.i.d. input: within 5%
+
+
+def test_bnest_grouped_matches_per_group_computation():
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(2, 5, 5, 4)).astype("float32")
+    kernel = rng.normal(size=(3, 3, 2, 6)).astype("float32")
+    mean, var = (ops.convert_to_numpy(t) for t in estimate_output_moments(x, kernel, None, groups=2))
+    ex, vx = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
+    ks, kq = kernel.sum(axis=(0, 1)), np.square(kernel).sum(axis=(0, 1))
+    np.testing.assert_allclose(mean, np.concatenate([ex[:2] @ ks[:, :3], ex[2:] @ ks[:, 3:]]), rtol=1e-5)
+    np.testing.assert_allclose(var, np.concatenate([vx[:2] @ kq[:, :3], vx[2:] @ kq[:, 3:]]), rtol=1e-5)
+
+
+def test_bnest_block_deploys_exactly():
+    block = built_block(lambda: RepVGGBlock(8, norm_mode="bnest"), 8)
+    x = np.random.default_rng(7).normal(size=(2, 6, 6, 8)).astype("float32")
+    assert rel_max_error(block(x, training=False), block.deploy_layer()(x)) < TOL
+
+
+@pytest.mark.parametrize("name,factory,cin", BLOCKS, ids=IDS)
+def test_block_keras_file_round_trip(name, factory, cin, tmp_path):
+    inputs = keras.Input((None, None, cin))
+    model = keras.Model(inputs, factory()(inputs))
+    x = np.random.default_rng(8).normal(size=(2, 9, 9, cin)).astype("float32")
+    model(x, training=True)
+    randomize_norms(model)
+    model.save(tmp_path / "block.keras")
+    loaded = keras.models.load_model(tmp_path / "block.keras")
+    np.testing.assert_array_equal(ops.convert_to_numpy(model(x)), ops.convert_to_numpy(loaded(x)))
+    deployed = repq.reparametrize(loaded)
+    deployed.save(tmp_path / "deploy.keras")
+    reloaded = keras.models.load_model(tmp_path / "deploy.keras")
+    assert rel_max_error(model(x), reloaded(x)) < TOL
+
+
+def test_reparametrize_sequential_and_nested_models():
+    inner_in = keras.Input((8, 8, 4))
+    inner = keras.Model(inner_in, ACBlock(4, activation="relu")(inner_in), name="inner")
+    outer_in = keras.Input((8, 8, 4))
+    y = inner(RepVGGBlock(4)(outer_in))
+    outer = keras.Model(outer_in, keras.layers.GlobalAveragePooling2D()(y))
+    seq = keras.Sequential([keras.Input((8, 8, 4)), ECBlock(4), OREPABlock(4), keras.layers.Flatten()])
+    x = np.random.default_rng(9).normal(size=(2, 8, 8, 4)).astype("float32")
+    for model in (outer, seq):
+        model(x, training=True)
+        randomize_norms(model)
+        deployed = repq.reparametrize(model)
+        kinds = {type(l).__name__ for l in deployed._flatten_layers(include_self=False, recursive=True)}
+        assert not kinds & {"ACBlock", "RepVGGBlock", "ECBlock", "OREPABlock"}, kinds
+        assert rel_max_error(model(x), deployed(x)) < TOL
+    # the copy shares no variables with the original
+    ids = {id(v) for v in outer.weights}
+    assert not any(id(v) in ids for v in repq.reparametrize(outer).weights)
+
+
+def test_reparametrize_rejects_subclassed_models():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.block = RepVGGBlock(4)
+
+        def call(self, x):
+            return self.block(x)
+
+    net = Net()
+    net(np.zeros((1, 4, 4, 4), "float32"))
+    with pytest.raises(TypeError, match="functional"):
+        repq.reparametrize(net)
+
+
+def test_invalid_arguments_give_clear_errors():
+    with pytest.raises(ValueError, match="odd"):
+        ACBlock(4, kernel_size=4)
+    with pytest.raises(ValueError, match="activation"):
+        RepVGGBlock(4, activation="gelu")
+    with pytest.raises(ValueError, match="norm_mode"):
+        RepVGGBlock(4, norm_mode="ln")
+    with pytest.raises(ValueError, match="identity"):
+        RepVGGBlock(8, strides=2, use_identity=True)(np.zeros((1, 4, 4, 8), "float32"))
