@@ -2,10 +2,15 @@
 
 Grid: ``x_hat = clip(round(x / s), qmin, qmax) * s`` with zero point 0; signed
 tensors use ``[-2^(b-1), 2^(b-1)-1]``, unsigned ones ``[0, 2^b-1]``. Rounding is
-half-up (``floor(v + 0.5)``), the rounding of
-``tf.quantization.fake_quant_with_min_max_vars``: with ``min = qmin*s`` and
-``max = qmax*s`` that op computes the same grid, so export reproduces training
-(see ``export_fake_quant``).
+half-up (``floor(v + 0.5)``).
+
+The forward *value* is computed by ``tf.quantization.fake_quant_with_min_max_vars``
+(``_per_channel`` for weights) with ``min = qmin_8*s``, ``max = qmax_8*s``, after a
+clamp to ``[qmin*s, qmax*s]`` for sub-8-bit grids (``export_fake_quant``). That is
+the op the TFLite converter turns into int8 tensors, so the QAT model, its
+deploy form and the SavedModel agree bit for bit, including the float rounding
+of values that sit on a rounding tie. The gradients are LSQ's (below), attached
+with a straight-through identity.
 
 Gradients (straight-through estimator, LSQ):
   ``d x_hat / d x = 1`` inside ``[qmin*s, qmax*s]``, 0 outside;
@@ -43,13 +48,25 @@ def grad_scale(t, factor):
     return ops.stop_gradient(t - t * factor) + t * factor
 
 
-def lsq_fake_quant(x, step, qmin, qmax, grad_factor=1.0):
-    """``clip(round(x / s), qmin, qmax) * s`` with LSQ gradients for ``x`` and ``s``.
-
-    ``step`` broadcasts against ``x`` (a scalar, or ``(C,)`` for the last axis).
-    """
+def lsq_surrogate(x, step, qmin, qmax, grad_factor=1.0):
+    """``clip(round(x / s), qmin, qmax) * s`` written so autograd yields LSQ's gradients."""
     s = grad_scale(step, grad_factor)
     return ops.clip(round_ste(x / s), qmin, qmax) * s
+
+
+def lsq_fake_quant(x, step, qmin, qmax, grad_factor=1.0, per_channel=False):
+    """LSQ fake quantization: TF fake-quant value, LSQ gradients for ``x`` and ``step``.
+
+    Args:
+      x: tensor; per-channel steps apply to its last axis.
+      step: scalar, or ``(C,)`` with ``per_channel=True``.
+      qmin, qmax: the integer grid (``integer_range``).
+      grad_factor: LSQ step-gradient scale.
+    """
+    bits = int(math.log2(qmax - qmin + 1))
+    surrogate = lsq_surrogate(x, step, qmin, qmax, grad_factor)
+    value = export_fake_quant(ops.stop_gradient(x), ops.stop_gradient(step), qmin, qmax, bits, per_channel)
+    return surrogate + ops.stop_gradient(value - surrogate)
 
 
 def lsq_grad_factor(elements_per_step, qmax):
@@ -75,7 +92,7 @@ def export_fake_quant(x, step, qmin, qmax, bits, per_channel=False):
     ``[qmin*s, qmax*s]``, so the stored integers keep the ``bits``-bit range.
     """
     if bits < 8:
-        x = ops.clip(x, qmin * step, qmax * step)
+        x = ops.minimum(ops.maximum(x, qmin * step), qmax * step)
         qmin8, qmax8 = integer_range(8, qmin < 0)
     else:
         qmin8, qmax8 = qmin, qmax
@@ -123,7 +140,8 @@ class LSQQuantizer(keras.layers.Layer):
         if training:
             self.initialize_from(ops.stop_gradient(x))
         factor = lsq_grad_factor(self.elements_per_step(x.shape), self.qmax)
-        return lsq_fake_quant(x, self.positive_step(), self.qmin, self.qmax, factor)
+        return lsq_fake_quant(x, self.positive_step(), self.qmin, self.qmax, factor,
+                              per_channel=self.per_channel_axis is not None)
 
     def get_config(self):
         config = super().get_config()

@@ -16,13 +16,16 @@ def _copy_layer(layer):
 
 
 def _deploy_clone(layer):
-    if isinstance(layer, RepConvBlock):
+    if isinstance(layer, RepConvBlock) or hasattr(layer, "deploy_layer"):
         return layer.deploy_layer()
     return _copy_layer(layer)
 
 
 def reparametrize(model):
     """Return a copy of ``model`` with every rep block replaced by one convolution.
+
+    Rep blocks become :class:`PaddedConv2D`; QAT wrappers (``repq.quantize_model``)
+    become quantized convs/denses with their learned steps (``repq.qat.deploy``).
 
     Works on functional and sequential models, including models nested inside
     them; non-rep layers are copied with their weights, so the result shares no

@@ -97,6 +97,11 @@ def _split(files):
     return tuple(train), tuple(test)
 
 
+def _pairs(files, labels):
+    """{class: paths} -> (path, label) tuples with the given class -> label map."""
+    return tuple((path, labels[name]) for name, paths in files.items() for path in paths)
+
+
 @functools.lru_cache(maxsize=None)
 def scan(root):
     """List and check the images under `root` once per process -> Listing."""
@@ -114,8 +119,7 @@ def scan(root):
     if unknown:
         raise ValueError(f"{test_dir} has classes missing from {train_dir}: {unknown}")
     labels = {name: label for label, name in enumerate(train)}
-    pairs = lambda files: tuple((p, labels[c]) for c, paths in files.items() for p in paths)  # noqa: E731
-    return Listing(tuple(train), pairs(train), pairs(test))
+    return Listing(tuple(train), _pairs(train, labels), _pairs(test, labels))
 
 
 def elements(name, split, *, image_size, shuffle, augment, seed):

@@ -80,9 +80,9 @@ def _train_arrays(scale):
     """All training images flattened: (lr, hr, lr_offsets, hr_offsets, lr_shapes (N, 2))."""
     hrs = [crop_to_multiple(load_y(name), scale) for name in TRAIN_IMAGES]
     lrs = [downsample(hr, scale) for hr in hrs]
-    offsets = lambda images: np.cumsum([0] + [im.size for im in images[:-1]])  # noqa: E731
+    offsets = [np.cumsum([0] + [im.size for im in images[:-1]]) for images in (lrs, hrs)]
     return (np.concatenate([lr.ravel() for lr in lrs]), np.concatenate([hr.ravel() for hr in hrs]),
-            offsets(lrs), offsets(hrs), np.array([lr.shape for lr in lrs], np.int64))
+            *offsets, np.array([lr.shape for lr in lrs], np.int64))
 
 
 def _test_arrays(scale, size):

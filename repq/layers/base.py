@@ -184,12 +184,20 @@ class RepConvBlock(keras.layers.Layer):
     def deploy_layer(self):
         """A plain Keras layer computing this block in inference: one conv (+ act)."""
         kernel, bias = self.merged_kernel_and_bias()
-        conv = PaddedConv2D(
-            self.filters, self.kernel_size, strides=self.strides, pad=self.pad,
-            groups=self.groups, activation=self.activation if self.activation != "prelu" else None,
-            name=self.name if self.prelu is None else f"{self.name}_conv")
+        conv = PaddedConv2D(**self.deploy_conv_config())
         conv.build((None, None, None, self.in_channels))
         conv.set_weights([ops.convert_to_numpy(kernel), ops.convert_to_numpy(bias)])
+        return self.with_activation(conv)
+
+    def deploy_conv_config(self):
+        """Constructor arguments of the single deploy conv (PReLU is applied after it)."""
+        return dict(filters=self.filters, kernel_size=self.kernel_size, strides=self.strides,
+                    pad=self.pad, groups=self.groups,
+                    activation=None if self.activation == "prelu" else self.activation,
+                    name=self.name if self.prelu is None else f"{self.name}_conv")
+
+    def with_activation(self, conv):
+        """``conv`` itself, or ``Sequential([conv, PReLU])`` carrying this block's slopes."""
         if self.prelu is None:
             return conv
         prelu = keras.layers.PReLU.from_config(self.prelu.get_config())

@@ -1,0 +1,66 @@
+"""Convert an official PyTorch checkpoint into a repq ``.keras`` model.
+
+    python -m repq.convert --model repvgg_a0 --torch_checkpoint RepVGG-A0-train.pth \
+        --output repvgg_a0.keras [--num_classes N] [--input_size 224] [--deploy]
+
+Exits with status 1 and a one-line ``error: ...`` on bad input.
+"""
+
+import os
+import sys
+import tempfile
+
+from absl import app, flags
+
+from repq.convert.api import from_torch_checkpoint
+from repq.convert.networks import architecture_of
+
+flags.DEFINE_string("model", None, "repq model name, e.g. repvgg_a0, orepa_resnet18, ecbsr_m4c16_x2.")
+flags.DEFINE_string("torch_checkpoint", None, "Official checkpoint: .pth/.pt (needs torch), .npz or .safetensors.")
+flags.DEFINE_string("output", None, "Path of the .keras file to write.")
+flags.DEFINE_integer("num_classes", None, "Classifier outputs (default: the model's, 1000).")
+flags.DEFINE_integer("input_size", None, "Square input size (default: the model's; 224 for classifiers).")
+flags.DEFINE_bool("deploy", False, "Write the re-parametrized single-conv model.")
+flags.mark_flags_as_required(["model", "torch_checkpoint", "output"])
+FLAGS = flags.FLAGS
+
+
+def save_atomically(model, path):
+    """Save to a temporary file next to ``path``, then rename it into place."""
+    fd, tmp = tempfile.mkstemp(suffix=".keras", dir=os.path.dirname(os.path.abspath(path)))
+    os.close(fd)
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def convert():
+    """Build, load and save as the flags say; returns the model."""
+    if not FLAGS.output.endswith(".keras"):
+        raise ValueError(f"--output must end with .keras, got {FLAGS.output!r}.")
+    kwargs = {}
+    if FLAGS.num_classes is not None:
+        kwargs["num_classes"] = FLAGS.num_classes
+    if FLAGS.input_size is not None:
+        channels = architecture_of(FLAGS.model).input_channels
+        kwargs["input_shape"] = (FLAGS.input_size, FLAGS.input_size, channels)
+    model = from_torch_checkpoint(FLAGS.model, FLAGS.torch_checkpoint, deploy=FLAGS.deploy, **kwargs)
+    save_atomically(model, FLAGS.output)
+    return model
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        model = convert()
+    except (OSError, ValueError, ImportError) as err:
+        sys.exit(f"error: {err}")
+    print(f"wrote {FLAGS.output}: {model.name}, {model.count_params():,} parameters")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,132 @@
+"""``quantize_ptq``: post-training quantization of a (rep-block) Keras model.
+
+Pipeline: reparametrize (BN folding, rep blocks merged) -> :class:`QuantModel` -> observers
+on the calibration data -> per-unit reconstruction for the chosen method.
+"""
+
+import time
+
+import keras
+import numpy as np
+
+import repq
+from repq.ptq import mrecg
+from repq.ptq.fake_quant import affine_range
+from repq.ptq.qmodel import QuantModel
+from repq.ptq.reconstruct import ReconConfig, reconstruct_units
+from repq.ptq.units import block_units, groups_to_scheme, layer_units, merge_units, scheme_groups
+
+METHODS = ("rtn", "adaround", "brecq", "qdrop", "mrecg_modcap", "mrecg_loss")
+QDROP_PROB = 0.5
+
+
+def as_batches(calib_data, batch_size):
+    """Calibration data (array ``(N, ...)``, list of batches, or dataset of x / (x, y)) ->
+    list of equal-size numpy batches (a remainder is dropped when ``N >= batch_size``)."""
+    if isinstance(calib_data, np.ndarray):
+        parts = [calib_data]
+    else:
+        parts = [np.asarray(b[0] if isinstance(b, (tuple, list)) else b) for b in calib_data]
+    parts = [p for p in parts if p.size]
+    if not parts:
+        raise ValueError("calibration data is empty.")
+    x = np.concatenate(parts).astype(np.float32)
+    size = min(batch_size, len(x))
+    return [x[i:i + size] for i in range(0, len(x) - size + 1, size)]
+
+
+def default_lambda(model_name):
+    """AdaRound λ: 0.1 for MobileNetV2, else 0.01 (SPEC Part C §3)."""
+    return 0.1 if "mobilenet" in model_name.lower() else 0.01
+
+
+def quantize_ptq(model, calib_data, method, weight_bits=4, act_bits=4, iters=20000, batch_size=32,
+                 reg_lambda=None, scheme=None, topk=None, selection=None, stride_factor=None,
+                 baseline_losses=None, seed=0, verbose=1):
+    """Quantize ``model`` after training -> ``(quantized keras.Model, report dict)``.
+
+    Args:
+      model: functional Keras model (rep blocks are merged first; the input is not modified).
+      calib_data: calibration inputs (see :func:`as_batches`), e.g. 1024 training images.
+      method: "rtn" | "adaround" | "brecq" | "qdrop" | "mrecg_modcap" | "mrecg_loss".
+      weight_bits, act_bits: 2..8 (first/last layer and their inputs stay 8-bit).
+      iters: reconstruction steps per unit; batch_size: samples per step.
+      reg_lambda: AdaRound λ (default :func:`default_lambda`).
+      scheme: MRECG scheme (list, e.g. ``[0, (1, 2), 3]``) overriding the search.
+      topk: merges for MRECG (default ``mrecg.default_topk``).
+      selection: MRECG rule, a function ``(scores, k, allowed) -> boundaries``.
+      stride_factor: ModCap ``f(stride)`` (default ``1/stride``).
+      baseline_losses: per-unit losses of an earlier QDrop pass for ``mrecg_loss`` (skips the search).
+      seed: seeds Keras/TF/numpy and every random stream (dropping, batch sampling).
+
+    Report keys: method, bits, units, unit_losses, unit_losses_init, unit_seconds, iters_per_s,
+    scheme, search_time_s, baseline_unit_losses, ptq_time_s.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown PTQ method {method!r}; choose one of {', '.join(METHODS)}.")
+    affine_range(weight_bits), affine_range(act_bits)
+    if iters < 1:
+        raise ValueError(f"iters must be >= 1, got {iters}.")
+    batches = as_batches(calib_data, batch_size)
+    keras.utils.set_random_seed(seed)
+    start = time.perf_counter()
+    plain = repq.reparametrize(model)
+    qm = QuantModel(plain, weight_bits, act_bits, seed=seed)
+    qm.calibrate(batches)
+    lam = default_lambda(model.name) if reg_lambda is None else reg_lambda
+    report = {"method": method, "weight_bits": weight_bits, "act_bits": act_bits, "iters": iters,
+              "batch_size": batch_size, "calib_size": sum(len(b) for b in batches), "reg_lambda": lam,
+              "seed": seed, "scheme": None, "search_time_s": None, "baseline_unit_losses": None}
+    if method == "rtn":
+        report.update(units=[], unit_losses=[], unit_losses_init=[], unit_seconds=[], iters_per_s=[],
+                      ptq_time_s=time.perf_counter() - start)
+        return qm.model, report
+    config = ReconConfig(iters=iters, reg_lambda=lam, verbose=verbose,
+                         prob=QDROP_PROB if method in ("qdrop", "mrecg_modcap", "mrecg_loss") else 1.0,
+                         learn_scales=method != "adaround")
+    if method == "adaround":
+        units = layer_units(qm.graph)
+    else:
+        units = block_units(qm.graph)
+    if method.startswith("mrecg"):
+        units = _mrecg_units(qm, units, batches, config, model.name, scheme, topk, selection,
+                             stride_factor, baseline_losses, seed, report)
+    results = reconstruct_units(qm, units, batches, config, seed=seed)
+    report.update(units=[r["name"] for r in results], unit_losses=[r["loss"] for r in results],
+                  unit_losses_init=[r["loss_init"] for r in results],
+                  unit_seconds=[r["seconds"] for r in results],
+                  iters_per_s=[r["iters_per_s"] for r in results],
+                  unit_sizes=[len(u.weight_ops) for u in units],
+                  ptq_time_s=time.perf_counter() - start)
+    return qm.model, report
+
+
+def _mrecg_units(qm, units, batches, config, model_name, scheme, topk, selection, stride_factor,
+                 baseline_losses, seed, report):
+    """Merged units for MRECG (explicit scheme, ModCap or a first QDrop pass); fills the report."""
+    k = topk if topk is not None else mrecg.default_topk(model_name, len(units))
+    start = time.perf_counter()
+    if scheme is not None:
+        groups = scheme_groups(scheme, len(units))
+    elif report["method"] == "mrecg_modcap":
+        edge = {i for i, layer in qm.weight_layers.items() if layer.bits == 8 and
+                (layer.bits != report["weight_bits"])}
+        groups, caps = mrecg.modcap_groups(
+            units, lambda op: qm.weight_layers[op.index].bits, k,
+            stride_factor or mrecg.inverse_stride, selection or mrecg.select_oscillation, edge)
+        report["modcap"] = caps
+    else:
+        if baseline_losses is None:
+            snapshot = qm.model.get_weights()
+            results = reconstruct_units(qm, units, batches, config, seed=seed)
+            baseline_losses = [r["loss"] for r in results]
+            qm.model.set_weights(snapshot)
+        if len(baseline_losses) != len(units):
+            raise ValueError(f"baseline_losses has {len(baseline_losses)} entries, the model has "
+                             f"{len(units)} units.")
+        groups = mrecg.loss_groups(baseline_losses, k, selection or mrecg.select_greedy)
+        report["baseline_unit_losses"] = list(baseline_losses)
+    report["search_time_s"] = time.perf_counter() - start
+    report["scheme"] = groups_to_scheme(groups)
+    report["base_units"] = [u.name for u in units]
+    return merge_units(qm.graph, units, groups)

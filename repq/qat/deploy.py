@@ -1,0 +1,85 @@
+"""Deploy forms of QAT layers: one conv/dense with the learned quantization baked in.
+
+The kernel is stored already on its grid (``q * s``) and both the input and the
+kernel pass through TF's fake-quant ops with the learned steps
+(:func:`repq.quantizers.export_fake_quant`), which the TFLite converter turns
+into int8 tensors with exactly these scales. In Keras the layer computes the
+same values as the QAT layer in inference mode.
+"""
+
+import keras
+from keras import ops
+
+from repq.layers.padded_conv import PaddedConv2D, symmetric_pad
+from repq.quantizers import export_fake_quant, integer_range
+
+
+class QuantizedMixin:
+    """Shared state of the quantized deploy layers: steps and bit widths."""
+
+    def _init_quant(self, weight_bits, act_bits, input_signed):
+        self.weight_bits, self.act_bits, self.input_signed = weight_bits, act_bits, bool(input_signed)
+
+    def _build_quant(self, out_channels):
+        self.weight_step = self.add_weight(name="weight_step", shape=(out_channels,), trainable=False,
+                                           initializer="ones")
+        self.input_step = self.add_weight(name="input_step", shape=(), trainable=False, initializer="ones")
+
+    def quantize_input(self, x):
+        if self.act_bits is None:
+            return x
+        qmin, qmax = integer_range(self.act_bits, self.input_signed)
+        return export_fake_quant(x, self.input_step, qmin, qmax, self.act_bits)
+
+    def quantized_kernel(self):
+        qmin, qmax = integer_range(self.weight_bits, True)
+        return export_fake_quant(self.kernel, self.weight_step, qmin, qmax, self.weight_bits, per_channel=True)
+
+    def _quant_config(self, config):
+        config.update(weight_bits=self.weight_bits, act_bits=self.act_bits, input_signed=self.input_signed)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="repq")
+class QuantizedConv2D(QuantizedMixin, PaddedConv2D):
+    """``act(conv(FQ_a(pad(x)), FQ_w(kernel)) + bias)`` with learned steps (deploy form)."""
+
+    def __init__(self, filters, kernel_size, weight_bits=8, act_bits=8, input_signed=True, **kwargs):
+        super().__init__(filters, kernel_size, **kwargs)
+        self._init_quant(weight_bits, act_bits, input_signed)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_quant(self.filters)
+
+    def call(self, inputs):
+        x = symmetric_pad(self.quantize_input(inputs), self.pad)
+        y = ops.conv(x, self.quantized_kernel(), strides=self.strides, padding="valid")
+        if self.use_bias:
+            y = y + self.bias
+        return self.activation(y)
+
+    def get_config(self):
+        return self._quant_config(super().get_config())
+
+
+@keras.saving.register_keras_serializable(package="repq")
+class QuantizedDense(QuantizedMixin, keras.layers.Dense):
+    """``act(FQ_a(x) @ FQ_w(kernel) + bias)`` with learned steps (deploy form)."""
+
+    def __init__(self, units, weight_bits=8, act_bits=8, input_signed=True, **kwargs):
+        super().__init__(units, **kwargs)
+        self._init_quant(weight_bits, act_bits, input_signed)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_quant(self.units)
+
+    def call(self, inputs):
+        y = ops.matmul(self.quantize_input(inputs), self.quantized_kernel())
+        if self.use_bias:
+            y = y + self.bias
+        return self.activation(y)
+
+    def get_config(self):
+        return self._quant_config(super().get_config())

@@ -1,0 +1,153 @@
+"""QAT wrappers: fake-quantize a layer's input and its (merged) kernel, run ONE conv.
+
+``QuantRepConv`` wraps a rep block (RepQ): every call merges the live branch
+variables into one kernel (BN folded with batch statistics in training for
+RepQ-BN, estimated statistics for BNEst, moving statistics in inference),
+fake-quantizes that kernel per output channel and the input per tensor, and
+convolves once - the computation the deployed integer model performs.
+``QuantConv2D`` does the same for a plain ``Conv2D`` (the merged-LSQ baseline)
+and ``QuantDense`` for the classifier.
+"""
+
+import keras
+from keras import ops
+
+from repq.layers.padded_conv import symmetric_pad
+from repq.qat.deploy import QuantizedConv2D, QuantizedDense
+from repq.quantizers import ActivationQuantizer, WeightQuantizer
+
+
+class QuantWrapper(keras.layers.Layer):
+    """Holds the wrapped ``layer`` and its input/weight quantizers.
+
+    Args:
+      layer: the float layer whose variables are trained.
+      weight_bits, act_bits: bit widths; ``act_bits=None`` leaves the input float.
+      input_signed: whether the input grid is signed (False after a ReLU).
+    """
+
+    def __init__(self, layer, weight_bits, act_bits=None, input_signed=True, **kwargs):
+        kwargs.setdefault("name", f"quant_{layer.name}")
+        super().__init__(**kwargs)
+        self.layer = layer
+        self.weight_bits, self.act_bits, self.input_signed = weight_bits, act_bits, bool(input_signed)
+        self.weight_quantizer = WeightQuantizer(weight_bits, name="weight_quantizer")
+        self.input_quantizer = (None if act_bits is None else
+                                ActivationQuantizer(act_bits, signed=input_signed, name="input_quantizer"))
+
+    def build(self, input_shape):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        if self.input_quantizer is not None:
+            self.input_quantizer.build(input_shape)
+        kernel, _ = self.float_kernel_and_bias()
+        self.weight_quantizer.build(kernel.shape)
+        self.weight_quantizer.initialize_from(kernel)
+
+    def quantize_input(self, x, training):
+        return x if self.input_quantizer is None else self.input_quantizer(x, training=training)
+
+    def float_kernel_and_bias(self, inputs=None, training=False):
+        """The float kernel (HWIO, or (in, out) for dense) and bias the layer computes with."""
+        raise NotImplementedError
+
+    def quantized_kernel_and_bias(self, inputs=None, training=False):
+        kernel, bias = self.float_kernel_and_bias(inputs, training)
+        return self.weight_quantizer(kernel, training=training), bias
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    def deploy_layer(self):
+        """The inference form: one quantized conv/dense (:mod:`repq.qat.deploy`)."""
+        raise NotImplementedError
+
+    def _build_deployed(self, layer_cls, config, input_shape):
+        """``layer_cls(**config)`` holding the quantized kernel, the bias and the learned steps."""
+        kernel, bias = self.float_kernel_and_bias()
+        deployed = layer_cls(weight_bits=self.weight_bits, act_bits=self.act_bits,
+                             input_signed=self.input_signed, **config)
+        deployed.build(input_shape)
+        in_step = (self.input_quantizer.positive_step() if self.input_quantizer is not None
+                   else ops.ones(()))
+        deployed.set_weights([ops.convert_to_numpy(t) for t in (
+            self.weight_quantizer(kernel, training=False), bias,
+            self.weight_quantizer.positive_step(), in_step)])
+        return deployed
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(layer=keras.saving.serialize_keras_object(self.layer), weight_bits=self.weight_bits,
+                      act_bits=self.act_bits, input_signed=self.input_signed)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config["layer"] = keras.saving.deserialize_keras_object(config["layer"])
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="repq")
+class QuantRepConv(QuantWrapper):
+    """RepQ: ``act(conv(Q_a(x), Q_w(M(W_1..W_n))) + bias)`` for a :class:`RepConvBlock`."""
+
+    def float_kernel_and_bias(self, inputs=None, training=False):
+        return self.layer.merged_kernel_and_bias(inputs, training=training)
+
+    def call(self, inputs, training=False):
+        x = self.quantize_input(inputs, training)
+        kernel, bias = self.quantized_kernel_and_bias(x, training)
+        return self.layer.activate(self.layer.convolve(x, kernel) + bias)
+
+    def deploy_layer(self):
+        block = self.layer
+        conv = self._build_deployed(QuantizedConv2D, block.deploy_conv_config(),
+                                    (None, None, None, block.in_channels))
+        return block.with_activation(conv)
+
+
+@keras.saving.register_keras_serializable(package="repq")
+class QuantConv2D(QuantWrapper):
+    """Merged-LSQ baseline: LSQ on a plain (e.g. reparametrized) ``Conv2D``/``PaddedConv2D``."""
+
+    def float_kernel_and_bias(self, inputs=None, training=False):
+        bias = self.layer.bias if self.layer.use_bias else ops.zeros((self.layer.filters,))
+        return self.layer.kernel, bias
+
+    def call(self, inputs, training=False):
+        x = symmetric_pad(self.quantize_input(inputs, training), getattr(self.layer, "pad", 0))
+        kernel, bias = self.quantized_kernel_and_bias(x, training)
+        y = ops.conv(x, kernel, strides=self.layer.strides, padding=self.layer.padding,
+                     dilation_rate=self.layer.dilation_rate) + bias
+        return self.layer.activation(y)
+
+    def deploy_layer(self):
+        conv = self.layer
+        config = conv.get_config()
+        if config.pop("padding") == "same":
+            if max(conv.strides) != 1:
+                raise ValueError(f"{conv.name}: 'same' padding with stride > 1 pads asymmetrically "
+                                 "and cannot be deployed exactly; use repq.layers.PaddedConv2D.")
+            config["pad"] = conv.kernel_size[0] // 2
+        config.setdefault("pad", 0)
+        in_channels = conv.kernel.shape[-2] * conv.groups
+        return self._build_deployed(QuantizedConv2D, config, (None, None, None, in_channels))
+
+
+@keras.saving.register_keras_serializable(package="repq")
+class QuantDense(QuantWrapper):
+    """LSQ on a ``Dense`` layer: per-output-unit weight steps, per-tensor input step."""
+
+    def float_kernel_and_bias(self, inputs=None, training=False):
+        bias = self.layer.bias if self.layer.use_bias else ops.zeros((self.layer.units,))
+        return self.layer.kernel, bias
+
+    def call(self, inputs, training=False):
+        x = self.quantize_input(inputs, training)
+        kernel, bias = self.quantized_kernel_and_bias(x, training)
+        return self.layer.activation(ops.matmul(x, kernel) + bias)
+
+    def deploy_layer(self):
+        return self._build_deployed(QuantizedDense, self.layer.get_config(),
+                                    (None, self.layer.kernel.shape[0]))
+

@@ -1,0 +1,118 @@
+"""``quantize_model``: the RepQ QAT transform of a Keras model."""
+
+import keras
+
+from repq.layers.base import RepConvBlock
+from repq.qat.quant_layers import QuantConv2D, QuantDense, QuantRepConv
+from repq.qat.rules import HIGH_BITS, PrecisionRule, keep_bn_for, rule_for
+from repq.quantizers import integer_range
+from repq.reparam import _copy_layer
+
+BN_MODES = ("repq", "bnest")
+# Layers that pass the sign of their input through unchanged.
+SIGN_PRESERVING = (keras.layers.MaxPooling2D, keras.layers.GlobalAveragePooling2D,
+                   keras.layers.AveragePooling2D, keras.layers.Flatten, keras.layers.Dropout,
+                   keras.layers.ZeroPadding2D)
+
+
+def _is_quantizable(layer):
+    return isinstance(layer, (RepConvBlock, keras.layers.Conv2D, keras.layers.Dense))
+
+
+def _producer(layer):
+    """The single layer feeding ``layer`` (None for the model input or merges)."""
+    node = layer._inbound_nodes[0]
+    parents = node.parent_nodes
+    return parents[0].operation if len(parents) == 1 else None
+
+
+def _is_non_negative(layer):
+    """Whether ``layer``'s output is provably >= 0 (a ReLU at its end)."""
+    while layer is not None:
+        if isinstance(layer, keras.layers.ReLU) or getattr(layer, "activation", None) in ("relu", "relu6"):
+            return True
+        if isinstance(layer, keras.layers.Activation):
+            return layer.get_config()["activation"] in ("relu", "relu6")
+        act = getattr(layer, "activation", None)
+        if callable(act) and getattr(act, "__name__", "") in ("relu", "relu6"):
+            return True
+        if not isinstance(layer, SIGN_PRESERVING):
+            return False
+        layer = _producer(layer)
+    return False
+
+
+def _first_and_last(model):
+    quantizable = [l for l in model.layers if _is_quantizable(l)]
+    if not quantizable:
+        raise ValueError(f"model {model.name!r} has no conv, rep block or dense layer to quantize.")
+    return quantizable[0].name, quantizable[-1].name
+
+
+def quantize_model(model, weight_bits=4, act_bits=4, bn="repq", keep_bn=None, rule=None):
+    """Return a trainable QAT copy of ``model`` (RepQ).
+
+    Every rep block becomes a :class:`QuantRepConv` (merged kernel -> LSQ
+    per-channel fake-quant -> one conv on the LSQ-quantized input); plain
+    ``Conv2D`` layers become :class:`QuantConv2D` and ``Dense`` layers
+    :class:`QuantDense`. The copy shares no variables with ``model``.
+
+    Args:
+      model: functional or Sequential Keras model (e.g. from ``models.create_model``).
+      weight_bits, act_bits: 2..8.
+      bn: "repq" (RepQ-BN: branch BNs folded with batch statistics in training)
+        or "bnest" (BN estimation from input statistics).
+      keep_bn: names of rep blocks that keep true BN under "bnest" (default:
+        the zoo's choice, e.g. ResNet-18's last two 3x3 convs).
+      rule: a :class:`PrecisionRule` for 8-bit first/last layers; default by
+        model name (RepVGG: only the first layer's input 8-bit; AC-ResNet-18:
+        first layer 8-bit; OREPA-ResNet-18, ECBSR and others: first and last 8-bit).
+    """
+    integer_range(weight_bits, True)
+    integer_range(act_bits, False)
+    if bn not in BN_MODES:
+        raise ValueError(f"bn must be one of {BN_MODES}, got {bn!r}.")
+    rule = rule_for(model.name) if rule is None else rule
+    if not isinstance(rule, PrecisionRule):
+        raise TypeError(f"rule must be a PrecisionRule, got {type(rule).__name__}.")
+    keep_bn = set(keep_bn_for(model.name) if keep_bn is None else keep_bn)
+    first, last = _first_and_last(model)
+
+    def bits_for(layer):
+        w_bits, a_bits = weight_bits, act_bits
+        if layer.name == first:
+            w_bits = HIGH_BITS if rule.first_weight else w_bits
+            a_bits = HIGH_BITS if rule.first_input else a_bits
+        if layer.name == last:
+            w_bits = HIGH_BITS if rule.last_weight else w_bits
+            a_bits = HIGH_BITS if rule.last_input else a_bits
+        return w_bits, a_bits
+
+    def clone(layer):
+        if not _is_quantizable(layer):
+            return _copy_layer(layer)
+        w_bits, a_bits = bits_for(layer)
+        signed = not _is_non_negative(_producer(layer))
+        inner = _copy_layer(layer)
+        if isinstance(layer, RepConvBlock):
+            if bn == "bnest" and layer.name not in keep_bn:
+                inner.norm_mode = "bnest"
+            elif bn == "repq":
+                inner.norm_mode = "bn"
+            return QuantRepConv(inner, w_bits, a_bits, signed, name=layer.name)
+        wrapper = QuantDense if isinstance(layer, keras.layers.Dense) else QuantConv2D
+        return wrapper(inner, w_bits, a_bits, signed, name=layer.name)
+
+    try:
+        return keras.models.clone_model(model, clone_function=clone)
+    except ValueError as err:
+        if "Functional" in str(err) or "Sequential" in str(err):
+            raise TypeError("quantize_model needs a functional or Sequential model; build it with the "
+                            "functional API.") from err
+        raise
+
+
+def quantized_layers(model):
+    """The QAT wrappers of a model from :func:`quantize_model`, in layer order."""
+    from repq.qat.quant_layers import QuantWrapper
+    return [l for l in model._flatten_layers(include_self=False, recursive=True) if isinstance(l, QuantWrapper)]
