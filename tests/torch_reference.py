@@ -48,7 +48,7 @@ def become(module, name, conv):
 def switch_to_deploy(model):
     """``repvgg_model_convert``: every module with ``switch_to_deploy`` is fused in place."""
     for module in list(model.modules()):
-        if module is not model and hasattr(module, "switch_to_deploy"):
+        if hasattr(module, "switch_to_deploy"):
             module.switch_to_deploy()
     return model
 

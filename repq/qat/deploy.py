@@ -35,6 +35,15 @@ class QuantizedMixin:
         qmin, qmax = integer_range(self.weight_bits, True)
         return export_fake_quant(self.kernel, self.weight_step, qmin, qmax, self.weight_bits, per_channel=True)
 
+    # Conv2D/Dense save only kernel and bias; the learned steps must travel too.
+    def save_own_variables(self, store):
+        for i, variable in enumerate(self.weights):
+            store[str(i)] = variable
+
+    def load_own_variables(self, store):
+        for i, variable in enumerate(self.weights):
+            variable.assign(store[str(i)])
+
     def _quant_config(self, config):
         config.update(weight_bits=self.weight_bits, act_bits=self.act_bits, input_signed=self.input_signed)
         return config

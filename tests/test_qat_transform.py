@@ -1,0 +1,145 @@
+"""quantize_model: wrapping, precision rules, input signedness, deploy exactness, serialization."""
+
+import numpy as np
+import pytest
+
+import keras
+import models
+import repq
+from repq.qat import PrecisionRule, QuantDense, QuantRepConv, quantize_model, quantized_layers
+from repq.qat.deploy import QuantizedConv2D
+from repq.quantizers import integer_range
+from tests.conftest import randomize_norms
+
+
+def small(name, **kw):
+    if name.startswith("ecbsr"):
+        return models.create_model(name, input_shape=(12, 12, 1), **kw)
+    return models.create_model(name, num_classes=10, input_shape=(32, 32, 3), **kw)
+
+
+def prepared_qat(name, bits=4, bn="repq", seed=0):
+    model = small(name)
+    qat = quantize_model(model, bits, bits, bn=bn)
+    x = np.random.default_rng(seed).normal(size=(4, *model.input_shape[1:])).astype("float32")
+    qat(x, training=True)  # first batch: activation step init + BN statistics
+    randomize_norms(qat, seed)
+    return qat, x
+
+
+@pytest.mark.parametrize("name,first,last", [
+    ("repvgg_a0", (4, 8), (4, 4)),        # RepVGG: only the first layer's input is 8-bit
+    ("ac_resnet18", (8, 8), (4, 4)),      # AC-ResNet-18: first layer 8-bit
+    ("orepa_resnet18", (8, 8), (8, 8)),   # OREPA-ResNet-18: first and last fully 8-bit
+    ("ecbsr_m4c16_x2", (8, 8), (8, 8)),   # ECBSR: first and last fully 8-bit
+])
+def test_precision_rules_follow_the_seed(name, first, last):
+    layers = quantized_layers(quantize_model(small(name), 4, 4))
+    assert (layers[0].weight_bits, layers[0].act_bits) == first
+    assert (layers[-1].weight_bits, layers[-1].act_bits) == last
+    assert all((l.weight_bits, l.act_bits) == (4, 4) for l in layers[1:-1])
+
+
+def test_precision_rule_can_be_overridden():
+    rule = PrecisionRule(first_input=False, first_weight=False, last_input=False, last_weight=False)
+    layers = quantized_layers(quantize_model(small("orepa_resnet18"), 3, 3, rule=rule))
+    assert {(l.weight_bits, l.act_bits) for l in layers} == {(3, 3)}
+
+
+def test_input_grids_are_unsigned_only_after_relu():
+    layers = {l.name: l for l in quantized_layers(quantize_model(small("mobilenetv2", width_multiplier=0.5), 4, 4))}
+    assert layers["stem"].input_signed                   # normalised image
+    assert not layers["block1_0_depthwise"].input_signed  # after relu6
+    assert layers["block1_0_expand"].input_signed         # after a linear projection
+    assert not layers["classifier"].input_signed          # relu6 -> GAP -> dropout
+
+
+def test_every_conv_and_dense_is_wrapped_and_shares_nothing_with_the_fp_model():
+    fp = small("repvgg_a0")
+    qat = quantize_model(fp, 4, 4)
+    kinds = [type(l) for l in qat.layers if isinstance(l, (QuantRepConv, QuantDense))]
+    assert kinds.count(QuantRepConv) == 22 and kinds.count(QuantDense) == 1
+    fp_ids = {id(v) for v in fp.weights}
+    assert not any(id(v) in fp_ids for v in qat.weights)
+
+
+def test_bnest_mode_respects_keep_bn():
+    qat = quantize_model(small("resnet18"), 4, 4, bn="bnest")
+    modes = {l.name: l.layer.norm_mode for l in quantized_layers(qat) if isinstance(l, QuantRepConv)}
+    assert modes["stage4_block1_conv2"] == "bn" and modes["stage4_block1_conv1"] == "bn"
+    assert modes["stage1_block0_conv1"] == "bnest"
+
+
+@pytest.mark.parametrize("name", ["repvgg_a0", "ecbsr_m4c16_x2",
+                                  pytest.param("orepa_resnet18", marks=pytest.mark.slow),
+                                  pytest.param("mobilenetv2", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("bn", ["repq", "bnest"])
+def test_deploy_form_is_bit_exact_with_qat_inference(name, bn):
+    qat, x = prepared_qat(name, bn=bn)
+    deployed = repq.reparametrize(qat)
+    assert any(isinstance(l, QuantizedConv2D) for l in deployed._flatten_layers(recursive=True))
+    np.testing.assert_array_equal(np.asarray(qat(x)), np.asarray(deployed(x)))
+
+
+def test_deployed_weights_lie_on_the_learned_grid():
+    qat, _ = prepared_qat("repvgg_a0", bits=4)
+    deployed = repq.reparametrize(qat)
+    qmin, qmax = integer_range(4, True)
+    conv = deployed.get_layer("stage2_block1")
+    q = np.asarray(conv.kernel) / np.asarray(conv.weight_step)
+    np.testing.assert_allclose(q, np.round(q), atol=1e-4)
+    assert q.min() >= qmin - 1e-4 and q.max() <= qmax + 1e-4
+
+
+def test_qat_inference_equals_merge_quantize_conv_by_hand():
+    """Independent path: numpy merge of the block, LSQ grid by hand, numpy-free conv via keras ops."""
+    from keras import ops
+    qat, x = prepared_qat("repvgg_a0", bits=4)
+    wrapper = qat.get_layer("stage0")
+    block = wrapper.layer
+    kernel, bias = (np.asarray(t) for t in block.merged_kernel_and_bias())
+    s_w = np.asarray(wrapper.weight_quantizer.positive_step())
+    k_q = np.clip(np.floor(kernel / s_w + 0.5), -8, 7) * s_w
+    s_a = float(np.asarray(wrapper.input_quantizer.positive_step()))
+    x_q = np.clip(np.floor(x / s_a + 0.5), -128, 127) * s_a  # first layer input is 8-bit
+    padded = np.pad(x_q, [(0, 0), (1, 1), (1, 1), (0, 0)])
+    y_ref = np.maximum(np.asarray(ops.conv(padded, k_q, padding="valid")) + bias, 0)
+    y = np.asarray(wrapper(x, training=False))
+    assert np.abs(y - y_ref).max() <= 1e-4 * np.abs(y_ref).max()
+
+
+def test_qat_model_keras_round_trip(tmp_path):
+    qat, x = prepared_qat("ecbsr_m4c16_x2")
+    qat.save(tmp_path / "qat.keras")
+    loaded = keras.models.load_model(tmp_path / "qat.keras")
+    np.testing.assert_array_equal(np.asarray(qat(x)), np.asarray(loaded(x)))
+    deployed = repq.reparametrize(loaded)
+    deployed.save(tmp_path / "deploy.keras")
+    np.testing.assert_array_equal(np.asarray(qat(x)),
+                                  np.asarray(keras.models.load_model(tmp_path / "deploy.keras")(x)))
+
+
+def test_merged_lsq_baseline_wraps_plain_convs():
+    fp = small("repvgg_a0")
+    fp(np.zeros((2, 32, 32, 3), "float32"), training=True)
+    qat = quantize_model(repq.reparametrize(fp), 4, 4)
+    layers = quantized_layers(qat)
+    assert len(layers) == 23 and type(layers[1]).__name__ == "QuantConv2D"
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
+    qat(x, training=True)
+    np.testing.assert_array_equal(np.asarray(qat(x)), np.asarray(repq.reparametrize(qat)(x)))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(weight_bits=1), "bit width"), (dict(act_bits=9), "bit width"),
+    (dict(weight_bits=4.0), "bit width"), (dict(bn="batch"), "bn must be"),
+])
+def test_invalid_quantize_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        quantize_model(small("repvgg_a0"), **kwargs)
+
+
+def test_model_without_quantizable_layers_is_rejected():
+    inputs = keras.Input((4,))
+    with pytest.raises(ValueError, match="nothing to quantize|no conv"):
+        quantize_model(keras.Model(inputs, keras.layers.ReLU()(inputs)))
