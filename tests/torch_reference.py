@@ -389,7 +389,8 @@ class SeqConv3x3(nn.Module):
         super().__init__()
         self.type, self.cout = seq_type, cout
         if seq_type == "conv1x1-conv3x3":
-            conv0, conv1 = nn.Conv2d(cin, int(cout * depth_multiplier), 1), nn.Conv2d(int(cout * depth_multiplier), cout, 3)
+            mid = int(cout * depth_multiplier)
+            conv0, conv1 = nn.Conv2d(cin, mid, 1), nn.Conv2d(mid, cout, 3)
             self.k0, self.b0, self.k1, self.b1 = conv0.weight, conv0.bias, conv1.weight, conv1.bias
         else:
             conv0 = nn.Conv2d(cin, cout, 1)
@@ -506,7 +507,7 @@ def randomize(module, seed=0):
         t.copy_(torch.rand(t.shape, generator=gen) * (hi - lo) + lo)
 
     with torch.no_grad():
-        for name, m in module.named_modules():
+        for m in module.modules():
             if isinstance(m, nn.BatchNorm2d):
                 uniform(m.weight, 0.5, 1.5)
                 uniform(m.bias, -0.2, 0.2)

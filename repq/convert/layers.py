@@ -33,8 +33,7 @@ conv OIHW -> HWIO, linear (out, in) -> (in, out), 1x1 conv (out, in, 1, 1) ->
 import keras
 import numpy as np
 
-from repq.layers import (ACBlock, ConvBN, ECBlock, OREPABlock, OREPAKernel, OREPALargeConv,
-                         PaddedConv2D, RepVGGBlock)
+from repq.layers import ACBlock, ConvBN, ECBlock, OREPABlock, OREPAKernel, OREPALargeConv, RepVGGBlock
 from repq.layers.ecb import EDGE_MASKS
 from repq.layers.orepa import DW_EXPANSION, frequency_prior
 
@@ -82,7 +81,7 @@ def load_prelu(reader, prelu, key):
     """Keras ``PReLU(shared_axes=[1, 2])`` alpha ``(1, 1, C)`` <- ``nn.PReLU`` weight ``(C,)`` or ``(1,)``."""
     channels = prelu.alpha.shape[-1]
     shape = (1,) if reader.shape(key) == (1,) else (channels,)
-    reader.put(prelu.alpha, key, shape, lambda a: np.broadcast_to(a, (channels,)))
+    reader.put(prelu.alpha, key, shape, lambda a: np.broadcast_to(a, (1, 1, channels)))
 
 
 # -------------------------------------------------------------------- blocks
@@ -151,7 +150,7 @@ def load_ecb(block, reader):
         module = ECB_EDGE_MODULES[kind]
         load_pointwise(reader, k0, f"{module}.k0")
         load_vector(reader, b0, f"{module}.b0")
-        reader.put(scale, f"{module}.scale", (out, 1, 1, 1))
+        reader.put(scale, f"{module}.scale", (out, 1, 1, 1), lambda s: s.reshape(out))
         load_vector(reader, bias, f"{module}.bias")
         reader.check(f"{module}.mask", np.broadcast_to(EDGE_MASKS[kind], (out, 1, 3, 3)), f"{kind} mask")
     if block.prelu is not None:

@@ -3,8 +3,8 @@
 Key conventions (PyTorch module attribute paths; ``{s}`` = stage 1..4,
 ``{i}`` = block index in the stage, Keras layer names in brackets):
 
-RepVGG (``repvgg.py``): ``stage0`` [stage0], ``stage{s}.{i}`` [stage{s}_block{i}]
-  are ``RepVGGBlock``\\ s, ``linear`` [classifier]. Deploy checkpoints hold
+RepVGG (``repvgg.py``): ``stage0`` [stage0] and ``stage{s}.{i}``
+  [stage{s}_block{i}] are RepVGG blocks, ``linear`` [classifier]. Deploy checkpoints hold
   ``<block>.rbr_reparam.{weight,bias}``.
 AC-ResNet-18 (ACNet ``base_model/resnet.py`` + ``ACNetBuilder``):
   ``stage0.conv1`` = Sequential(conv, bn, relu) [stem];
@@ -173,8 +173,8 @@ class Architecture:
     """
     name: str
     entry: Callable
-    train_keys: str = None
-    deploy_keys: str = None
+    train_keys: str | None = None
+    deploy_keys: str | None = None
     input_channels: int = 3
 
 

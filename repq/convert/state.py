@@ -71,8 +71,8 @@ class StateDictReader:
             self.set(variable, value if to_keras is None else to_keras(value))
 
     def set(self, variable, value):
-        """Queue ``variable <- value`` (Keras layout)."""
-        self.updates.append((variable, np.asarray(value, np.float32).reshape(variable.shape)))
+        """Queue ``variable <- value`` (Keras layout, same shape)."""
+        self.updates.append((variable, np.asarray(value, np.float32)))
 
     def check(self, key, expected, what):
         """Verify an optional fixed buffer (a mask, an identity) equals ``expected``."""
@@ -84,7 +84,7 @@ class StateDictReader:
         """Warn (only) when a loaded buffer differs from its formula."""
         value = self.state.get(key)
         if value is not None and value.shape == np.shape(expected) and not np.allclose(value, expected, atol=1e-5):
-            warnings.warn(f"{key} differs from the {what}; loading the checkpoint's values.", stacklevel=4)
+            warnings.warn(f"{key} differs from the {what}; loading the checkpoint's values.")
 
     def commit(self, target, strict=True):
         """Raise one ``ValueError`` for all problems, else assign every queued update.

@@ -26,7 +26,7 @@ Subclass contract (shapes NHWC / HWIO):
 import keras
 from keras import ops
 
-from repq.layers.norm_stats import (estimate_output_moments, fold_norm,
+from repq.layers.norm_stats import (batch_moments, estimate_output_moments, fold_norm,
                                     update_moving_moments)
 from repq.layers.padded_conv import PaddedConv2D, symmetric_pad
 
@@ -40,8 +40,12 @@ def torch_default_init():
 
 
 def batch_norm(name):
-    """A BatchNormalization with PyTorch's constants (momentum 0.1, eps 1e-5)."""
-    return keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
+    """A BatchNormalization with PyTorch's constants (momentum 0.1, eps 1e-5).
+
+    ``synchronized=True``: under a multi-replica strategy its batch statistics
+    are those of the global batch, like RepQ-BN's and BNEst's (a no-op otherwise).
+    """
+    return keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=True, name=name)
 
 
 class RepConvBlock(keras.layers.Layer):
@@ -177,8 +181,7 @@ class RepConvBlock(keras.layers.Layer):
             return [estimate_output_moments(inputs, k, b, self.groups) if n is not None else None
                     for (k, b), n in zip(kernels, self.norms)]
         outputs = self.branch_outputs(inputs)
-        return [ops.moments(o, axes=[0, 1, 2]) if n is not None else None
-                for o, n in zip(outputs, self.norms)]
+        return [batch_moments(o) if n is not None else None for o, n in zip(outputs, self.norms)]
 
     # ---------------------------------------------------------------- deploy
     def deploy_layer(self):

@@ -4,6 +4,7 @@ Shapes: kernels HWIO ``(k, k, in/groups, out)``, per-channel vectors ``(out,)``,
 feature maps NHWC.
 """
 
+import tensorflow as tf
 from keras import ops
 
 
@@ -32,9 +33,22 @@ def update_moving_moments(norm, mean, var):
         norm.moving_variance * momentum + ops.cast(var, norm.moving_variance.dtype) * (1.0 - momentum))
 
 
+def batch_moments(x):
+    """Per-channel mean and (biased) variance of an NHWC tensor over N, H, W: ``(C,), (C,)``.
+
+    Under a ``tf.distribute`` strategy with several replicas the sums are
+    all-reduced, so every replica folds the statistics of the *global* batch.
+    """
+    return ops.moments(x, axes=[0, 1, 2], synchronized=_replicated())
+
+
+def _replicated():
+    return tf.distribute.has_strategy() and tf.distribute.get_strategy().num_replicas_in_sync > 1
+
+
 def input_moments(inputs):
-    """Per-channel mean and (biased) variance over batch, height and width: ``(C,), (C,)``."""
-    return ops.moments(inputs, axes=[0, 1, 2])
+    """Per-channel mean and variance of the input over batch, height and width: ``(C,), (C,)``."""
+    return batch_moments(inputs)
 
 
 def estimate_output_moments(inputs, kernel, bias, groups=1, moments=None):

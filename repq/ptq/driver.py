@@ -109,11 +109,9 @@ def _mrecg_units(qm, units, batches, config, model_name, scheme, topk, selection
     if scheme is not None:
         groups = scheme_groups(scheme, len(units))
     elif report["method"] == "mrecg_modcap":
-        edge = {i for i, layer in qm.weight_layers.items() if layer.bits == 8 and
-                (layer.bits != report["weight_bits"])}
         groups, caps = mrecg.modcap_groups(
             units, lambda op: qm.weight_layers[op.index].bits, k,
-            stride_factor or mrecg.inverse_stride, selection or mrecg.select_oscillation, edge)
+            stride_factor or mrecg.inverse_stride, selection or mrecg.select_oscillation, qm.edge_ops)
         report["modcap"] = caps
     else:
         if baseline_losses is None:

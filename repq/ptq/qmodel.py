@@ -217,6 +217,7 @@ class QuantModel:
       layers: op index -> layer of the quantized model.
       weight_layers: op index -> :class:`QuantWeightLayer`.
       act_quants: tensor id -> :class:`ActQuant` (tensors feeding a weight layer).
+      edge_ops: op indices of the 8-bit first and last weight layers.
       visible: tensor id -> KerasTensor in ``model`` as consumers see it (quantized if any).
     """
 
@@ -229,6 +230,7 @@ class QuantModel:
             raise TypeError(f"model {fp_model.name!r} has no Conv2D/Dense layer to quantize.")
         first = {op.index for op in weight_ops if set(op.inputs) & set(g.input_ids)} or {weight_ops[0].index}
         edge = first | {weight_ops[-1].index}
+        self.edge_ops = edge
         self.layers, self.weight_layers, self.act_quants, self.visible = {}, {}, {}, {}
         inputs = [keras.Input(t.shape[1:], name=t.name) for t in fp_model.inputs]
 

@@ -90,9 +90,8 @@ def unit_forward(qmodel, unit):
     return forward
 
 
-def evaluate_unit(qmodel, unit, cache):
-    """Mean ``L_rec`` over all cached batches in the current quantizer state."""
-    forward = tf.function(unit_forward(qmodel, unit))
+def evaluate_unit(forward, cache):
+    """Mean ``L_rec`` of ``forward`` (a unit's tf.function) over all cached batches, no dropping."""
     losses = [float(reconstruction_loss(forward([x[b] for x in cache.x_quant]), cache.target[b]))
               for b in range(cache.num_batches)]
     return float(np.mean(losses))
@@ -106,7 +105,9 @@ def reconstruct_unit(qmodel, unit, cache, config, seed=0):
     """
     weight_layers = [qmodel.weight_layers[op.index] for op in unit.weight_ops]
     quants = [qmodel.act_quants[op.output] for op in unit.ops if op.output in qmodel.act_quants]
-    loss_init = evaluate_unit(qmodel, unit, cache)
+    forward = unit_forward(qmodel, unit)
+    eval_forward = tf.function(forward)
+    loss_init = evaluate_unit(eval_forward, cache)
     for layer in weight_layers:
         layer.start_adaround()
     for quant in quants:
@@ -120,7 +121,6 @@ def reconstruct_unit(qmodel, unit, cache, config, seed=0):
         schedule = keras.optimizers.schedules.CosineDecay(config.scale_lr, config.iters, alpha=0.0)
         opt_a = keras.optimizers.Adam(schedule, epsilon=1e-8)
         opt_a.build(scales)
-    forward = unit_forward(qmodel, unit)
     seed_gen = keras.random.SeedGenerator(seed)
     warm = config.warm_up * config.iters
     drop = config.prob < 1.0
@@ -156,7 +156,7 @@ def reconstruct_unit(qmodel, unit, cache, config, seed=0):
         assert int(layer.state.numpy()) == NEAREST
     for quant in quants:
         quant.prob.assign(1.0)
-    return {"loss_init": loss_init, "loss": evaluate_unit(qmodel, unit, cache),
+    return {"loss_init": loss_init, "loss": evaluate_unit(eval_forward, cache),
             "seconds": seconds, "iters_per_s": config.iters / max(seconds, 1e-9)}
 
 

@@ -1,0 +1,71 @@
+"""Shared recipe builder: Table S1 (RepQ supplementary) fields plus the embedded defaults.
+
+A recipe is an ``ml_collections.ConfigDict``:
+
+* ``model``, ``task`` ("classification" | "super_resolution"), ``data`` (dataset name,
+  ``scale``, ``patch_size``, ``repeat_patches``, ``limit_train``/``limit_test`` examples),
+* ``fp_epochs`` and ``qat_epochs`` (Table S1: the QAT stage keeps the FP epochs),
+  ``steps_per_epoch`` (None: the whole training split), ``batch_size``,
+* ``loss`` ("ce" | "l1"), ``label_smoothing``,
+* ``optimizer`` ("sgd" | "adam"), ``momentum``, ``schedule`` ("warmup_cosine" | "cosine"
+  | "constant"), ``warmup_epochs``, ``weight_decay``, ``no_decay`` (variable kinds),
+* ``lr``: ``fp``, ``qat`` (RepQ and merged LSQ), ``merged8`` (tfmot 8-bit baseline),
+  ``step_8bit`` and ``step_4bit`` (LSQ step sizes; ``step_4bit`` for any run below 8 bits),
+* ``select_best``: keep the weights of the best validation epoch (classification) or the
+  last epoch (ECBSR).
+"""
+
+import ml_collections
+
+VARIANTS = ("imagenet", "div2k", "embedded")
+
+
+def recipe(*, model, task, dataset, epochs, batch_size, loss, label_smoothing, optimizer, schedule,
+           warmup_epochs, weight_decay, no_decay, fp_lr, qat_lr, merged8_lr, step_8bit_lr, step_4bit_lr):
+    """A recipe ConfigDict with the given Table-S1-style values (see module docstring)."""
+    config = ml_collections.ConfigDict()
+    config.model = model
+    config.task = task
+    config.data = ml_collections.ConfigDict(dict(
+        name=dataset, scale=2, patch_size=ml_collections.FieldReference(None, field_type=int),
+        repeat_patches=ml_collections.FieldReference(None, field_type=int),
+        limit_train=ml_collections.FieldReference(None, field_type=int),
+        limit_test=ml_collections.FieldReference(None, field_type=int)))
+    config.fp_epochs = epochs
+    config.qat_epochs = epochs
+    config.steps_per_epoch = ml_collections.FieldReference(None, field_type=int)
+    config.batch_size = batch_size
+    config.loss = loss
+    config.label_smoothing = label_smoothing
+    config.optimizer = optimizer
+    config.momentum = 0.9
+    config.schedule = schedule
+    config.warmup_epochs = warmup_epochs
+    config.weight_decay = weight_decay
+    config.no_decay = no_decay
+    config.lr = ml_collections.ConfigDict(dict(fp=fp_lr, qat=qat_lr, merged8=merged8_lr,
+                                               step_8bit=step_8bit_lr, step_4bit=step_4bit_lr))
+    config.select_best = task == "classification"
+    return config
+
+
+def check_variant(variant, allowed):
+    """Raise a clear error for an unknown recipe variant."""
+    if variant not in allowed:
+        raise ValueError(f"unknown recipe variant {variant!r}; choose one of: {', '.join(allowed)}.")
+
+
+def embedded_classification(config, *, fp_epochs, qat_epochs, batch_size=64, steps_per_epoch=None):
+    """Shrink a classification recipe to mnist5k on a 2-core CPU (LRs kept, shorter schedule)."""
+    config.data.name = "mnist5k"
+    config.fp_epochs, config.qat_epochs = fp_epochs, qat_epochs
+    config.batch_size = batch_size
+    config.steps_per_epoch = steps_per_epoch
+    config.warmup_epochs = min(config.warmup_epochs, 1)
+    return config
+
+# Sized for the main job (RepVGG-A0, FP + 4-bit QAT) to finish in about 10-15 minutes on a
+# 2-core CPU: 32 steps of 64 digits per epoch.
+EMBEDDED_CLASSIFICATION = dict(fp_epochs=4, qat_epochs=2, batch_size=64, steps_per_epoch=32)
+# skimage_sr: 11 training images x 64 patches = 22 steps of 32 per epoch.
+EMBEDDED_SR = dict(fp_epochs=20, qat_epochs=10)

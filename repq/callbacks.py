@@ -1,0 +1,157 @@
+"""Keras callbacks for RepQ QAT in a user's own ``model.fit``.
+
+* :class:`StepSizeInitializer` - LSQ init of every quantizer from one batch before training.
+* :class:`QuantizationLogger` - per-layer step sizes and weight quantization error to TensorBoard.
+* :class:`BestDeployCheckpoint` - keep the best merged deploy model (``repq.reparametrize``).
+"""
+
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from repq.qat import quantized_layers
+from repq.quantizers import LSQQuantizer
+from repq.reparam import reparametrize
+from repq.training.artifacts import save_model
+
+
+def _first_batch_inputs(data):
+    """``x`` of the first batch of a dataset, or ``data`` itself (an array/tensor batch)."""
+    if isinstance(data, tf.data.Dataset):
+        data = next(iter(data))
+    if isinstance(data, (tuple, list)):
+        data = data[0]
+    return data
+
+
+def initialize_step_sizes(model, data):
+    """Initialise every LSQ step of ``model`` from one batch (idempotent).
+
+    Runs ``model(x, training=True)`` once, which initialises uninitialised
+    quantizers from the tensors they see (LSQ: ``2 mean|x| / sqrt(qmax)``), then
+    restores every other non-trainable variable (BatchNorm moving statistics),
+    so the call has no side effect beyond the step sizes.
+
+    Args:
+      data: a batch ``x``, an ``(x, y)`` tuple or a ``tf.data.Dataset`` (first batch).
+    """
+    quantizer_vars = {id(v) for layer in model._flatten_layers(include_self=False)
+                      if isinstance(layer, LSQQuantizer) for v in layer.variables}
+    others = [v for v in model.non_trainable_variables if id(v) not in quantizer_vars]
+    saved = [ops.convert_to_numpy(v) for v in others]
+    model(_first_batch_inputs(data), training=True)
+    for variable, value in zip(others, saved):
+        variable.assign(value)
+
+
+class StepSizeInitializer(keras.callbacks.Callback):
+    """Initialise every LSQ step from ``data`` before the first training step.
+
+    Without it, input quantizers initialise on the first training batch inside the
+    first gradient step; with it, the steps are set before training starts (e.g. to
+    log them or to use a dedicated calibration batch).
+
+    Args:
+      data: a batch ``x``, an ``(x, y)`` tuple or a ``tf.data.Dataset`` (its first batch).
+    """
+
+    def __init__(self, data):
+        super().__init__()
+        self.data = data
+
+    def on_train_begin(self, logs=None):
+        initialize_step_sizes(self.model, self.data)
+
+
+def weight_quantization_error(wrapper):
+    """``||Q(W) - W|| / ||W||`` of a QAT wrapper's (merged, inference-mode) kernel."""
+    kernel, _ = wrapper.float_kernel_and_bias()
+    quantized = wrapper.weight_quantizer(kernel, training=False)
+    return float(ops.norm(ops.reshape(quantized - kernel, (-1,))) / ops.maximum(ops.norm(ops.reshape(kernel, (-1,))), 1e-12))
+
+
+class QuantizationLogger(keras.callbacks.Callback):
+    """Log per-layer LSQ step sizes and weight quantization error to TensorBoard.
+
+    Scalars per QAT layer ``L``: ``L/weight_step_mean`` (mean of the per-channel steps),
+    ``L/input_step`` and ``L/weight_error`` (``||Q(W) - W|| / ||W||``), plus a histogram
+    ``L/weight_steps``. Written every ``every_n_epochs`` epochs, or every
+    ``every_n_batches`` training batches if that is set.
+
+    Args:
+      log_dir: TensorBoard directory.
+      every_n_epochs: epoch interval.
+      every_n_batches: optional batch interval (overrides the epoch interval).
+    """
+
+    def __init__(self, log_dir, every_n_epochs=1, every_n_batches=None):
+        super().__init__()
+        self.log_dir, self.every_n_epochs, self.every_n_batches = log_dir, every_n_epochs, every_n_batches
+        self._writer = None
+        self._batches = 0
+
+    def on_train_begin(self, logs=None):
+        self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "quantization"))
+
+    def on_train_end(self, logs=None):
+        self._writer.close()
+
+    def log(self, step):
+        """Write the current values at TensorBoard ``step``."""
+        with self._writer.as_default():
+            for layer in quantized_layers(self.model):
+                steps = ops.convert_to_numpy(layer.weight_quantizer.positive_step())
+                tf.summary.scalar(f"{layer.name}/weight_step_mean", float(np.mean(steps)), step=step)
+                tf.summary.histogram(f"{layer.name}/weight_steps", steps, step=step)
+                tf.summary.scalar(f"{layer.name}/weight_error", weight_quantization_error(layer), step=step)
+                if layer.input_quantizer is not None:
+                    tf.summary.scalar(f"{layer.name}/input_step",
+                                      float(ops.convert_to_numpy(layer.input_quantizer.positive_step())), step=step)
+        self._writer.flush()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._batches += 1
+        if self.every_n_batches and self._batches % self.every_n_batches == 0:
+            self.log(self._batches)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.every_n_batches and (epoch + 1) % self.every_n_epochs == 0:
+            self.log(epoch + 1)
+
+
+class BestDeployCheckpoint(keras.callbacks.Callback):
+    """Save the merged deploy model (``repq.reparametrize(model)``) whenever ``monitor`` improves.
+
+    The file is written atomically (temporary file, then ``os.replace``).
+
+    Args:
+      path: ``.keras`` file.
+      monitor: a metric in the epoch logs, e.g. "val_accuracy" or "val_psnr".
+      mode: "max", "min" or "auto" (max unless the name contains "loss").
+    """
+
+    def __init__(self, path, monitor="val_accuracy", mode="auto"):
+        super().__init__()
+        if mode not in ("auto", "max", "min"):
+            raise ValueError(f"Invalid value for argument `mode`. Expected 'auto', 'max' or 'min'. Received mode={mode!r}.")
+        if mode == "auto":
+            mode = "min" if "loss" in monitor else "max"
+        self.path, self.monitor, self.mode = path, monitor, mode
+        self.best = None
+
+    def _improved(self, value):
+        if self.best is None:
+            return True
+        return value > self.best if self.mode == "max" else value < self.best
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            raise KeyError(f"BestDeployCheckpoint: metric {self.monitor!r} is not in the epoch logs "
+                           f"({sorted(logs or {})}); pass validation data or change `monitor`.")
+        if self._improved(float(value)):
+            self.best = float(value)
+            save_model(reparametrize(self.model), self.path)

@@ -1,0 +1,97 @@
+"""The export graph: the deploy model with every layer in a form TFLite quantizes exactly.
+
+``export_model(model)`` takes a QAT model (``repq.quantize_model``) or its deploy
+form (``repq.reparametrize``) and returns a flat functional model whose convs
+are ``QuantizedConv2D`` and whose dense layers are 1x1 convolutions
+(``QuantizedDenseAsConv``): the converter quantizes a FULLY_CONNECTED kernel
+per output channel only through a transpose it cannot handle, while a CONV_2D
+kernel keeps the per-channel steps of the fake-quant op.
+"""
+
+import keras
+from keras import ops
+
+from repq.export.errors import ExportError
+from repq.layers.base import RepConvBlock
+from repq.qat.deploy import QuantizedConv2D, QuantizedDense
+from repq.qat.quant_layers import QuantWrapper
+from repq.quantizers import export_fake_quant, integer_range
+from repq.reparam import reparametrize
+
+# Layers the export graph accepts besides the quantized convs/denses.
+SUPPORTED = (keras.layers.InputLayer, keras.layers.Add, keras.layers.ReLU, keras.layers.PReLU,
+             keras.layers.Activation, keras.layers.GlobalAveragePooling2D, keras.layers.MaxPooling2D,
+             keras.layers.AveragePooling2D, keras.layers.Flatten, keras.layers.Reshape,
+             keras.layers.Dropout, keras.layers.ZeroPadding2D)
+
+
+@keras.saving.register_keras_serializable(package="repq")
+class QuantizedDenseAsConv(QuantizedDense):
+    """``QuantizedDense`` on ``(B, in)`` computed as a 1x1 conv on ``(B, 1, 1, in)`` -> ``(B, units)``."""
+
+    def call(self, inputs):
+        x = ops.reshape(self.quantize_input(inputs), (-1, 1, 1, self.kernel.shape[0]))
+        qmin, qmax = integer_range(self.weight_bits, True)
+        kernel = export_fake_quant(ops.reshape(self.kernel, (1, 1, *self.kernel.shape)), self.weight_step,
+                                   qmin, qmax, self.weight_bits, per_channel=True)
+        y = ops.reshape(ops.conv(x, kernel), (-1, self.units))
+        if self.use_bias:
+            y = y + self.bias
+        return self.activation(y)
+
+
+def is_quantized(model):
+    """Whether ``model`` carries learned quantization (QAT wrappers or quantized deploy layers)."""
+    return any(isinstance(l, (QuantWrapper, QuantizedConv2D, QuantizedDense))
+               for l in model._flatten_layers(include_self=False, recursive=True))
+
+
+def _dense_as_conv(layer):
+    if len(layer.input.shape) != 2:
+        raise ExportError(f"layer {layer.name!r}: a quantized Dense on a rank-{len(layer.input.shape)} "
+                          "input cannot be exported; flatten or pool to (batch, features) first.")
+    clone = QuantizedDenseAsConv.from_config(layer.get_config())
+    clone.build(layer.input.shape)
+    clone.set_weights(layer.get_weights())
+    return clone
+
+
+def _check_supported(layer):
+    if isinstance(layer, (QuantizedConv2D, keras.Model)) or hasattr(layer, "deploy_layer"):
+        return
+    if isinstance(layer, RepConvBlock):
+        return
+    if type(layer).__name__ in ("PixelShuffleResidual", "PaddedMaxPool") or isinstance(layer, SUPPORTED):
+        return
+    raise ExportError(f"layer {layer.name!r} of type {type(layer).__name__} is not supported by the "
+                      "integer export (supported: quantized conv/dense, Add, ReLU, PReLU, pooling, "
+                      "Flatten/Reshape, PixelShuffleResidual).")
+
+
+def _check_groups(layer):
+    if isinstance(layer, QuantizedConv2D) and layer.groups != 1:
+        raise ExportError(f"layer {layer.name!r}: grouped/depthwise quantized convs (groups={layer.groups}) "
+                          "are not supported by the integer export yet.")
+
+
+def export_model(model):
+    """QAT or deploy model -> deploy model ready for conversion (dense layers as 1x1 convs).
+
+    Raises:
+      ExportError: no learned quantization, or a layer the integer export cannot express.
+    """
+    if not isinstance(model, keras.Model):
+        raise ExportError(f"expected a keras.Model, got {type(model).__name__}.")
+    if not is_quantized(model):
+        raise ExportError(f"model {model.name!r} has no quantizers: run train.py or repq.qat.quantize_model "
+                          "first (or export it as float with float_model=True).")
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        _check_supported(layer)
+    deploy = reparametrize(model) if any(isinstance(l, (QuantWrapper, RepConvBlock))
+                                         for l in model._flatten_layers(include_self=False,
+                                                                        recursive=True)) else model
+    for layer in deploy._flatten_layers(include_self=False, recursive=True):
+        _check_groups(layer)
+    return keras.models.clone_model(
+        deploy, recursive=True,
+        clone_function=lambda l: _dense_as_conv(l) if type(l) is QuantizedDense else l)

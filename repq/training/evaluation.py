@@ -1,0 +1,39 @@
+"""Evaluation: top-1 accuracy (%) for classification, PSNR-Y (dB, shave = scale) for SR."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from repq.metrics import PSNR, psnr_y
+
+TASKS = ("classification", "super_resolution")
+
+
+def training_metrics(task, scale=None):
+    """Metrics for ``model.compile``: accuracy, or :class:`repq.metrics.PSNR`."""
+    if task == "classification":
+        return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    return [PSNR(scale)]
+
+
+def evaluate(model, dataset, task, scale=None):
+    """Run ``model`` in inference on ``dataset`` of ``(x, y)`` batches.
+
+    Returns ``{"top1": %}`` (classification, y int labels) or ``{"psnr": dB}``
+    (super-resolution, y HR images in 0..255; mean of per-image PSNR-Y with a
+    ``scale``-pixel shave, ECBSR convention).
+    """
+    if task not in TASKS:
+        raise ValueError(f"Invalid value for argument `task`. Expected one of {TASKS}. Received task={task!r}.")
+    predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    values = []
+    for x, y in dataset:
+        out = predict(x)
+        if task == "classification":
+            values.append(np.argmax(out.numpy(), axis=-1) == y.numpy())
+        else:
+            values.append(psnr_y(out, y, scale).numpy())
+    values = np.concatenate(values)
+    if task == "classification":
+        return {"top1": float(100.0 * values.mean())}
+    return {"psnr": float(values.mean())}
