@@ -9,3 +9,6 @@ from repq.reparam import reparametrize  # noqa: E402
 
 __all__ = ["layers", "reparametrize"]
 __version__ = "0.1.0"
+from repq.export import ExportError, export_savedmodel, export_tflite  # noqa: E402
+
+__all__ += ["ExportError", "export_savedmodel", "export_tflite"]

@@ -102,8 +102,16 @@ def export_fake_quant(x, step, qmin, qmax, bits, per_channel=False):
     return tf.quantization.fake_quant_with_min_max_vars(x, lo, hi, num_bits=8)
 
 
+def _replicated():
+    return tf.distribute.has_strategy() and tf.distribute.get_strategy().num_replicas_in_sync > 1
+
+
 class LSQQuantizer(keras.layers.Layer):
     """Base of the weight/activation quantizers: a learnable step and its init flag.
+
+    The step is initialised (LSQ) from the first tensor seen in training, or by
+    :func:`repq.qat.calibrate`. Under a multi-replica ``tf.distribute`` strategy
+    a replica must not write the step, so there only ``calibrate`` initialises it.
 
     Args:
       bits: 2..8.
@@ -116,6 +124,7 @@ class LSQQuantizer(keras.layers.Layer):
         self.qmin, self.qmax = integer_range(bits, signed)
         self.bits, self.signed = bits, bool(signed)
         self.per_channel_axis = per_channel_axis
+        self.calibrating = False  # set by repq.qat.calibrate: initialise from the next input
 
     def build(self, input_shape):
         shape = () if self.per_channel_axis is None else (int(input_shape[self.per_channel_axis]),)
@@ -137,7 +146,7 @@ class LSQQuantizer(keras.layers.Layer):
         raise NotImplementedError
 
     def call(self, x, training=False):
-        if training:
+        if self.calibrating or (training and not _replicated()):
             self.initialize_from(ops.stop_gradient(x))
         factor = lsq_grad_factor(self.elements_per_step(x.shape), self.qmax)
         return lsq_fake_quant(x, self.positive_step(), self.qmin, self.qmax, factor,

@@ -56,10 +56,18 @@ def _dense_as_conv(layer):
     return clone
 
 
+def graph_layers(model):
+    """The layers of ``model``, nested models expanded (not the sublayers of a layer)."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from graph_layers(layer)
+        else:
+            yield layer
+
+
 def _check_supported(layer):
-    if isinstance(layer, (QuantizedConv2D, keras.Model)) or hasattr(layer, "deploy_layer"):
-        return
-    if isinstance(layer, RepConvBlock):
+    if isinstance(layer, (QuantizedConv2D, QuantizedDense)):
+        _check_groups(layer)
         return
     if type(layer).__name__ in ("PixelShuffleResidual", "PaddedMaxPool") or isinstance(layer, SUPPORTED):
         return
@@ -85,13 +93,10 @@ def export_model(model):
     if not is_quantized(model):
         raise ExportError(f"model {model.name!r} has no quantizers: run train.py or repq.qat.quantize_model "
                           "first (or export it as float with float_model=True).")
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        _check_supported(layer)
     deploy = reparametrize(model) if any(isinstance(l, (QuantWrapper, RepConvBlock))
-                                         for l in model._flatten_layers(include_self=False,
-                                                                        recursive=True)) else model
-    for layer in deploy._flatten_layers(include_self=False, recursive=True):
-        _check_groups(layer)
+                                         for l in graph_layers(model)) else model
+    for layer in graph_layers(deploy):
+        _check_supported(layer)
     return keras.models.clone_model(
         deploy, recursive=True,
         clone_function=lambda l: _dense_as_conv(l) if type(l) is QuantizedDense else l)

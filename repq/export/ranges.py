@@ -97,6 +97,11 @@ def with_range_quantizers(model):
     """
     alias = {}
     steps = _flat_steps(model, alias, [])
+    seen = set()
+    for i, (layer, *_rest) in enumerate(steps):
+        if layer.name in seen:  # nested models may repeat names (e.g. every ECB's "prelu")
+            layer.name = f"{layer.name}_{i}"
+        seen.add(layer.name)
     key = lambda t: alias.get(id(t), id(t))  # noqa: E731
     consumers = {}
     for layer, _, in_keys, _ in steps:

@@ -1,0 +1,8 @@
+"""Post-training quantization with block reconstruction: AdaRound, BRECQ, QDrop, MRECG.
+
+Entry point: :func:`quantize_ptq`; see docs/ptq.md.
+"""
+
+from repq.ptq.driver import METHODS, quantize_ptq
+
+__all__ = ["METHODS", "quantize_ptq"]

@@ -257,7 +257,9 @@ class QuantModel:
             self.layers[op.index] = layer
             args, kwargs = op.node.arguments.fill_in(self.visible)
             publish(op.output, layer(*args, **kwargs))
-        self.model = keras.Model(inputs, [self.visible[t] for t in g.output_ids],
+        outputs = [self.visible[t] for t in g.output_ids]
+        self.model = keras.Model(inputs[0] if len(inputs) == 1 else inputs,
+                                 outputs[0] if len(outputs) == 1 else outputs,
                                  name=f"{fp_model.name}_ptq")
 
     # ------------------------------------------------------------ calibration

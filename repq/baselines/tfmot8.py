@@ -1,0 +1,174 @@
+"""Merged 8-bit baseline: tfmot's default 8-bit QAT of the merged (deploy) float model.
+
+Importing ``tensorflow_model_optimization`` switches the process to legacy tf_keras, so
+it is imported lazily and this module is meant to run as its own process::
+
+  python -m repq.baselines.tfmot8 --deploy_model=RUN/merged_fp_model.keras --output=RUN/tfmot8.json \
+      --dataset=mnist5k --task=classification --epochs=2 --lr=0.001
+
+The Keras 3 deploy model (``flatten_model(repq.reparametrize(fp_model))``) is rebuilt
+layer by layer in tf_keras from its weights: ``PaddedConv2D`` -> ``ZeroPadding2D`` +
+``Conv2D('valid')``; ``Dense``, ``ReLU``, ``Add``, pooling and ``PReLU`` map to their
+tf_keras twins; ``PixelShuffleResidual`` -> a ``Lambda`` (``depth_to_space(f + lr)``).
+Every layer tfmot's default 8-bit registry supports is annotated; the rest (PReLU, the
+Lambda) stay float, as tfmot leaves them. Training: the recipe's optimizer at the
+merged-8-bit LR (SGD: cosine decay per iteration; Adam: constant), no weight decay.
+The result (``{"top1": %}`` or ``{"psnr": dB}``) is written as JSON to ``--output``.
+"""
+
+import json
+
+import tensorflow as tf
+from absl import app, flags
+
+flags.DEFINE_string("deploy_model", None, "Merged Keras 3 float model (.keras).")
+flags.DEFINE_string("output", None, "Result JSON path.")
+flags.DEFINE_string("dataset", "mnist5k", "repq.data dataset.")
+flags.DEFINE_string("data_dir", None, "tfds data_dir.")
+flags.DEFINE_string("task", "classification", "classification | super_resolution.")
+flags.DEFINE_integer("scale", 2, "SR scale.")
+flags.DEFINE_integer("patch_size", None, "SR HR patch size.")
+flags.DEFINE_integer("epochs", 1, "Training epochs.")
+flags.DEFINE_integer("steps_per_epoch", None, "Steps per epoch (None: one pass).")
+flags.DEFINE_integer("batch_size", 64, "Batch size.")
+flags.DEFINE_integer("limit", None, "Examples per split (smoke tests).")
+flags.DEFINE_float("lr", 0.001, "Learning rate (Table S1 merged 8-bit LR).")
+flags.DEFINE_string("optimizer", "sgd", "sgd | adam.")
+flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
+flags.DEFINE_integer("seed", 0, "Random seed.")
+FLAGS = flags.FLAGS
+
+
+def depth_to_space_residual(tensors, scale):
+    """``depth_to_space(features + lr, scale)``: ECBSR's output stage as a tf_keras Lambda."""
+    return tf.nn.depth_to_space(tensors[0] + tensors[1], scale)
+
+
+def _translate(layer, tf_keras):
+    """tf_keras layers (a list, applied in order) computing the Keras 3 ``layer``; None if it is an input."""
+    import keras
+
+    from repq.layers import PaddedConv2D, PixelShuffleResidual
+
+    name = layer.name
+    if isinstance(layer, keras.layers.InputLayer):
+        return None
+    if isinstance(layer, keras.layers.Conv2D):
+        pad = getattr(layer, "pad", 0)
+        out = [tf_keras.layers.ZeroPadding2D(pad, name=f"{name}_pad")] if pad else []
+        conv = tf_keras.layers.Conv2D(layer.filters, layer.kernel_size, strides=layer.strides,
+                                      padding="valid" if isinstance(layer, PaddedConv2D) else layer.padding,
+                                      groups=layer.groups, activation=keras.activations.serialize(layer.activation),
+                                      use_bias=layer.use_bias, name=name)
+        return out + [conv]
+    if isinstance(layer, keras.layers.Dense):
+        return [tf_keras.layers.Dense(layer.units, activation=keras.activations.serialize(layer.activation),
+                                      use_bias=layer.use_bias, name=name)]
+    if isinstance(layer, keras.layers.PReLU):
+        return [tf_keras.layers.PReLU(shared_axes=layer.shared_axes, name=name)]
+    if isinstance(layer, PixelShuffleResidual):
+        return [tf_keras.layers.Lambda(depth_to_space_residual, arguments={"scale": layer.scale}, name=name)]
+    if type(layer) is keras.layers.ReLU:
+        return [tf_keras.layers.ReLU(layer.max_value, layer.negative_slope, layer.threshold, name=name)]
+    if type(layer) is keras.layers.Add:
+        return [tf_keras.layers.Add(name=name)]
+    if type(layer) is keras.layers.GlobalAveragePooling2D:
+        return [tf_keras.layers.GlobalAveragePooling2D(name=name)]
+    raise ValueError(f"tfmot8: no tf_keras translation for layer {name!r} ({type(layer).__name__}).")
+
+
+def build_tf_keras_model(model, tf_keras):
+    """The tf_keras twin of a flat functional Keras 3 model, with its weights."""
+    import keras
+
+    mapping = {id(t): tf_keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t.name) for t in model.inputs}
+    inputs = [mapping[id(t)] for t in model.inputs]
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        for node in model._nodes_by_depth[depth]:
+            layers = _translate(node.operation, tf_keras)
+            if layers is None:
+                continue
+            args = [mapping[id(t)] for t in node.input_tensors]
+            out = args[0] if len(args) == 1 else args
+            for twin in layers:
+                out = twin(out)
+            if node.operation.weights:
+                layers[-1].set_weights([keras.ops.convert_to_numpy(w) for w in node.operation.weights])
+            mapping[id(node.output_tensors[0])] = out
+    return tf_keras.Model(inputs, [mapping[id(t)] for t in model.outputs][0], name=model.name)
+
+
+def quantize(model):
+    """tfmot default 8-bit QAT of every layer its registry supports."""
+    import tensorflow_model_optimization as tfmot
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+        default_8bit_quantize_registry)
+
+    registry = default_8bit_quantize_registry.Default8BitQuantizeRegistry()
+    annotate = tfmot.quantization.keras.quantize_annotate_layer
+
+    def clone(layer):
+        return annotate(layer.__class__.from_config(layer.get_config())) if registry.supports(layer) else \
+            layer.__class__.from_config(layer.get_config())
+
+    import tf_keras
+    tf_keras.__internal__.enable_unsafe_deserialization()  # clones our own in-memory Lambda (ECBSR output)
+    annotated = tf_keras.models.clone_model(model, clone_function=clone)
+    annotated.set_weights(model.get_weights())
+    return tfmot.quantization.keras.quantize_apply(annotated)
+
+
+def train_and_evaluate(q_model, tf_keras):
+    import numpy as np
+
+    from repq.data import get_dataset
+    from repq.metrics import psnr_y
+
+    kwargs = dict(data_dir=FLAGS.data_dir, seed=FLAGS.seed, limit=FLAGS.limit)
+    if FLAGS.task == "super_resolution":
+        kwargs.update(scale=FLAGS.scale, patch_size=FLAGS.patch_size)
+    train, _ = get_dataset(FLAGS.dataset, "train", FLAGS.batch_size, **kwargs)
+    test, _ = get_dataset(FLAGS.dataset, "test", FLAGS.batch_size, **kwargs)
+    steps = FLAGS.steps_per_epoch or sum(1 for _ in train)
+    if FLAGS.steps_per_epoch:
+        train = train.repeat()
+    if FLAGS.optimizer == "sgd":
+        lr = tf_keras.optimizers.schedules.CosineDecay(FLAGS.lr, max(steps * FLAGS.epochs, 1))
+        optimizer = tf_keras.optimizers.SGD(lr, momentum=FLAGS.momentum)
+    else:
+        optimizer = tf_keras.optimizers.Adam(FLAGS.lr, epsilon=1e-8)
+    if FLAGS.task == "classification":
+        loss = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    else:
+        loss = tf_keras.losses.MeanAbsoluteError()
+    q_model.compile(optimizer=optimizer, loss=loss)
+    q_model.fit(train, epochs=FLAGS.epochs, steps_per_epoch=steps, verbose=2)
+    values = []
+    for x, y in test:
+        out = q_model(x, training=False)
+        values.append(np.argmax(out.numpy(), -1) == y.numpy() if FLAGS.task == "classification"
+                      else psnr_y(out, y, FLAGS.scale).numpy())
+    values = np.concatenate(values)
+    return {"top1": float(100 * values.mean())} if FLAGS.task == "classification" else {"psnr": float(values.mean())}
+
+
+def main(argv):
+    del argv
+    import keras
+
+    import repq  # noqa: F401  (registers the repq layers for loading)
+    from repq.training.artifacts import write_json
+
+    keras.utils.set_random_seed(FLAGS.seed)
+    float_model = keras.saving.load_model(FLAGS.deploy_model, compile=False)
+    import tf_keras  # after Keras 3 is done loading
+    tf_keras.utils.set_random_seed(FLAGS.seed)
+    q_model = quantize(build_tf_keras_model(float_model, tf_keras))
+    result = train_and_evaluate(q_model, tf_keras)
+    write_json(FLAGS.output, result)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["deploy_model", "output"])
+    app.run(main)

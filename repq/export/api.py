@@ -1,0 +1,153 @@
+"""Public export API: ``export_savedmodel`` and ``export_tflite`` (with its fidelity report)."""
+
+import os
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from repq.export import convert, fidelity, ranges, tflite_graph
+from repq.export.errors import ExportError
+from repq.export.files import atomic_directory
+from repq.export.graph import export_model, graph_layers, is_quantized
+from repq.qat.deploy import QuantizedConv2D, QuantizedDense
+from repq.qat.quant_layers import QuantWrapper
+from repq.reparam import reparametrize
+
+
+def _x_batches(data):
+    """Iterable of ``x`` or ``(x, y, ...)`` batches -> list of float32 numpy x batches."""
+    if data is None:
+        return []
+    return [np.asarray(b[0] if isinstance(b, (tuple, list)) else b, np.float32) for b in data]
+
+
+def _deploy(model):
+    has_rep = any(isinstance(l, QuantWrapper) or hasattr(l, "deploy_layer") for l in graph_layers(model))
+    return reparametrize(model) if has_rep else model
+
+
+def export_savedmodel(model, path, dataset=None):
+    """Write the deploy form of ``model`` as a SavedModel (Keras ``ExportArchive``).
+
+    Endpoints (batch and, for SR models, spatial size free):
+      ``serve``: float32 input already preprocessed as in training (``repq.data``);
+      ``serve_uint8``: uint8 pixels 0..255, preprocessed with
+        ``repq.data.preprocess_images(x, dataset)`` (only when ``dataset`` is given).
+    Returns ``path``. Nothing is left at ``path`` if writing fails.
+    """
+    deploy = _deploy(model)
+    shape = (None, *deploy.inputs[0].shape[1:])
+    archive = keras.export.ExportArchive()
+    archive.track(deploy)
+    archive.add_endpoint("serve", lambda x: deploy(x, training=False),
+                         input_signature=[tf.TensorSpec(shape, tf.float32, name="image")])
+    if dataset is not None:
+        from repq.data import preprocess_images
+        archive.add_endpoint("serve_uint8", lambda x: deploy(preprocess_images(x, dataset), training=False),
+                             input_signature=[tf.TensorSpec(shape, tf.uint8, name="pixels")])
+    with atomic_directory(path) as tmp:
+        archive.write_out(tmp, verbose=False)
+    return path
+
+
+def _write_bytes(path, data):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=os.path.dirname(os.path.abspath(path)))
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def integer_tflite(model, representative_data=None, float_io=False, input_shape=None):
+    """QAT/deploy model -> (integer TFLite bytes, export graph, its output step).
+
+    ``representative_data`` (x batches) sets the 8-bit ranges of tensors without
+    learned quantization; required when the model has such tensors.
+    """
+    graph, calibrated = ranges.with_range_quantizers(export_model(model))
+    batches = _x_batches(representative_data)
+    if calibrated and not batches:
+        raise ExportError(f"{len(calibrated)} tensors (e.g. the model output) have no learned quantization; "
+                          "pass representative_data (a few batches of model inputs) to calibrate them.")
+    ranges.calibrate(graph, calibrated, batches)
+    output_fq = graph.outputs[0]._keras_history.operation
+    step = (float(output_fq.hi.numpy()) - float(output_fq.lo.numpy())) / 255.0
+    return convert.to_tflite(graph, input_shape, integer=True, float_io=float_io), graph, step
+
+
+def float_tflite(model, input_shape=None):
+    """Float32 TFLite bytes of ``model`` as it is (no merging, no quantization)."""
+    return convert.to_tflite(model, input_shape, integer=False)
+
+
+def export_tflite(model, path, representative_data=None, eval_data=None, float_io=False,
+                  input_shape=None, sr_scale=None):
+    """Write a full-integer .tflite of a QAT model and a fidelity report next to it.
+
+    Args:
+      model: QAT model (``repq.quantize_model``/train.py) or its ``repq.reparametrize`` form.
+      path: the .tflite file to write; the report goes to ``<path stem>_fidelity.{json,md}``.
+      representative_data: x batches for the tensors without learned quantization.
+      eval_data: ``(x, y)`` batches for the report (labels for classification, HR
+        images for SR); default: the representative x, without accuracy.
+      float_io: float32 input/output instead of int8.
+      input_shape: ``(H, W, C)`` for models with free spatial size (SR).
+      sr_scale: upscaling factor when ``model`` is super-resolution (report uses PSNR).
+    Returns ``(path, fidelity_report)``.
+    """
+    if not is_quantized(model):
+        raise ExportError(f"model {model.name!r} has no quantizers: run train.py or repq.qat.quantize_model "
+                          "first, or use float_tflite for a float model.")
+    data, shape = _eval_arrays(eval_data, representative_data, input_shape)
+    model_bytes, graph, out_step = integer_tflite(model, representative_data, float_io, shape)
+    _write_bytes(path, model_bytes)
+    it = tflite_graph.interpreter(model_bytes)
+    x, y = data
+    reference = np.concatenate([np.asarray(model(x[i:i + 32], training=False)) for i in range(0, len(x), 32)])
+    out = fidelity.run_tflite(it, x)
+    quant_layers = [l for l in graph_layers(graph) if isinstance(l, (QuantizedConv2D, QuantizedDense))]
+    report = dict(model=model.name, tflite=os.path.basename(path), size_bytes=os.path.getsize(path),
+                  io="float32" if float_io else "int8", ops=tflite_graph.op_names(it),
+                  **fidelity.compare(reference, out, out_step, labels=None if sr_scale else y,
+                                     scale=sr_scale, hr=y if sr_scale else None))
+    report["graph"] = fidelity.check_graph(it, quant_layers)
+    for key in ("all_convs_integer", "weights_on_grid", "scales_match_learned"):
+        report[key] = report["graph"][key]
+    fidelity.write_report(report, os.path.splitext(path)[0] + "_fidelity")
+    return path, report
+
+
+def _eval_arrays(eval_data, representative_data, input_shape):
+    """``((x, y or None), input_shape)`` for the report from the given batches."""
+    if eval_data is not None:
+        batches = [b if isinstance(b, (tuple, list)) else (b, None) for b in eval_data]
+        x = np.concatenate([np.asarray(b[0], np.float32) for b in batches])
+        y = None if batches[0][1] is None else np.concatenate([np.asarray(b[1]) for b in batches])
+    else:
+        x, y = np.concatenate(_x_batches(representative_data)), None
+    return (x, y), input_shape or (tuple(x.shape[1:]) if x.size else None)
+
+
+def export_all(model, output_dir, representative_data, eval_data=None, formats=("savedmodel", "tflite"),
+               float_io=False, dataset=None, sr_scale=None, fp_model=None):
+    """The CLI's bundle, written atomically into ``output_dir``; returns the fidelity report (or None).
+
+    ``output_dir`` gets ``saved_model/``, ``model_int8.tflite`` + ``model_int8_fidelity.{json,md}``,
+    and with ``fp_model`` the merged float ``fp_merged.tflite`` / ``fp_saved_model/``.
+    """
+    report = None
+    with atomic_directory(output_dir) as tmp:
+        if "savedmodel" in formats:
+            export_savedmodel(model, os.path.join(tmp, "saved_model"), dataset)
+            if fp_model is not None:
+                export_savedmodel(fp_model, os.path.join(tmp, "fp_saved_model"), dataset)
+        if "tflite" in formats:
+            _, report = export_tflite(model, os.path.join(tmp, "model_int8.tflite"), representative_data,
+                                      eval_data, float_io, sr_scale=sr_scale)
+            if fp_model is not None:
+                x = _x_batches(representative_data)[0]
+                _write_bytes(os.path.join(tmp, "fp_merged.tflite"),
+                             float_tflite(reparametrize(fp_model), x.shape[1:]))
+    return report

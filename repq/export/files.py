@@ -1,0 +1,54 @@
+"""Writing an export without leaving half-written output behind, and loading checkpoints."""
+
+import contextlib
+import os
+import shutil
+import tempfile
+
+import keras
+
+from repq.export.errors import ExportError
+
+RUN_DIR_FILES = ("qat_model.keras", "deploy_model.keras")
+
+
+@contextlib.contextmanager
+def atomic_directory(path):
+    """Yield a temp dir next to ``path``; on success it replaces ``path``, on error it is removed."""
+    path = os.path.abspath(path)
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    elif os.path.exists(path):
+        os.remove(path)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    """A ``.keras`` file, or a train.py run dir (``qat_model.keras``, else ``deploy_model.keras``).
+
+    Raises:
+      ExportError: missing path/file, or a file Keras cannot read.
+    """
+    import models  # noqa: F401  (registers the zoo's custom layers)
+    import repq.qat  # noqa: F401
+    if os.path.isdir(path):
+        names = [n for n in RUN_DIR_FILES if os.path.isfile(os.path.join(path, n))]
+        if not names:
+            raise ExportError(f"run directory {path!r} has none of {', '.join(RUN_DIR_FILES)}; "
+                              "run train.py first.")
+        path = os.path.join(path, names[0])
+    if not os.path.isfile(path):
+        raise ExportError(f"checkpoint {path!r} does not exist.")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as err:  # noqa: BLE001  (Keras raises many types for a bad file)
+        raise ExportError(f"cannot load checkpoint {path!r}: {type(err).__name__}: "
+                          f"{str(err).splitlines()[0] if str(err) else ''}") from err

@@ -1,0 +1,28 @@
+"""Data-driven initialisation of every quantizer's step (LSQ init) from a sample batch."""
+
+from repq.qat.transform import quantized_layers
+
+
+def calibrate(model, batch):
+    """Initialise each not-yet-initialised step of ``model`` from ``batch`` (N, H, W, C).
+
+    Runs one eager forward pass in inference mode (moving BN statistics are
+    untouched). Call it before ``fit``, in particular under a multi-replica
+    ``tf.distribute`` strategy, where the training step never writes steps.
+    Returns ``model``.
+    """
+    quantizers = []
+    for wrapper in quantized_layers(model):
+        quantizers.append(wrapper.weight_quantizer)
+        if wrapper.input_quantizer is not None:
+            quantizers.append(wrapper.input_quantizer)
+    if not quantizers:
+        raise ValueError(f"model {model.name!r} has no quantizers; create it with repq.quantize_model.")
+    for q in quantizers:
+        q.calibrating = True
+    try:
+        model(batch, training=False)
+    finally:
+        for q in quantizers:
+            q.calibrating = False
+    return model

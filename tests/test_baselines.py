@@ -1,0 +1,50 @@
+"""Baselines: merged LSQ (in process) and tfmot 8-bit (in a subprocess: tfmot flips TF to tf_keras)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import models
+import repq
+from repq.baselines import flatten_model, merged_lsq_model
+from repq.layers import PaddedConv2D
+from repq.qat import quantized_layers
+from repq.training import save_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_merged_lsq_quantizes_every_conv_of_a_prelu_model_and_deploys_exactly():
+    fp = models.create_model("ecbsr_m4c16")
+    q = merged_lsq_model(fp, 4, 4)
+    layers = quantized_layers(q)
+    assert len(layers) == 6 and all(isinstance(l.layer, PaddedConv2D) for l in layers)
+    assert (layers[0].weight_bits, layers[-1].weight_bits, layers[1].weight_bits) == (8, 8, 4)  # ECBSR rule
+    x = np.random.default_rng(0).uniform(0, 255, (2, 12, 12, 1)).astype("float32")
+    q(x, training=True)
+    np.testing.assert_array_equal(repq.reparametrize(q)(x).numpy(), q(x, training=False).numpy())
+
+
+def test_flatten_model_keeps_outputs():
+    fp = models.create_model("ecbsr_m4c16")
+    deploy = repq.reparametrize(fp)
+    x = np.random.default_rng(1).uniform(0, 255, (1, 10, 10, 1)).astype("float32")
+    np.testing.assert_allclose(flatten_model(deploy)(x).numpy(), deploy(x).numpy(), rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_tfmot8_runs_in_a_subprocess(tmp_path):
+    fp = models.create_model("ecbsr_m4c16")
+    path = str(tmp_path / "merged.keras")
+    save_model(flatten_model(repq.reparametrize(fp)), path)
+    out = tmp_path / "tfmot8.json"
+    subprocess.run([sys.executable, "-m", "repq.baselines.tfmot8", f"--deploy_model={path}", f"--output={out}",
+                    "--dataset=skimage_sr", "--task=super_resolution", "--optimizer=adam", "--limit=16",
+                    "--batch_size=8", "--lr=0.0005"], check=True, cwd=ROOT, timeout=600)
+    assert np.isfinite(json.loads(out.read_text())["psnr"])
+    assert isinstance(keras.layers.Dense(1), keras.layers.Layer)  # this process still runs Keras 3

@@ -1,0 +1,178 @@
+"""PTQ package tests: AdaRound math, QDrop, MRECG selection, ModCap, determinism, errors."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from repq.ptq import adaround, mrecg
+from repq.ptq.driver import quantize_ptq
+from repq.ptq.fake_quant import drop_mix
+from repq.ptq.graph import Graph
+from repq.ptq.qmodel import QuantModel
+from repq.ptq.reconstruct import ReconConfig, cache_unit, reconstruct_unit
+from repq.ptq.units import block_units, layer_units, parse_scheme, scheme_groups
+
+# MRECG-anon loss_distribute_all_alg.jpg, MobileNetV2 BRECQ per-unit losses (SPEC Part C §6.4).
+MBV2_BRECQ_LOSSES = [1.0, 1.5, 7.0, 4.0, 5.1, 7.4, 5.2, 7.4, 8.1, 9.4, 7.3, 10.1, 14.6, 6.7, 10.9,
+                     16.7, 10.7]
+
+
+def conv_model(seed=0):
+    """input (8x8x4) -> 3x3 conv 8 ch -> relu -> 1x1 conv 4 ch: 2 weight layers."""
+    keras.utils.set_random_seed(seed)
+    x = keras.Input((8, 8, 4))
+    y = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv")(x)
+    y = keras.layers.Conv2D(4, 1, name="head")(y)
+    return keras.Model(x, y, name="tiny")
+
+
+def residual_model():
+    x = keras.Input((8, 8, 4))
+    s = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="stem")(x)
+    y = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="b_conv1")(s)
+    y = keras.layers.Conv2D(8, 3, padding="same", name="b_conv2")(y)
+    y = keras.layers.ReLU(name="b_relu")(keras.layers.Add(name="b_add")([y, s]))
+    y = keras.layers.GlobalAveragePooling2D(name="gap")(y)
+    return keras.Model(x, keras.layers.Dense(3, name="fc")(y), name="res")
+
+
+def data(n, seed):
+    return np.random.default_rng(seed).normal(size=(n, 8, 8, 4)).astype(np.float32)
+
+
+def test_rectified_sigmoid_init_gives_fraction():
+    w = np.random.default_rng(0).normal(size=(3, 3, 2, 4)).astype(np.float32)
+    s = np.full((4,), 0.07, np.float32)
+    alpha = adaround.init_alpha(w, s)
+    r = w / s - np.floor(w / s)
+    np.testing.assert_allclose(adaround.rectified_sigmoid(alpha).numpy(), r, atol=1e-5)
+
+
+def test_beta_schedule_values():
+    values = [float(adaround.beta_schedule(t, 20000)) for t in (4000, 12000, 20000)]
+    np.testing.assert_allclose(values, [20.0, 11.0, 2.0], atol=1e-4)
+    assert float(adaround.beta_schedule(1, 20000)) == 20.0
+
+
+def test_qdrop_mask_rate():
+    xq, xf = tf.zeros((200, 100)), tf.ones((200, 100))
+    mixed = drop_mix(xq, xf, 0.5, keras.random.SeedGenerator(1)).numpy()
+    assert abs((mixed == 0).mean() - 0.5) < 0.01  # 20000 Bernoulli(0.5): sd 0.0035
+    assert set(np.unique(mixed)) <= {0.0, 1.0}
+
+
+def _single_conv_setup(bits=3):
+    qm = QuantModel(conv_model(), bits, 8)
+    calib = [data(32, 1), data(32, 2)]
+    qm.calibrate(calib)
+    unit = layer_units(qm.graph)[0]
+    return qm, unit, calib
+
+
+def _unit_mse(qm, unit, x):
+    cache = cache_unit(qm, unit, [x], with_fp=False)
+    values = dict(zip(unit.inputs, [cache.x_quant[0][0]]))
+    y = qm.run_ops(unit.ops, values)[unit.output]
+    return float(tf.reduce_mean(tf.square(y - cache.target[0])))
+
+
+def test_adaround_beats_nearest_and_lands_on_grid():
+    qm, unit, calib = _single_conv_setup(bits=3)
+    held_out = data(64, 9)
+    qm.act_quants[unit.inputs[0]].enabled.assign(0.0)  # weights only: isolate rounding
+    mse_rtn = _unit_mse(qm, unit, held_out)
+    cache = cache_unit(qm, unit, calib, with_fp=False)
+    reconstruct_unit(qm, unit, cache, ReconConfig(iters=300, learn_scales=False, verbose=0))
+    mse_ada = _unit_mse(qm, unit, held_out)
+    assert mse_ada < mse_rtn
+    layer = qm.weight_layers[unit.weight_ops[0].index]
+    codes = layer.integer_kernel()
+    np.testing.assert_allclose(codes, np.round(codes), atol=1e-3)
+    assert codes.min() >= layer.qmin - 1e-3 and codes.max() <= layer.qmax + 1e-3
+
+
+def test_block_units_resnet_like():
+    units = block_units(Graph(residual_model()))
+    assert [[op.name for op in u.ops if op.has_weights] for u in units] == [
+        ["stem"], ["b_conv1", "b_conv2"], ["fc"]]
+    assert [op.name for op in units[1].ops][-2:] == ["b_relu", "gap"]
+
+
+def test_mrecg_oscillation_rule_on_mbv2_losses():
+    boundaries = mrecg.select_oscillation(MBV2_BRECQ_LOSSES, k=7)
+    assert boundaries == [2, 5, 9, 12, 15]
+
+
+def test_mrecg_greedy_rule_reproduces_released_mbv2_scheme():
+    groups = mrecg.loss_groups(MBV2_BRECQ_LOSSES, k=7)  # U1..U17 (U18, the head, is not plotted)
+    merged = [g for g in groups if len(g) > 1]
+    assert merged == [[2, 3], [5, 6], [8, 9, 10], [11, 12, 13], [15, 16]]
+    assert groups + [[17]] == scheme_groups(mrecg.RELEASED_SCHEMES["mobilenetv2"], 18)
+
+
+def test_scheme_parsing():
+    assert parse_scheme("0,(1,2),3") == [0, (1, 2), 3]
+    assert scheme_groups(parse_scheme("0,(1,2),3"), 4) == [[0], [1, 2], [3]]
+    with pytest.raises(ValueError):
+        scheme_groups([0, (1, 2)], 4)
+
+
+def test_modcap_by_hand():
+    graph = Graph(residual_model())
+    unit = block_units(graph)[1]
+    by_hand = (3 * 3 * 8 * 8 * 4 + 3 * 3 * 8 * 8 * 4) * 1.0  # two 3x3 8->8 convs, 4 bits, stride 1
+    assert mrecg.modcap(unit, lambda op: 4) == pytest.approx(by_hand)
+    half = mrecg.modcap(unit, lambda op: 4, stride_factor=lambda s: 0.5)
+    assert half == pytest.approx(by_hand / 2)
+
+
+def test_modcap_selection_resnet18_released_scheme():
+    """ModCap (f = 1/stride) on ResNet-18 selects the released merges (stage1->2, stage2->3)."""
+    import models
+    import repq
+
+    model = repq.reparametrize(models.create_model("resnet18", num_classes=10, input_shape=(32, 32, 3)))
+    qm = QuantModel(model, 4, 4)
+    units = block_units(qm.graph)
+    groups, _ = mrecg.modcap_groups(units, lambda op: qm.weight_layers[op.index].bits, 2,
+                                    edge_ops=qm.edge_ops)
+    assert groups == scheme_groups(mrecg.RELEASED_SCHEMES["resnet18"], 10)
+
+
+def test_quantize_ptq_deterministic_and_on_grid():
+    model, x = residual_model(), data(32, 3)
+    outs = []
+    for _ in range(2):
+        qmodel, report = quantize_ptq(model, x, "qdrop", 3, 4, iters=20, batch_size=16, seed=3, verbose=0)
+        outs.append(qmodel(x).numpy())
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert len(report["unit_losses"]) == 3
+    for layer in qmodel.layers:
+        if hasattr(layer, "integer_kernel"):
+            codes = layer.integer_kernel()
+            np.testing.assert_allclose(codes, np.round(codes), atol=1e-3)
+
+
+@pytest.mark.parametrize("method", ["rtn", "adaround", "brecq", "mrecg_modcap", "mrecg_loss"])
+def test_methods_run(method):
+    qmodel, report = quantize_ptq(residual_model(), data(32, 4), method, 4, 4, iters=5, batch_size=16,
+                                  topk=1, verbose=0)
+    assert qmodel(data(2, 5)).shape == (2, 3)
+    assert report["method"] == method
+
+
+def test_clear_errors():
+    model = conv_model()
+    with pytest.raises(ValueError, match="bit width"):
+        quantize_ptq(model, data(4, 0), "rtn", weight_bits=1)
+    with pytest.raises(ValueError, match="bit width"):
+        quantize_ptq(model, data(4, 0), "rtn", act_bits=9)
+    with pytest.raises(ValueError, match="empty"):
+        quantize_ptq(model, [], "rtn")
+    with pytest.raises(ValueError, match="unknown PTQ method"):
+        quantize_ptq(model, data(4, 0), "gptq")
+    x = keras.Input((8, 8, 4))
+    bad = keras.Model(x, keras.layers.LayerNormalization(name="ln")(keras.layers.Conv2D(2, 1)(x)))
+    with pytest.raises(TypeError, match="ln"):
+        quantize_ptq(bad, data(4, 0), "rtn")
