@@ -57,6 +57,11 @@ def run():
     from repq.ptq.fp_baseline import top1_accuracy, train_fp_model
     from repq.ptq.units import parse_scheme
 
+    from repq.ptq.fake_quant import affine_range
+
+    affine_range(FLAGS.weight_bits), affine_range(FLAGS.act_bits)  # fail before any training
+    if FLAGS.calib_size < 1:
+        raise ValueError("--calib_size must be >= 1 (calibration data is empty).")
     scheme = parse_scheme(FLAGS.scheme) if FLAGS.scheme else None
     if FLAGS.fp_checkpoint:
         if not os.path.exists(FLAGS.fp_checkpoint):

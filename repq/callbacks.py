@@ -155,3 +155,55 @@ class BestDeployCheckpoint(keras.callbacks.Callback):
         if self._improved(float(value)):
             self.best = float(value)
             save_model(reparametrize(self.model), self.path)
+
+
+class NonFiniteError(FloatingPointError):
+    """Raised by :class:`NaNGuard`: the loss or a variable became NaN/Inf."""
+
+
+def non_finite_variables(model):
+    """Paths of the model's variables holding NaN or Inf (quantizer steps first)."""
+    bad = [v.path for v in model.variables if not np.all(np.isfinite(ops.convert_to_numpy(v)))]
+    return sorted(bad, key=lambda path: (not path.endswith("/step"), path))
+
+
+class NaNGuard(keras.callbacks.Callback):
+    """Stop training at the first non-finite loss, naming the culprit layer.
+
+    After every training batch the loss in the logs is checked (cheap). When it is NaN/Inf,
+    every variable is checked: the message names the first non-finite LSQ step or weight
+    (its layer path), else says the weights are finite (the inputs, a too-high LR or an
+    overflow in the forward pass are then the cause). Raises :class:`NonFiniteError`, with
+    ``checkpoint`` (a path, or a callable returning one) as the last good state to resume
+    from. LSQ steps in use are ``max(|step|, eps)``, so they stay positive; a NaN step is
+    still reported.
+
+    Args:
+      checkpoint: description of the last good checkpoint for the message (or None).
+      monitor: log key to check (default "loss").
+    """
+
+    def __init__(self, checkpoint=None, monitor="loss"):
+        super().__init__()
+        self.checkpoint, self.monitor = checkpoint, monitor
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            return
+        value = float(ops.convert_to_numpy(value))
+        if np.isfinite(value):
+            return
+        self.model.stop_training = True
+        bad = non_finite_variables(self.model)
+        if bad:
+            where = f"first non-finite variable: {bad[0]} (layer {bad[0].rsplit('/', 1)[0]}; {len(bad)} in all)"
+        else:
+            where = "all variables are finite (check the inputs, the learning rate, or an overflow in the forward pass)"
+        checkpoint = self.checkpoint() if callable(self.checkpoint) else self.checkpoint
+        last = f"; last good checkpoint: {checkpoint}" if checkpoint else ""
+        raise NonFiniteError(f"{self.monitor} is {value} at epoch {self._epoch + 1}, batch {batch + 1}: {where}{last}")

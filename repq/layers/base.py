@@ -28,7 +28,7 @@ from keras import ops
 
 from repq.layers.norm_stats import (batch_moments, estimate_output_moments, fold_norm,
                                     update_moving_moments)
-from repq.layers.padded_conv import PaddedConv2D, symmetric_pad
+from repq.layers.padded_conv import PaddedConv2D, conv2d, symmetric_pad
 
 ACTIVATIONS = (None, "relu", "relu6", "prelu")
 NORM_MODES = ("bn", "bnest")
@@ -131,8 +131,7 @@ class RepConvBlock(keras.layers.Layer):
 
     def convolve(self, inputs, kernel):
         """The merged convolution: symmetric pad k//2, then a valid conv."""
-        return ops.conv(symmetric_pad(inputs, self.pad), kernel, strides=self.strides,
-                        padding="valid")
+        return conv2d(symmetric_pad(inputs, self.pad), kernel, self.strides, self.groups)
 
     def activate(self, y):
         if self.activation == "relu":

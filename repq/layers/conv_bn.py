@@ -5,10 +5,9 @@ like the multi-branch blocks.
 """
 
 import keras
-from keras import ops
 
 from repq.layers.base import RepConvBlock, batch_norm
-from repq.layers.padded_conv import symmetric_pad
+from repq.layers.padded_conv import conv2d, symmetric_pad
 
 
 @keras.saving.register_keras_serializable(package="repq")
@@ -31,8 +30,7 @@ class ConvBN(RepConvBlock):
         return [(self.kernel, None)]
 
     def branch_outputs(self, x):
-        return [ops.conv(symmetric_pad(x, self.pad), self.kernel, strides=self.strides,
-                         padding="valid")]
+        return [conv2d(symmetric_pad(x, self.pad), self.kernel, self.strides, self.groups)]
 
     def get_config(self):
         config = super().get_config()

@@ -17,6 +17,21 @@ def symmetric_pad(x, pad):
     return ops.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
 
 
+def conv2d(x, kernel, strides=1, groups=1):
+    """'valid' NHWC convolution with an HWIO kernel ``(kh, kw, in/groups, out)``.
+
+    Depthwise kernels (``groups == in``, output ``c*m + q`` from input ``c``) run
+    as ``depthwise_conv``: TF's grouped conv needs XLA on CPU, which is slow and
+    does not convert to TFLite. Other groupings use the grouped conv.
+    """
+    in_channels = x.shape[-1]
+    if groups > 1 and groups == in_channels:
+        kh, kw, _, out = kernel.shape
+        depthwise = ops.reshape(kernel, (kh, kw, in_channels, out // in_channels))
+        return ops.depthwise_conv(x, depthwise, strides=strides, padding="valid")
+    return ops.conv(x, kernel, strides=strides, padding="valid")
+
+
 @keras.saving.register_keras_serializable(package="repq")
 class PaddedConv2D(keras.layers.Conv2D):
     """``Conv2D`` that zero-pads ``pad`` pixels on each side, then convolves 'valid'.
@@ -33,6 +48,9 @@ class PaddedConv2D(keras.layers.Conv2D):
 
     def call(self, inputs):
         return super().call(symmetric_pad(inputs, self.pad))
+
+    def convolution_op(self, inputs, kernel):
+        return conv2d(inputs, kernel, self.strides, self.groups)
 
     def compute_output_shape(self, input_shape):
         n, h, w, c = input_shape

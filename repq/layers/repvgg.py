@@ -5,7 +5,7 @@ from keras import ops
 
 from repq.layers.base import RepConvBlock, batch_norm, torch_default_init
 from repq.layers.kernel_ops import embed_center, identity_kernel
-from repq.layers.padded_conv import symmetric_pad
+from repq.layers.padded_conv import conv2d, symmetric_pad
 
 
 @keras.saving.register_keras_serializable(package="repq")
@@ -47,8 +47,8 @@ class RepVGGBlock(RepConvBlock):
 
     def branch_outputs(self, x):
         outputs = [
-            ops.conv(symmetric_pad(x, 1), self.kernel_3x3, strides=self.strides, padding="valid"),
-            ops.conv(x, self.kernel_1x1, strides=self.strides, padding="valid"),
+            conv2d(symmetric_pad(x, 1), self.kernel_3x3, self.strides, self.groups),
+            conv2d(x, self.kernel_1x1, self.strides, self.groups),
         ]
         if self.has_identity:
             outputs.append(x)

@@ -41,7 +41,8 @@ def train_fp_model(model_name, dataset="mnist5k", epochs=DEFAULT_EPOCHS, batch_s
 
 def top1_accuracy(model, dataset):
     """Top-1 accuracy (%) of ``model`` (logits) over an (x, y) dataset."""
-    predict = tf.function(lambda x: tf.argmax(model(x, training=False), axis=-1, output_type=tf.int32))
+    predict = tf.function(lambda x: tf.argmax(model(x, training=False), axis=-1, output_type=tf.int32),
+                          autograph=False)
     correct = total = 0
     for x, y in dataset:
         correct += int(tf.reduce_sum(tf.cast(predict(x) == tf.cast(y, tf.int32), tf.int32)))

@@ -292,7 +292,7 @@ class QuantModel:
         outs = [t for t, tid in zip(tensors, tids) if tid not in inputs or model is self.model]
         model_in = model.inputs[0] if len(model.inputs) == 1 else model.inputs
         sub = keras.Model(model_in, outs) if outs else None
-        fn = tf.function(lambda x: sub(x, training=False)) if sub else None
+        fn = tf.function(lambda x: sub(x, training=False), autograph=False) if sub else None
 
         def run(x):
             got = fn(x) if fn else []

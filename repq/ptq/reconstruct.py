@@ -106,7 +106,7 @@ def reconstruct_unit(qmodel, unit, cache, config, seed=0):
     weight_layers = [qmodel.weight_layers[op.index] for op in unit.weight_ops]
     quants = [qmodel.act_quants[op.output] for op in unit.ops if op.output in qmodel.act_quants]
     forward = unit_forward(qmodel, unit)
-    eval_forward = tf.function(forward)
+    eval_forward = tf.function(forward, autograph=False)
     loss_init = evaluate_unit(eval_forward, cache)
     for layer in weight_layers:
         layer.start_adaround()
@@ -125,7 +125,7 @@ def reconstruct_unit(qmodel, unit, cache, config, seed=0):
     warm = config.warm_up * config.iters
     drop = config.prob < 1.0
 
-    @tf.function
+    @tf.function(autograph=False)
     def step(t):
         b = keras.random.randint((), 0, cache.num_batches, seed=seed_gen)
         xs = [x[b] for x in cache.x_quant]

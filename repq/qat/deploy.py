@@ -63,7 +63,7 @@ class QuantizedConv2D(QuantizedMixin, PaddedConv2D):
 
     def call(self, inputs):
         x = symmetric_pad(self.quantize_input(inputs), self.pad)
-        y = ops.conv(x, self.quantized_kernel(), strides=self.strides, padding="valid")
+        y = self.convolution_op(x, self.quantized_kernel())
         if self.use_bias:
             y = y + self.bias
         return self.activation(y)

@@ -117,8 +117,7 @@ class QuantConv2D(QuantWrapper):
     def call(self, inputs, training=False):
         x = symmetric_pad(self.quantize_input(inputs, training), getattr(self.layer, "pad", 0))
         kernel, bias = self.quantized_kernel_and_bias(x, training)
-        y = ops.conv(x, kernel, strides=self.layer.strides, padding=self.layer.padding,
-                     dilation_rate=self.layer.dilation_rate) + bias
+        y = self.layer.convolution_op(x, kernel) + bias
         return self.layer.activation(y)
 
     def deploy_layer(self):

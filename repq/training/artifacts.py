@@ -1,7 +1,19 @@
-"""Atomic artefact writes: write a temporary file next to the target, then ``os.replace``."""
+"""Atomic artefact writes and checked reads.
+
+Writes go to a temporary file next to the target, then ``os.replace``: a crash, a full disk
+or a signal never leaves a half-written artefact under the final name, and an earlier
+version of the file stays intact until the new one is complete. Reads of ``.keras`` files
+(:func:`load_model`) turn a truncated or garbage file into :class:`CheckpointError`, a
+one-line message naming the file and what to do.
+"""
 
 import json
 import os
+import zipfile
+
+
+class CheckpointError(Exception):
+    """A checkpoint or artefact that is missing, truncated, corrupt or of another model."""
 
 
 def _temporary(path, suffix=""):
@@ -10,12 +22,32 @@ def _temporary(path, suffix=""):
     return os.path.join(directory, f".{name}.partial{suffix}")
 
 
+def _remove_quietly(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def atomic_write(path, write, suffix=""):
+    """Call ``write(tmp_path)``, then ``os.replace(tmp_path, path)``; on any error remove the temporary file."""
+    tmp = _temporary(path, suffix)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
 def write_text(path, text):
     """Atomically write ``text`` to ``path``."""
-    tmp = _temporary(path)
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    atomic_write(path, write)
 
 
 def write_json(path, data):
@@ -27,6 +59,36 @@ def save_model(model, path):
     """Atomically save a Keras model to ``path`` (a ``.keras`` file)."""
     if not path.endswith(".keras"):
         raise ValueError(f"Invalid value for argument `path`. Expected a '.keras' file. Received path={path!r}.")
-    tmp = _temporary(path, ".keras")
-    model.save(tmp)
-    os.replace(tmp, path)
+    atomic_write(path, model.save, ".keras")
+
+
+def save_weights(model, path):
+    """Atomically save ``model.save_weights`` (weights and optimizer state) to ``path`` (``.weights.h5``)."""
+    atomic_write(path, model.save_weights, ".weights.h5")
+
+
+def check_keras_file(path, hint="delete it and rerun"):
+    """Raise :class:`CheckpointError` unless ``path`` is a complete ``.keras`` archive."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path} does not exist; {hint}.")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise CheckpointError(f"{path} is not a valid .keras file (truncated or corrupt: {err}); {hint}.") from err
+    if bad is not None or not {"config.json", "model.weights.h5"} <= names:
+        what = f"damaged member {bad}" if bad else "missing config.json/model.weights.h5"
+        raise CheckpointError(f"{path} is not a valid .keras file ({what}); {hint}.")
+
+
+def load_model(path, hint="delete it and rerun", compile=False):
+    """``keras.saving.load_model`` that reports a bad file as a one-line :class:`CheckpointError`."""
+    import keras
+
+    check_keras_file(path, hint)
+    try:
+        return keras.saving.load_model(path, compile=compile)
+    except Exception as err:  # noqa: BLE001 - anything Keras raises on a bad archive
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path} could not be loaded ({type(err).__name__}: {reason}); {hint}.") from err
