@@ -6,7 +6,12 @@
 
 Writes into --output_dir (default runs/<model>_<method>_w<W>a<A>[_bnest]): fp_model.keras,
 qat_model.keras, deploy_model.keras (repq.reparametrize of the QAT model), results.json,
-results.md and tensorboard/. Usage errors print one line on stderr and exit with code 2.
+results.md and tensorboard/. Rerunning the same command resumes an interrupted run: finished
+stages are loaded (fp_model.keras, qat_model.keras), an interrupted stage restarts from its
+last epoch checkpoint (backup/<stage>/). Multi-device: --strategy mirrored|multi_worker|tpu
+(--batch_size is the global batch). Errors (usage, corrupt checkpoint, NaN, full disk, ...)
+print one line on stderr: exit code 2 for bad input, 1 for failures, 128+N for signal N.
+See docs/robustness.md.
 """
 
 import importlib
@@ -36,6 +41,11 @@ flags.DEFINE_string("output_dir", None, "Run directory (default runs/<model>_<me
 flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_integer("limit", None, "Use only this many train and test examples, one pass per epoch (smoke tests).")
 flags.DEFINE_bool("verbose_errors", False, "Show tracebacks for usage errors.")
+flags.DEFINE_string("strategy", "default", "tf.distribute strategy: default, mirrored, multi_worker or tpu.")
+flags.DEFINE_integer("num_cpu_devices", None, "Split the CPU into N logical devices (testing --strategy=mirrored on a CPU).")
+flags.DEFINE_string("tpu", None, "TPU name/address for --strategy=tpu (default: the TPUClusterResolver's).")
+flags.DEFINE_bool("scale_lr", False, "Linear scaling rule: every LR times --batch_size / the recipe's batch size.")
+flags.DEFINE_integer("crash_after_steps", None, "Test hook: fail after this many training steps of this process.")
 config_flags.DEFINE_config_file("config", None, "Recipe file, e.g. configs/repvgg_a0.py:imagenet "
                                 "(default: configs/<model family>.py, embedded variant).")
 FLAGS = flags.FLAGS
@@ -57,6 +67,7 @@ def recipe_module(model):
 def check_flags():
     """Validate the command line; returns (weight_bits, act_bits)."""
     import models
+    from repq.distribute import STRATEGIES
     from repq.quantizers import integer_range
 
     if FLAGS.model not in models.list_models():
@@ -76,12 +87,23 @@ def check_flags():
         raise UsageError(f"--fp_checkpoint {FLAGS.fp_checkpoint!r} does not exist.")
     if FLAGS.bnest and FLAGS.model.startswith("ecbsr"):
         raise UsageError("ECBSR has no BatchNorm; --bnest does not apply.")
+    if FLAGS.strategy not in STRATEGIES:
+        raise UsageError(f"unknown strategy {FLAGS.strategy!r}; choose one of: {', '.join(STRATEGIES)}.")
+    if FLAGS.num_cpu_devices is not None and FLAGS.num_cpu_devices < 1:
+        raise UsageError(f"--num_cpu_devices={FLAGS.num_cpu_devices} must be >= 1.")
+    for name in ("epochs", "fp_epochs", "batch_size", "limit"):
+        value = getattr(FLAGS, name)
+        if value is not None and value < (0 if name.endswith("epochs") else 1):
+            raise UsageError(f"--{name}={value} must be {'>= 0' if name.endswith('epochs') else '>= 1'}.")
+    if FLAGS.method == "tfmot8" and FLAGS.strategy != "default":
+        raise UsageError("--method=tfmot8 runs in a tf_keras subprocess and supports only --strategy=default.")
     return w_bits, a_bits
 
 
 def load_recipe():
     recipe = FLAGS.config if FLAGS.config is not None else recipe_module(FLAGS.model).get_config()
     recipe = recipe.copy_and_resolve_references()
+    reference_batch = recipe.batch_size
     if FLAGS.dataset:
         recipe.data.name = FLAGS.dataset
     if FLAGS.epochs is not None:
@@ -90,6 +112,11 @@ def load_recipe():
         recipe.fp_epochs = FLAGS.fp_epochs
     if FLAGS.batch_size is not None:
         recipe.batch_size = FLAGS.batch_size
+    if FLAGS.scale_lr:
+        from repq.distribute import scaled_learning_rates
+
+        for key, value in scaled_learning_rates(dict(recipe.lr), recipe.batch_size, reference_batch).items():
+            recipe.lr[key] = value
     if FLAGS.limit is not None:
         recipe.data.limit_train = recipe.data.limit_test = FLAGS.limit
         recipe.steps_per_epoch = None
@@ -98,35 +125,101 @@ def load_recipe():
     return recipe
 
 
-def load_data(recipe):
+def load_data(recipe, shard=False):
+    """-> (make_train, test dataset, DatasetInfo). ``make_train(shard)`` builds a fresh, un-iterated
+    train pipeline (each stage and the calibration batch get their own, so the data stream of a
+    stage does not depend on what ran before it: resumed runs see the same batches)."""
     from repq.data import get_dataset
+    from repq.distribute import shard_by_data
 
     kwargs = dict(data_dir=FLAGS.data_dir, seed=FLAGS.seed)
     if recipe.task == "super_resolution":
         kwargs.update(scale=recipe.data.scale, patch_size=recipe.data.patch_size,
                       repeat_patches=recipe.data.repeat_patches)
+
+    def make_train(shard=shard):
+        train, _ = get_dataset(recipe.data.name, "train", recipe.batch_size, limit=recipe.data.limit_train, **kwargs)
+        return shard_by_data(train) if shard else train
+
     try:
         train, info = get_dataset(recipe.data.name, "train", recipe.batch_size, limit=recipe.data.limit_train, **kwargs)
         test, _ = get_dataset(recipe.data.name, "test", recipe.batch_size, limit=recipe.data.limit_test, **kwargs)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, PermissionError) as err:
         raise UsageError(str(err)) from err
     if info.task != recipe.task:
         raise UsageError(f"dataset {info.name!r} is for {info.task}, model {FLAGS.model!r} for {recipe.task}.")
-    return train, test, info
+    del train
+    return make_train, (shard_by_data(test) if shard else test), info
 
 
-def build_fp_model(recipe, info):
-    import keras
-
+def create_zoo_model(recipe, info):
     import models
 
-    if FLAGS.fp_checkpoint:
-        return keras.saving.load_model(FLAGS.fp_checkpoint, compile=False)
     if recipe.task == "super_resolution":
         kwargs = {} if FLAGS.model.endswith(("_x2", "_x4")) else dict(scale=recipe.data.scale)
         return models.create_model(FLAGS.model, **kwargs)
     return models.create_model(FLAGS.model, num_classes=info.num_classes, input_shape=info.image_shape,
                                norm_mode="bnest" if FLAGS.bnest else "bn")
+
+
+def weight_shapes(model):
+    return sorted(tuple(int(d) for d in w.shape) for w in model.weights)
+
+
+def check_fp_checkpoint(model, reference, path):
+    """Raise UsageError unless the loaded --fp_checkpoint has the architecture of --model on this data."""
+    got_in, want_in = tuple(model.input_shape[1:]), tuple(reference.input_shape[1:])
+    if len(got_in) != len(want_in) or any(g is not None and w is not None and g != w for g, w in zip(got_in, want_in)):
+        raise UsageError(f"--fp_checkpoint {path} takes inputs {got_in}, but --model {FLAGS.model} on "
+                         f"{FLAGS.dataset or 'the recipe dataset'} needs {want_in}; pass the matching --model/--dataset.")
+    got_out, want_out = tuple(model.output_shape[1:]), tuple(reference.output_shape[1:])
+    if got_out[-1:] != want_out[-1:]:
+        raise UsageError(f"--fp_checkpoint {path} outputs {got_out}, but --model {FLAGS.model} on this dataset "
+                         f"outputs {want_out} (another number of classes?).")
+    if weight_shapes(model) != weight_shapes(reference):
+        raise UsageError(f"--fp_checkpoint {path} is not a {FLAGS.model}{' (BNEst)' if FLAGS.bnest else ''} model "
+                         f"({len(model.weights)} weights, the zoo model has {len(reference.weights)} of other shapes); "
+                         "pass the matching --model (and --bnest).")
+
+
+def check_writable(output_dir):
+    """Create ``output_dir`` and check that files can be written there, before any training."""
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        probe = os.path.join(output_dir, f".write_probe.{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as err:
+        raise UsageError(f"output directory {output_dir!r} is not writable ({err.strerror or err}); "
+                         "pass a writable --output_dir.") from err
+
+
+RUN_KEYS = ("model", "method", "bnest", "seed", "fp_checkpoint")
+
+
+def check_run_config(output_dir, w_bits, a_bits, recipe, write):
+    """Refuse to resume into a run directory made with other settings; record them otherwise."""
+    import json
+
+    from repq.training import write_json
+
+    config = {key: getattr(FLAGS, key) for key in RUN_KEYS}
+    config.update(weight_bits=w_bits, act_bits=a_bits,
+                  recipe=json.loads(json.dumps(recipe.to_dict(), default=str, sort_keys=True)))
+    path = os.path.join(output_dir, "run_config.json")
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                saved = json.load(f)
+        except (OSError, ValueError) as err:
+            raise UsageError(f"{path} is corrupt ({err}); delete it (or the run directory) and rerun.") from err
+        if saved != config:
+            keys = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+            raise UsageError(f"{output_dir} holds a run with other settings (differs in: {', '.join(keys)}); "
+                             "use another --output_dir, or delete that one.")
+    elif write:
+        write_json(path, config)
 
 
 def run_tfmot8(fp_model, recipe, output_dir):
@@ -167,47 +260,99 @@ def results_markdown(results):
 
 
 def run(w_bits, a_bits):
+    from repq.distribute import StrategyError, check_global_batch, get_strategy, is_chief
+
+    try:  # first: logical CPU devices must be configured before TF initialises its devices
+        strategy = get_strategy(FLAGS.strategy, FLAGS.num_cpu_devices, FLAGS.tpu)
+    except StrategyError as err:
+        raise UsageError(str(err)) from err
+
     import keras
     import numpy as np
 
     import repq
     from repq.baselines import merged_lsq_model
-    from repq.qat import quantize_model
-    from repq.training import evaluate, fit_model, save_model, write_json, write_text
+    from repq.callbacks import NaNGuard
+    from repq.qat import calibrate, quantize_model
+    from repq.training import evaluate, fit_model, load_model, save_model, write_json, write_text
 
     keras.utils.set_random_seed(FLAGS.seed)
     recipe = load_recipe()
-    train_ds, test_ds, info = load_data(recipe)
+    try:
+        check_global_batch(recipe.batch_size, strategy.num_replicas_in_sync)
+    except StrategyError as err:
+        raise UsageError(str(err)) from err
+    multi_worker = FLAGS.strategy == "multi_worker"
+    chief = is_chief(strategy)
+    make_train, test_ds, info = load_data(recipe, shard=multi_worker)
     output_dir = FLAGS.output_dir or os.path.join(
         "runs", f"{FLAGS.model}_{FLAGS.method}_w{w_bits}a{a_bits}{'_bnest' if FLAGS.bnest else ''}")
-    os.makedirs(output_dir, exist_ok=True)
+    if chief:
+        check_writable(output_dir)
+    check_run_config(output_dir, w_bits, a_bits, recipe, write=chief)
     metric = "top1" if recipe.task == "classification" else "psnr"
+
+    def save(model, name):
+        if chief:
+            save_model(model, os.path.join(output_dir, name))
 
     def score(model):
         return evaluate(model, test_ds, recipe.task, recipe.data.scale)[metric]
 
+    def guard(stage):
+        def last_good():
+            state = os.path.join(output_dir, "backup", stage, "state.json")
+            return state if os.path.exists(state) else f"none for this stage ({stage} starts from scratch)"
+        return NaNGuard(checkpoint=last_good)
+
+    def finished(name):
+        """A finished stage's artefact, loaded (None if absent); a corrupt one is an error."""
+        path = os.path.join(output_dir, name)
+        if not os.path.exists(path):
+            return None
+        with strategy.scope():
+            model = load_model(path, hint="delete it to redo that stage")
+        print(f"train.py: {name} exists: stage already done, loaded {path}", file=sys.stderr)
+        return model
+
+    fit_kwargs = dict(output_dir=output_dir, write_checkpoints=chief, crash_after_steps=FLAGS.crash_after_steps)
     times = {}
     start = time.time()
-    fp_model = build_fp_model(recipe, info)
-    if not FLAGS.fp_checkpoint:
-        fit_model(fp_model, train_ds, test_ds, recipe, "fp", output_dir=output_dir)
-        save_model(fp_model, os.path.join(output_dir, "fp_model.keras"))
+    if FLAGS.fp_checkpoint:
+        with strategy.scope():
+            fp_model = load_model(FLAGS.fp_checkpoint, hint="pass a complete .keras file saved by train.py")
+        check_fp_checkpoint(fp_model, create_zoo_model(recipe, info), FLAGS.fp_checkpoint)
+    else:
+        fp_model = finished("fp_model.keras")
+        if fp_model is None:
+            with strategy.scope():
+                fp_model = create_zoo_model(recipe, info)
+                fit_model(fp_model, make_train(), test_ds, recipe, "fp", callbacks=[guard("fp")], **fit_kwargs)
+            save(fp_model, "fp_model.keras")
     times["fp_s"] = time.time() - start
     results = dict(model=FLAGS.model, method=FLAGS.method, weight_bits=w_bits, act_bits=a_bits, bnest=FLAGS.bnest,
                    dataset=recipe.data.name, task=recipe.task, metric=metric, recipe=recipe.to_dict(),
+                   strategy=FLAGS.strategy, replicas=int(strategy.num_replicas_in_sync),
                    metrics={"fp": score(fp_model)})
     start = time.time()
     if FLAGS.method == "tfmot8":
         results["metrics"]["tfmot8"] = run_tfmot8(fp_model, recipe, output_dir)[metric]
     elif FLAGS.method != "fp":
-        if FLAGS.method == "repq":
-            qat = quantize_model(fp_model, w_bits, a_bits, bn="bnest" if FLAGS.bnest else "repq")
-        else:
-            qat = merged_lsq_model(fp_model, w_bits, a_bits)
-        fit_model(qat, train_ds, test_ds, recipe, "qat", weight_bits=w_bits, output_dir=output_dir)
+        qat = finished("qat_model.keras")
+        if qat is None:
+            with strategy.scope():
+                if FLAGS.method == "repq":
+                    qat = quantize_model(fp_model, w_bits, a_bits, bn="bnest" if FLAGS.bnest else "repq")
+                else:
+                    qat = merged_lsq_model(fp_model, w_bits, a_bits)
+                # LSQ steps are initialised eagerly from one (un-sharded, identical on every worker)
+                # train batch: replicas never write them inside the train step.
+                calibrate(qat, next(iter(make_train(shard=False)))[0])
+                fit_model(qat, make_train(), test_ds, recipe, "qat", weight_bits=w_bits,
+                          callbacks=[guard("qat")], **fit_kwargs)
+            save(qat, "qat_model.keras")
         deploy = repq.reparametrize(qat)
-        save_model(qat, os.path.join(output_dir, "qat_model.keras"))
-        save_model(deploy, os.path.join(output_dir, "deploy_model.keras"))
+        save(deploy, "deploy_model.keras")
         results["metrics"].update(qat=score(qat), deploy=score(deploy))
         x = next(iter(test_ds))[0]
         diff = float(np.max(np.abs(np.asarray(qat(x, training=False)) - np.asarray(deploy(x, training=False)))))
@@ -215,9 +360,10 @@ def run(w_bits, a_bits):
                        deploy_matches_qat=results["metrics"]["qat"] == results["metrics"]["deploy"])
     times["qat_s"] = time.time() - start
     results["times"] = times
-    write_json(os.path.join(output_dir, "results.json"), results)
     table = results_markdown(results)
-    write_text(os.path.join(output_dir, "results.md"), table)
+    if chief:
+        write_json(os.path.join(output_dir, "results.json"), results)
+        write_text(os.path.join(output_dir, "results.md"), table)
     print(table)
     return results
 
@@ -228,14 +374,36 @@ def main(argv):
     return run(*check_flags())
 
 
+def error_exit(message, code):
+    print(f"train.py: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
 def cli(argv):
+    from repq.callbacks import NonFiniteError
+    from repq.training import CheckpointError, SimulatedCrash, TrainingInterrupted
+
     try:
         main(argv)
-    except UsageError as err:
+    except (UsageError, CheckpointError) as err:
         if FLAGS.verbose_errors:
             raise
-        print(f"train.py: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        error_exit(err, 2)
+    except TrainingInterrupted as err:
+        import signal
+
+        signum = signal.SIGINT if "SIGINT" in str(err) else signal.SIGTERM
+        error_exit(f"interrupted ({err}); the last epoch checkpoint is kept: rerun the same command to resume.",
+                   128 + int(signum))
+    except (NonFiniteError, SimulatedCrash) as err:
+        if FLAGS.verbose_errors:
+            raise
+        error_exit(f"{err}. Rerun the same command to resume from the last checkpoint.", 1)
+    except OSError as err:  # full disk, permissions, ... (earlier artefacts are intact: writes are atomic)
+        if FLAGS.verbose_errors:
+            raise
+        error_exit(f"{err.strerror or err}: {err.filename or ''} ({type(err).__name__}); files written before are intact. "
+                   "Free space / fix permissions and rerun the same command to resume.", 1)
 
 
 if __name__ == "__main__":

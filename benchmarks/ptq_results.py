@@ -1,12 +1,17 @@
 """PTQ results on mnist5k: RTN / AdaRound / BRECQ / QDrop / MRECG at several bit widths.
 
-CPU-sized protocol (documented in docs/ptq.md): inputs resized to ``--image_size`` (16 px,
-small-image layouts), FP models trained ``--epochs`` epochs with Adam, ``--calib`` calibration
-images, ``--iters`` reconstruction steps per unit of ``--batch`` samples. ``mrecg_loss`` reuses the
-QDrop pass of the same setting as its search pass (search time = that pass's time).
+CPU-sized protocol (documented in docs/ptq.md and in the Markdown header): inputs resized to
+``--image_size`` (16 px, small-image layouts), FP models trained ``--epochs`` epochs with Adam once
+and saved to ``--fp_dir`` (reused by later runs), ``--calib`` calibration images, ``--iters``
+reconstruction steps per unit (per W/A setting) of ``--batch`` samples. ``mrecg_loss`` reuses the
+QDrop pass of the same setting as its search pass (``baseline_losses=``; search time = that pass's
+time). Observer calibration is identical for every method of one (model, W/A) setting, so it runs
+once per setting and its qparams are restored for the other methods (``--cache_calib``); the
+reported PTQ time excludes it (its time is listed separately).
 Writes benchmarks/results/ptq_results.{json,md} after every run.
 
-    python benchmarks/ptq_results.py [--iters 40] [--models resnet18,mobilenetv2]
+    python benchmarks/ptq_results.py --models resnet18 --bits 2/4,3/3,4/4 \
+        --iters 2/4:100,3/3:100,4/4:60 [--extra repvgg_a0:4/4:rtn,qdrop]
 """
 
 import json
@@ -21,75 +26,186 @@ from absl import app, flags  # noqa: E402
 from repq.data import calibration_batches, get_dataset  # noqa: E402
 from repq.ptq.driver import quantize_ptq  # noqa: E402
 from repq.ptq.fp_baseline import resized, top1_accuracy, train_fp_model  # noqa: E402
+from repq.ptq.qmodel import QuantModel  # noqa: E402
 
-flags.DEFINE_string("models", "resnet18,mobilenetv2", "comma-separated model names")
-flags.DEFINE_string("bits", "4/4,3/3,2/4", "comma-separated W/A settings")
-flags.DEFINE_string("methods", "rtn,adaround,brecq,qdrop,mrecg_modcap,mrecg_loss", "methods")
-flags.DEFINE_integer("iters", 40, "reconstruction steps per unit")
+flags.DEFINE_string("models", "resnet18", "comma-separated model names")
+flags.DEFINE_string("bits", "2/4,3/3,4/4", "comma-separated W/A settings (run in this order)")
+flags.DEFINE_string("methods", "rtn,adaround,brecq,qdrop,mrecg_loss,mrecg_modcap", "methods")
+flags.DEFINE_string("iters", "100", "reconstruction steps per unit: an int, or 'W/A:n,...' per setting")
 flags.DEFINE_integer("calib", 256, "calibration images")
 flags.DEFINE_integer("batch", 16, "samples per reconstruction step")
 flags.DEFINE_integer("image_size", 16, "input side (mnist5k resized)")
-flags.DEFINE_integer("epochs", 2, "FP training epochs")
-flags.DEFINE_string("extra", "repvgg_a0:4/4:rtn,qdrop", "extra model:bits:methods runs ('' for none)")
+flags.DEFINE_integer("epochs", 4, "FP training epochs (Adam 1e-3, batch 64)")
+flags.DEFINE_string("fp_dir", "runs/ptq_fp", "FP checkpoints <model>_<size>px_<epochs>ep.keras (trained once)")
+flags.DEFINE_boolean("cache_calib", True, "calibrate observers once per (model, W/A) and reuse the qparams")
+flags.DEFINE_string("extra", "", "extra model:bits:methods run, e.g. repvgg_a0:4/4:rtn,qdrop ('' for none)")
 flags.DEFINE_string("output", "benchmarks/results/ptq_results", "output path without extension")
 FLAGS = flags.FLAGS
 
 MODEL_KWARGS = {"mobilenetv2": {"width_multiplier": 0.5}}
+ORDER = ("mrecg_loss", "qdrop", "brecq", "adaround", "rtn")  # SPEC Part C §7 (MRECG >= ... >= RTN)
+
+
+# ---------------------------------------------------------------- calibration cache
+class CalibCache:
+    """Wraps ``QuantModel.calibrate``: the first call of a key runs the observers, later calls
+    restore the stored act/weight qparams (same model, data and bits -> same qparams)."""
+
+    def __init__(self):
+        self.key, self.store, self.seconds = None, {}, {}
+        self.original = QuantModel.calibrate
+        cache = self
+
+        def calibrate(qm, batches):
+            key = cache.key
+            if key is None:
+                return cache.original(qm, batches)
+            if key not in cache.store:
+                start = time.perf_counter()
+                cache.original(qm, batches)
+                cache.seconds[key] = time.perf_counter() - start
+                cache.store[key] = (
+                    [(q.scale.numpy(), q.zero_point.numpy()) for q in qm.act_quants.values()],
+                    {i: (l.scale.numpy(), l.zero_point.numpy()) for i, l in qm.weight_layers.items()})
+                return None
+            acts, weights = cache.store[key]
+            assert len(acts) == len(qm.act_quants) and set(weights) == set(qm.weight_layers)
+            for q, (s, z) in zip(qm.act_quants.values(), acts):
+                q.set_qparams(s, z)
+            for i, layer in qm.weight_layers.items():
+                layer.scale.assign(weights[i][0])
+                layer.zero_point.assign(weights[i][1])
+                layer.state.assign(1.0)  # NEAREST, as QuantWeightLayer.calibrate leaves it
+            return None
+
+        QuantModel.calibrate = calibrate
+
+
+def iters_for(bits):
+    spec = FLAGS.iters
+    if ":" not in spec:
+        return int(spec)
+    table = dict(item.split(":") for item in spec.split(","))
+    return int(table[bits])
+
+
+def load_or_train(model_name, size):
+    import keras
+
+    import models  # noqa: F401  (registers the layers for loading)
+
+    path = os.path.join(FLAGS.fp_dir, f"{model_name}_{size}px_{FLAGS.epochs}ep.keras")
+    if os.path.exists(path):
+        return keras.saving.load_model(path), path, None
+    start = time.perf_counter()
+    model = train_fp_model(model_name, epochs=FLAGS.epochs, image_size=size, verbose=2,
+                           **MODEL_KWARGS.get(model_name, {}))
+    os.makedirs(FLAGS.fp_dir, exist_ok=True)
+    model.save(path)
+    return model, path, time.perf_counter() - start
+
+
+def ordering(rows, model, bits):
+    """SPEC §7 ordering check on top-1 for one (model, bits): list of (a, b, holds)."""
+    top = {r["method"]: r["top1"] for r in rows if r["model"] == model and r["bits"] == bits}
+    checks = []
+    for a, b in zip(ORDER, ORDER[1:]):
+        if a in top and b in top:
+            checks.append((a, b, top[a] >= top[b]))
+    if "mrecg_modcap" in top and "qdrop" in top:
+        checks.append(("mrecg_modcap", "qdrop", top["mrecg_modcap"] >= top["qdrop"]))
+    return checks
 
 
 def write(rows, fp, meta):
     with open(FLAGS.output + ".json", "w") as f:
         json.dump({"meta": meta, "fp_top1": fp, "runs": rows}, f, indent=1)
     lines = [f"# PTQ on mnist5k ({meta['protocol']})", "",
-             "| model | W/A | method | top-1 (%) | FP top-1 | PTQ time (s) | scheme |",
-             "|---|---|---|---|---|---|---|"]
+             "Written by `" + meta["command"] + "`.", "",
+             "Reduced CPU protocol (2 shared cores), far below the paper's 20,000 iterations/unit, "
+             "1,024 calibration images and 224 px ImageNet: " + meta["protocol"] + ". "
+             "Top-1 on the 1,000 mnist5k test digits (0.1 % granularity, so differences of a few "
+             "tenths are noise). PTQ time excludes observer calibration (run once per setting, "
+             "times below) and, for `mrecg_loss`, the reused QDrop search pass (`search (s)`).", ""]
+    lines += ["| model | FP top-1 (%) | FP checkpoint |", "|---|---|---|"]
+    lines += [f"| {m} | {v:.2f} | `{meta['fp_paths'][m]}` |" for m, v in fp.items()]
+    lines += ["", "| model | W/A | iters/unit | method | top-1 (%) | Δ vs FP | Σ L_rec (RTN init → final) "
+              "| PTQ time (s) | search (s) | scheme |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['bits']} | {r['method']} | {r['top1']:.2f} | "
-                     f"{fp[r['model']]:.2f} | {r['ptq_time_s']:.0f} | {r['scheme'] or ''} |")
+        loss = (f"{sum(r['unit_losses_init']):.3g} → {sum(r['unit_losses']):.3g}"
+                if r["unit_losses"] else "")
+        search = f"{r['search_time_s']:.0f}" if r["search_time_s"] is not None else ""
+        lines.append(f"| {r['model']} | {r['bits']} | {r['iters'] if r['method'] != 'rtn' else '—'} | "
+                     f"{r['method']} | {r['top1']:.2f} | {r['top1'] - fp[r['model']]:+.2f} | {loss} | "
+                     f"{r['ptq_time_s']:.0f} | {search} | {r['scheme'] or ''} |")
+    if meta.get("calib_seconds"):
+        lines += ["", "Observer calibration (once per setting): " + ", ".join(
+            f"{k} {v:.0f} s" for k, v in meta["calib_seconds"].items()) + "."]
+    lines += ["", "## SPEC Part C §7 ordering (MRECG ≥ QDrop ≥ BRECQ ≥ AdaRound ≥ RTN, top-1)", ""]
+    seen = []
+    for r in rows:
+        if (r["model"], r["bits"]) not in seen:
+            seen.append((r["model"], r["bits"]))
+    for model, bits in seen:
+        checks = ordering(rows, model, bits)
+        if checks:
+            held = sum(c[2] for c in checks)
+            text = "; ".join(f"{a} ≥ {b}: {'yes' if ok else 'NO'}" for a, b, ok in checks)
+            lines.append(f"* {model} W{bits.replace('/', 'A')}: {held}/{len(checks)} pairs hold — {text}")
     with open(FLAGS.output + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
 
 
 def main(_):
+    import tensorflow as tf
+
     size = FLAGS.image_size
     test = resized(get_dataset("mnist5k", "test", 250)[0], size)
-    calib = [resized_batch for resized_batch in calibration_batches("mnist5k", FLAGS.calib, FLAGS.calib)]
-    import tensorflow as tf
+    calib = calibration_batches("mnist5k", FLAGS.calib, FLAGS.calib)
     calib = [tf.image.resize(b, (size, size)).numpy() for b in calib]
-    plan = [(m, b, FLAGS.methods.split(",")) for m in FLAGS.models.split(",") for b in FLAGS.bits.split(",")]
+    plan = [(m, b, FLAGS.methods.split(",")) for m in FLAGS.models.split(",") if m
+            for b in FLAGS.bits.split(",")]
     if FLAGS.extra:
         model, bits, methods = FLAGS.extra.split(":")
         plan.append((model, bits, methods.split(",")))
-    meta = {"protocol": f"{size}x{size} inputs, {FLAGS.epochs} FP epochs, {FLAGS.calib} calibration "
-                        f"images, {FLAGS.iters} iters/unit, batch {FLAGS.batch}",
-            "iters": FLAGS.iters, "calib": FLAGS.calib, "batch": FLAGS.batch, "image_size": size}
+    cache = CalibCache() if FLAGS.cache_calib else None
+    meta = {"protocol": f"{size}x{size} inputs, FP {FLAGS.epochs} epochs Adam, {FLAGS.calib} calibration "
+                        f"images, iters/unit {FLAGS.iters}, batch {FLAGS.batch}, seed 0",
+            "command": "python benchmarks/ptq_results.py " + " ".join(sys.argv[1:]),
+            "iters": FLAGS.iters, "calib": FLAGS.calib, "batch": FLAGS.batch, "image_size": size,
+            "epochs": FLAGS.epochs, "fp_paths": {}, "fp_train_s": {}, "calib_seconds": {}}
     rows, fp, fp_models = [], {}, {}
     for model_name, bits, methods in plan:
         if model_name not in fp_models:
-            start = time.perf_counter()
-            fp_models[model_name] = train_fp_model(model_name, epochs=FLAGS.epochs, image_size=size,
-                                                   verbose=0, **MODEL_KWARGS.get(model_name, {}))
-            fp[model_name] = top1_accuracy(fp_models[model_name], test)
-            print(f"{model_name}: FP top-1 {fp[model_name]:.2f} ({time.perf_counter() - start:.0f} s)",
-                  flush=True)
+            model, path, train_s = load_or_train(model_name, size)
+            fp_models[model_name] = model
+            fp[model_name] = top1_accuracy(model, test)
+            meta["fp_paths"][model_name], meta["fp_train_s"][model_name] = path, train_s
+            print(f"{model_name}: FP top-1 {fp[model_name]:.2f} ({path})", flush=True)
         w, a = (int(v) for v in bits.split("/"))
+        iters = iters_for(bits)
         qdrop_report = None
         for method in methods:
             extra = {}
             if method == "mrecg_loss" and qdrop_report is not None:
                 extra["baseline_losses"] = qdrop_report["unit_losses"]
-            qmodel, report = quantize_ptq(fp_models[model_name], calib, method, w, a, iters=FLAGS.iters,
+            if cache is not None:
+                cache.key = (model_name, bits)
+            qmodel, report = quantize_ptq(fp_models[model_name], calib, method, w, a, iters=iters,
                                           batch_size=FLAGS.batch, verbose=0, **extra)
+            if cache is not None and cache.key in cache.seconds:
+                meta["calib_seconds"][f"{model_name} W{w}A{a}"] = cache.seconds[cache.key]
             if method == "qdrop":
                 qdrop_report = report
             if "baseline_losses" in extra:
                 report["search_time_s"] = qdrop_report["ptq_time_s"]
             top1 = top1_accuracy(qmodel, test)
-            row = {"model": model_name, "bits": bits, "method": method, "top1": top1,
+            row = {"model": model_name, "bits": bits, "method": method, "iters": iters, "top1": top1,
                    "ptq_time_s": report["ptq_time_s"], "scheme": str(report["scheme"]) if report["scheme"] else None,
                    "search_time_s": report["search_time_s"], "units": report["units"],
                    "unit_losses": report["unit_losses"], "unit_losses_init": report["unit_losses_init"],
-                   "iters_per_s": report["iters_per_s"]}
+                   "baseline_unit_losses": report["baseline_unit_losses"],
+                   "unit_seconds": report["unit_seconds"], "iters_per_s": report["iters_per_s"]}
             rows.append(row)
             print(f"{model_name} W{w}A{a} {method}: {top1:.2f} ({report['ptq_time_s']:.0f} s) "
                   f"{row['scheme'] or ''}", flush=True)

@@ -168,15 +168,16 @@ def non_finite_variables(model):
 
 
 class NaNGuard(keras.callbacks.Callback):
-    """Stop training at the first non-finite loss, naming the culprit layer.
+    """Stop training at the first non-finite loss or LSQ step, naming the culprit layer.
 
-    After every training batch the loss in the logs is checked (cheap). When it is NaN/Inf,
-    every variable is checked: the message names the first non-finite LSQ step or weight
-    (its layer path), else says the weights are finite (the inputs, a too-high LR or an
-    overflow in the forward pass are then the cause). Raises :class:`NonFiniteError`, with
-    ``checkpoint`` (a path, or a callable returning one) as the last good state to resume
-    from. LSQ steps in use are ``max(|step|, eps)``, so they stay positive; a NaN step is
-    still reported.
+    After every training batch the loss in the logs and every LSQ step size are checked
+    (cheap: steps are small vectors). A NaN/Inf step must be caught explicitly: the forward
+    pass uses ``max(|step|, eps)``, which keeps steps positive but maps NaN to eps, so the
+    loss can stay finite while the layer is broken. When the loss is NaN/Inf, every variable
+    is checked: the message names the first non-finite LSQ step or weight (its layer path),
+    else says the weights are finite (the inputs, a too-high LR or an overflow in the
+    forward pass are then the cause). Raises :class:`NonFiniteError`, with ``checkpoint`` (a
+    path, or a callable returning one) as the last good state to resume from.
 
     Args:
       checkpoint: description of the last good checkpoint for the message (or None).
@@ -186,24 +187,32 @@ class NaNGuard(keras.callbacks.Callback):
     def __init__(self, checkpoint=None, monitor="loss"):
         super().__init__()
         self.checkpoint, self.monitor = checkpoint, monitor
-        self._epoch = 0
+        self._epoch, self._steps = 0, []
+
+    def on_train_begin(self, logs=None):
+        self._steps = [v for layer in self.model._flatten_layers(include_self=False)
+                       if isinstance(layer, LSQQuantizer) for v in layer.trainable_variables]
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
 
-    def on_train_batch_end(self, batch, logs=None):
-        value = (logs or {}).get(self.monitor)
-        if value is None:
-            return
-        value = float(ops.convert_to_numpy(value))
-        if np.isfinite(value):
-            return
+    def _fail(self, batch, what, bad):
         self.model.stop_training = True
-        bad = non_finite_variables(self.model)
         if bad:
-            where = f"first non-finite variable: {bad[0]} (layer {bad[0].rsplit('/', 1)[0]}; {len(bad)} in all)"
+            where = (f"first non-finite variable: {bad[0]} (layer {bad[0].rsplit('/', 1)[0]}; {len(bad)} in all: "
+                     f"{', '.join(bad[:4])}{', ...' if len(bad) > 4 else ''})")
         else:
             where = "all variables are finite (check the inputs, the learning rate, or an overflow in the forward pass)"
         checkpoint = self.checkpoint() if callable(self.checkpoint) else self.checkpoint
         last = f"; last good checkpoint: {checkpoint}" if checkpoint else ""
-        raise NonFiniteError(f"{self.monitor} is {value} at epoch {self._epoch + 1}, batch {batch + 1}: {where}{last}")
+        raise NonFiniteError(f"{what} at epoch {self._epoch + 1}, batch {batch + 1}: {where}{last}")
+
+    def on_train_batch_end(self, batch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is not None:
+            value = float(ops.convert_to_numpy(value))
+            if not np.isfinite(value):
+                self._fail(batch, f"{self.monitor} is {value}", non_finite_variables(self.model))
+        bad = [v.path for v in self._steps if not np.all(np.isfinite(ops.convert_to_numpy(v)))]
+        if bad:
+            self._fail(batch, "an LSQ step size is NaN/Inf", bad)

@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from repq.export import tflite_graph
+from repq.export.graph import container_factor
 from repq.metrics import psnr_y
 from repq.quantizers import integer_range
 
@@ -51,7 +52,8 @@ def check_graph(it, layers):
             row.update(layer=layer.name, weight_bits=layer.weight_bits,
                        on_grid=bool(qmin <= ints.min() and ints.max() <= qmax),
                        input_scale_learned=layer.act_bits is None or bool(
-                           np.allclose(in_scale, float(layer.input_step.numpy()), rtol=1e-6)))
+                           np.allclose(in_scale, float(layer.input_step.numpy()) / container_factor(layer),
+                                       rtol=1e-6)))
         rows.append(row)
     matched = [r for r in rows if r["layer"]]
     return dict(all_convs_integer=all(r["integer"] for r in rows),

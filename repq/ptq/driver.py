@@ -59,7 +59,8 @@ def quantize_ptq(model, calib_data, method, weight_bits=4, act_bits=4, iters=200
       baseline_losses: per-unit losses of an earlier QDrop pass for ``mrecg_loss`` (skips the search).
       seed: seeds Keras/TF/numpy and every random stream (dropping, batch sampling).
 
-    Report keys: method, bits, units, unit_losses, unit_losses_init, unit_seconds, iters_per_s,
+    Report keys: method, bits, units, unit_losses, unit_losses_init, unit_seconds, iters_per_s
+    (steady state, first step left out), unit_first_step_s (first step incl. tracing),
     scheme, search_time_s, baseline_unit_losses, ptq_time_s.
     """
     if method not in METHODS:
@@ -79,6 +80,7 @@ def quantize_ptq(model, calib_data, method, weight_bits=4, act_bits=4, iters=200
               "seed": seed, "scheme": None, "search_time_s": None, "baseline_unit_losses": None}
     if method == "rtn":
         report.update(units=[], unit_losses=[], unit_losses_init=[], unit_seconds=[], iters_per_s=[],
+                      unit_first_step_s=[],
                       ptq_time_s=time.perf_counter() - start)
         return qm.model, report
     config = ReconConfig(iters=iters, reg_lambda=lam, verbose=verbose,
@@ -96,6 +98,7 @@ def quantize_ptq(model, calib_data, method, weight_bits=4, act_bits=4, iters=200
                   unit_losses_init=[r["loss_init"] for r in results],
                   unit_seconds=[r["seconds"] for r in results],
                   iters_per_s=[r["iters_per_s"] for r in results],
+                  unit_first_step_s=[r["first_step_s"] for r in results],
                   unit_sizes=[len(u.weight_ops) for u in units],
                   ptq_time_s=time.perf_counter() - start)
     return qm.model, report

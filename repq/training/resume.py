@@ -140,6 +140,10 @@ class StageCheckpoint(keras.callbacks.Callback):
         """Remove the checkpoint folder (the stage is complete and its artefact saved)."""
         if self.write:
             shutil.rmtree(self.directory, ignore_errors=True)
+            try:
+                os.rmdir(os.path.dirname(self.directory))  # the backup/ folder, once no stage uses it
+            except OSError:
+                pass
 
 
 class InterruptHandler(keras.callbacks.Callback):

@@ -1,0 +1,207 @@
+"""Hostile and wrong input: one clear one-line error, nothing already written is lost.
+
+train.py is driven in-process (``train.cli`` with parsed absl flags: no TF import per case).
+"""
+
+import errno
+import os
+import warnings
+
+import keras
+import numpy as np
+import pytest
+from absl import flags
+
+import models
+import train
+from repq.callbacks import NaNGuard, NonFiniteError
+from repq.layers import RepVGGBlock
+from repq.qat import calibrate, quantize_model
+from repq.training import CheckpointError, load_model, save_model, write_json, write_text
+from repq.training import artifacts
+
+
+def run_train(capsys, *args):
+    """-> (exit code, stderr) of ``train.py ARGS`` run in this process."""
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["train.py", *args])
+    code = 0
+    try:
+        train.cli(["train.py"])
+    except SystemExit as err:
+        code = err.code
+    finally:
+        flags.FLAGS.unparse_flags()
+    return code, capsys.readouterr().err
+
+
+def assert_one_line_error(err, *needles):
+    lines = [line for line in err.strip().splitlines() if line.startswith("train.py: error:")]
+    assert len(lines) == 1, err[-2000:]
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model=repvgg_z9"], "unknown model 'repvgg_z9'"),
+    (["--method=int4"], "unknown method 'int4'"),
+    (["--bits=1"], "--weight_bits=1: bit width"),
+    (["--strategy=horovod"], "unknown strategy 'horovod'"),
+    (["--epochs=-1"], "--epochs=-1 must be >= 0"),
+    (["--strategy=multi_worker"], "needs TF_CONFIG"),
+    (["--dataset=nope"], "Unknown dataset 'nope'"),
+])
+def test_usage_errors(capsys, tmp_path, monkeypatch, args, message):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    code, err = run_train(capsys, *args, f"--output_dir={tmp_path / 'out'}")
+    assert code == 2
+    assert_one_line_error(err, message)
+
+
+def test_empty_and_missing_dataset_folders(capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    code, err = run_train(capsys, f"--dataset=folder:{tmp_path / 'empty'}", f"--output_dir={tmp_path / 'o'}")
+    assert code == 2
+    assert_one_line_error(err, "is empty")
+    code, err = run_train(capsys, f"--dataset=folder:{tmp_path / 'missing'}", f"--output_dir={tmp_path / 'o'}")
+    assert code == 2
+    assert_one_line_error(err, "does not exist")
+
+
+def test_unwritable_output_dir_fails_before_training(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("I am a file")  # a directory below a file cannot be created, even by root
+    code, err = run_train(capsys, "--model=ecbsr_m4c16", "--limit=2", f"--output_dir={blocker / 'run'}")
+    assert code == 2
+    assert_one_line_error(err, "is not writable")
+    assert blocker.read_text() == "I am a file"
+
+
+def test_corrupt_fp_checkpoint_is_reported(capsys, tmp_path):
+    bad = tmp_path / "fp.keras"
+    bad.write_bytes(b"PK\x03\x04" + os.urandom(2000))
+    code, err = run_train(capsys, "--model=ecbsr_m4c16", "--limit=2", f"--fp_checkpoint={bad}",
+                          f"--output_dir={tmp_path / 'o'}")
+    assert code == 2
+    assert_one_line_error(err, str(bad), "not a valid .keras file")
+
+
+def test_fp_checkpoint_of_another_architecture(capsys, tmp_path):
+    path = str(tmp_path / "ecbsr.keras")
+    models.create_model("ecbsr_m4c16", scale=2).save(path)
+    code, err = run_train(capsys, "--model=ecbsr_m4c16_x4", "--limit=2", f"--fp_checkpoint={path}",
+                          f"--output_dir={tmp_path / 'o'}")
+    assert code == 2
+    assert_one_line_error(err, path, "is not a ecbsr_m4c16_x4 model")
+
+
+def test_corrupt_stage_artefact_in_run_dir_is_not_used(capsys, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "fp_model.keras").write_bytes(b"garbage")
+    args = ["--model=ecbsr_m4c16", "--limit=2", f"--output_dir={out}"]
+    code, err = run_train(capsys, *args)
+    assert code == 2
+    assert_one_line_error(err, str(out / "fp_model.keras"), "delete it to redo that stage")
+    assert (out / "fp_model.keras").read_bytes() == b"garbage"  # reported, not overwritten
+
+
+def test_rerun_with_other_settings_into_the_same_run_dir_is_refused(capsys, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "fp_model.keras").write_bytes(b"garbage")  # stops the first run right after its checks
+    run_train(capsys, "--model=ecbsr_m4c16", "--limit=2", f"--output_dir={out}")
+    saved = (out / "run_config.json").read_text()
+    code, err = run_train(capsys, "--model=ecbsr_m4c16", "--limit=2", "--bits=8", f"--output_dir={out}")
+    assert code == 2
+    assert_one_line_error(err, "holds a run with other settings", "weight_bits")
+    assert (out / "run_config.json").read_text() == saved
+
+
+def test_disk_full_mid_write_keeps_earlier_outputs_and_no_temp_files(tmp_path, monkeypatch):
+    target = tmp_path / "results.json"
+    write_json(str(target), {"run": 1})
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(artifacts.os, "fsync", full)
+    with pytest.raises(OSError) as info:
+        write_text(str(target), "x" * 10_000)
+    assert info.value.errno == errno.ENOSPC
+    assert target.read_text() == '{\n  "run": 1\n}\n'
+    assert os.listdir(tmp_path) == ["results.json"]
+
+
+def test_disk_full_while_saving_a_model(tmp_path, monkeypatch):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    path = str(tmp_path / "m.keras")
+    save_model(model, path)
+    before = open(path, "rb").read()
+
+    def full(self, filepath, *args, **kwargs):
+        with open(filepath, "wb") as f:
+            f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device", filepath)
+    monkeypatch.setattr(keras.Model, "save", full)
+    with pytest.raises(OSError):
+        save_model(model, path)
+    assert open(path, "rb").read() == before and os.listdir(tmp_path) == ["m.keras"]
+    load_model(path)  # still valid
+
+
+def test_truncated_keras_file_one_line_error(tmp_path):
+    path = str(tmp_path / "m.keras")
+    save_model(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]), path)
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    with pytest.raises(CheckpointError) as info:
+        load_model(path, hint="delete it")
+    assert "\n" not in str(info.value) and path in str(info.value) and "delete it" in str(info.value)
+
+
+def test_corrupt_image_among_good_ones_is_skipped_with_a_warning(tmp_path):
+    import tensorflow as tf
+
+    from repq.data import get_dataset
+    from repq.data import folder as folder_module
+
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for i in range(5):
+            png = tf.io.encode_png(np.full((12, 12, 3), 40 * i, np.uint8)).numpy()
+            (tmp_path / cls / f"{i}.png").write_bytes(png)
+    (tmp_path / "a" / "broken.png").write_bytes(b"not an image at all")
+    folder_module.scan.cache_clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds, info = get_dataset(f"folder:{tmp_path}", "train", 4, image_size=8, shuffle=False)
+    assert any("broken.png" in str(w.message) for w in caught)
+    assert sum(int(x.shape[0]) for x, _ in ds) == info.num_train == 8
+
+
+def test_nan_guard_names_the_layer_and_the_checkpoint():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.GlobalAveragePooling2D()(RepVGGBlock(4, name="blk")(inputs))
+    qat = quantize_model(keras.Model(inputs, keras.layers.Dense(2)(x)), 4, 4)
+    data = np.random.default_rng(0).normal(size=(8, 8, 8, 3)).astype("float32")
+    calibrate(qat, data)
+    step = next(v for v in qat.variables if v.path.endswith("/step") and "weight" in v.path)
+    step.assign(np.full(step.shape, np.nan, np.float32))
+    qat.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with pytest.raises(NonFiniteError) as info:
+        qat.fit(data, np.zeros(8, np.int32), batch_size=4, epochs=2, verbose=0,
+                callbacks=[NaNGuard(checkpoint="runs/x/backup/qat/state.json")])
+    message = str(info.value)
+    # max(|step|, eps) keeps the forward pass finite: the guard checks the steps themselves
+    assert "step size is NaN/Inf at epoch 1, batch 1" in message and step.path in message
+    assert "runs/x/backup/qat/state.json" in message and "\n" not in message
+    kernel = next(v for v in qat.trainable_variables if "kernel" in v.path)
+    for variable in qat.variables:
+        if variable.path.endswith("/step"):
+            variable.assign(np.ones(variable.shape, np.float32))
+    kernel.assign(np.full(kernel.shape, np.inf, np.float32))
+    # an Inf kernel is clipped by the fake-quantizer (finite loss), but its NaN gradient reaches the steps
+    with pytest.raises(NonFiniteError, match="at epoch 1, batch 1: first non-finite variable: blk/"):
+        qat.fit(data, np.zeros(8, np.int32), batch_size=4, epochs=1, verbose=0, callbacks=[NaNGuard()])
