@@ -51,6 +51,9 @@ def assert_one_line_error(err, *needles):
     (["--epochs=-1"], "--epochs=-1 must be >= 0"),
     (["--strategy=multi_worker"], "needs TF_CONFIG"),
     (["--dataset=nope"], "Unknown dataset 'nope'"),
+    (["--act_bits=1"], "--act_bits=1: bit width"),
+    (["--fp_checkpoint=/nonexistent/fp.keras"], "does not exist"),
+    (["--method=tfmot8", "--bits=4"], "tfmot8 is tfmot's 8-bit scheme"),
 ])
 def test_usage_errors(capsys, tmp_path, monkeypatch, args, message):
     monkeypatch.delenv("TF_CONFIG", raising=False)

@@ -16,14 +16,10 @@ def train(*args, timeout=900):
                           capture_output=True, text=True, timeout=timeout)
 
 
+# One real process checks the exit code end to end; the other messages are covered
+# in-process (tests/test_hostile_inputs.py), since each process costs a TF import.
 @pytest.mark.parametrize("args, message", [
-    (["--model=repvgg_z9"], "unknown model 'repvgg_z9'"),
-    (["--method=int4"], "unknown method 'int4'"),
     (["--bits=9"], "--weight_bits=9: bit width must be an integer in [2, 8]"),
-    (["--act_bits=1"], "--act_bits=1: bit width"),
-    (["--fp_checkpoint=/nonexistent/fp.keras"], "does not exist"),
-    (["--method=tfmot8", "--bits=4"], "tfmot8 is tfmot's 8-bit scheme"),
-    (["--dataset=nope"], "Unknown dataset 'nope'"),
 ])
 def test_usage_errors_exit_2_with_one_line(args, message, tmp_path):
     result = train(*args, f"--output_dir={tmp_path}")
