@@ -40,6 +40,8 @@ flags.DEFINE_string("fp_dir", "runs/ptq_fp", "FP checkpoints <model>_<size>px_<e
 flags.DEFINE_boolean("cache_calib", True, "calibrate observers once per (model, W/A) and reuse the qparams")
 flags.DEFINE_string("extra", "", "extra model:bits:methods run, e.g. repvgg_a0:4/4:rtn,qdrop ('' for none)")
 flags.DEFINE_string("output", "benchmarks/results/ptq_results", "output path without extension")
+flags.DEFINE_string("merge", "", "comma-separated result .json files to combine into --output (no runs; "
+                    "rows ordered by --bits; --iters should describe the combined protocol)")
 FLAGS = flags.FLAGS
 
 MODEL_KWARGS = {"mobilenetv2": {"width_multiplier": 0.5}}
@@ -125,8 +127,12 @@ def write(rows, fp, meta):
              "Reduced CPU protocol (2 shared cores), far below the paper's 20,000 iterations/unit, "
              "1,024 calibration images and 224 px ImageNet: " + meta["protocol"] + ". "
              "Top-1 on the 1,000 mnist5k test digits (0.1 % granularity, so differences of a few "
-             "tenths are noise). PTQ time excludes observer calibration (run once per setting, "
-             "times below) and, for `mrecg_loss`, the reused QDrop search pass (`search (s)`).", ""]
+             "tenths are noise). Observer calibration runs once per setting, in its first method "
+             "(RTN, whose PTQ time is therefore the calibration time); the other methods reuse its "
+             "qparams and their PTQ time excludes it, and for `mrecg_loss` also the reused QDrop "
+             "search pass (`search (s)`). Σ L_rec sums the method's own units (21 layer units for "
+             "AdaRound, 10 blocks for BRECQ/QDrop, 8 groups for MRECG), so it is comparable only "
+             "within a method: it shows how much reconstruction lowered the loss from round-to-nearest.", ""]
     lines += ["| model | FP top-1 (%) | FP checkpoint |", "|---|---|---|"]
     lines += [f"| {m} | {v:.2f} | `{meta['fp_paths'][m]}` |" for m, v in fp.items()]
     lines += ["", "| model | W/A | iters/unit | method | top-1 (%) | Δ vs FP | Σ L_rec (RTN init → final) "
@@ -156,8 +162,28 @@ def write(rows, fp, meta):
         f.write("\n".join(lines) + "\n")
 
 
+def merge(paths):
+    parts = [json.load(open(p)) for p in paths]
+    order = FLAGS.bits.split(",")
+    rows = sorted((r for d in parts for r in d["runs"]),
+                  key=lambda r: (r["model"], order.index(r["bits"]) if r["bits"] in order else len(order)))
+    meta = dict(parts[0]["meta"])
+    meta["command"] = "`; `".join(d["meta"]["command"] for d in parts)
+    meta["iters"] = FLAGS.iters
+    meta["protocol"] = meta["protocol"].split(", iters/unit")[0] + (
+        f", iters/unit {FLAGS.iters}, batch {meta['batch']}, seed 0")
+    for d in parts[1:]:
+        for key in ("fp_paths", "fp_train_s", "calib_seconds"):
+            meta[key].update(d["meta"][key])
+    fp = {k: v for d in parts for k, v in d["fp_top1"].items()}
+    write(rows, fp, meta)
+
+
 def main(_):
     import tensorflow as tf
+
+    if FLAGS.merge:
+        return merge(FLAGS.merge.split(","))
 
     size = FLAGS.image_size
     test = resized(get_dataset("mnist5k", "test", 250)[0], size)

@@ -95,13 +95,24 @@ def _grid_error(x, step, qmin, qmax, axis):
     return ops.mean(ops.power(ops.abs(x_hat - x), MSE_P), axis=axis)
 
 
+def _leading_examples(x):
+    """The first examples of ``x`` (N, ...) holding about ``MAX_SEARCH_ELEMENTS`` values.
+
+    Whole examples, not a strided sample: a stride that is a multiple of the
+    channel count would read a single channel of an NHWC tensor.
+    """
+    per_example = tf.reduce_prod(tf.shape(x)[1:])
+    count = tf.maximum(1, MAX_SEARCH_ELEMENTS // tf.maximum(per_example, 1))
+    return x[:count]
+
+
 def mse_initial_step(x, qmin, qmax, per_channel=False):
     """The step minimising ``mean |fq(x) - x|^2.4`` among 80 shrinking ranges.
 
     Candidate ranges are ``r * (1 - 0.01 i)``, ``i = 0..79``, with ``r`` = max |x|
     (per last-axis channel when ``per_channel``), mapped to steps by the grid's
-    half width. Per tensor, the error is scored on at most 65,536 evenly strided
-    elements (all candidates at once); per channel, one candidate at a time.
+    half width. Per tensor, the error is scored on the leading examples holding
+    about 65,536 values (all candidates at once); per channel, one candidate at a time.
     A tighter, data-fitted start than LSQ's ``2 mean|x| / sqrt(qmax)``, which
     badly overshoots on non-zero-mean inputs such as 0-255 images.
     """
@@ -114,10 +125,8 @@ def mse_initial_step(x, qmin, qmax, per_channel=False):
         errors = ops.stack([_grid_error(flat, steps[k], qmin, qmax, axis=0) for k in range(MSE_CANDIDATES)])
         best = ops.argmin(errors, axis=0)
         return ops.take_along_axis(steps, best[None, :], axis=0)[0]
-    flat = ops.reshape(x, (-1,))
-    stride = tf.maximum(1, tf.size(flat) // MAX_SEARCH_ELEMENTS)
-    sample = flat[::stride]
-    steps = ops.maximum(ops.max(ops.abs(flat)) * shrink / half_levels, STEP_EPS)  # (K,)
+    sample = ops.reshape(_leading_examples(x), (-1,))
+    steps = ops.maximum(ops.max(ops.abs(x)) * shrink / half_levels, STEP_EPS)  # (K,)
     errors = _grid_error(sample[None, :], steps[:, None], qmin, qmax, axis=1)
     return steps[ops.argmin(errors)]
 

@@ -53,11 +53,17 @@ def _check_close(report):
 
 @pytest.mark.parametrize("name,bits", [("repvgg_a0", 4), ("ecbsr_m4c16_x2", 4)])
 def test_tflite_graph_uses_learned_quantization(name, bits, tmp_path):
-    _check_fidelity(name, bits, tmp_path)
+    report = _check_fidelity(name, bits, tmp_path)
+    # sub-8-bit conv inputs sit in a 2^(8-bits) times finer int8 container (graph.fine_container),
+    # which shrinks TFLite's bias and requantization rounding errors by the same factor
+    containers = {c["input_container"] for c in report["graph"]["convs"] if c.get("input_container")}
+    assert 2 ** (8 - bits) in containers, containers
 
 
-@pytest.mark.xfail(reason="TFLite differs from the Keras QAT model by up to ~25 output steps "
-                          "(see docs/export.md, 'Known gap'); not yet bit-exact.", strict=False)
+@pytest.mark.xfail(reason="TFLite is not bit-exact with the QAT model: int32 bias rounding, TFLite's "
+                          "double-rounding requantization and the PReLU requantization flip ~0.1-1% of "
+                          "the values per layer (docs/export.md, 'Known gap'); ECBSR 4-bit max ~3 steps.",
+                   strict=False)
 def test_tflite_matches_qat_within_two_steps(tmp_path):
     _check_close(_check_fidelity("ecbsr_m4c16_x2", 4, tmp_path))
 

@@ -32,6 +32,13 @@ def run_tflite(it, x):
     return np.concatenate(results)
 
 
+def _input_scale_ok(in_scale, layer):
+    """The conv's int8 input scale is the learned step, or the step / ``2^(8-bits)`` of the
+    finer container (``repq.export.graph.fine_container``)."""
+    step = float(layer.input_step.numpy())
+    return any(bool(np.allclose(in_scale, step / f, rtol=1e-6)) for f in {1, container_factor(layer)})
+
+
 def check_graph(it, layers):
     """Per-conv checks against the quantized Keras layers (matched by their learned weight steps).
 
@@ -51,9 +58,10 @@ def check_graph(it, layers):
             in_scale = tflite_graph.scales(conv["input"])
             row.update(layer=layer.name, weight_bits=layer.weight_bits,
                        on_grid=bool(qmin <= ints.min() and ints.max() <= qmax),
+                       input_container=None if layer.act_bits is None else int(round(
+                           float(layer.input_step.numpy()) / float(in_scale[0]))),
                        input_scale_learned=layer.act_bits is None or bool(
-                           np.allclose(in_scale, float(layer.input_step.numpy()) / container_factor(layer),
-                                       rtol=1e-6)))
+                           _input_scale_ok(in_scale, layer)))
         rows.append(row)
     matched = [r for r in rows if r["layer"]]
     return dict(all_convs_integer=all(r["integer"] for r in rows),
@@ -93,11 +101,11 @@ def write_report(report, stem):
     lines += [f"| {k} | {_fmt(v)} |" for k, v in report.items() if not isinstance(v, (list, dict))]
     convs = report.get("graph", {}).get("convs", [])
     if convs:
-        lines += ["", "| conv | op | integer | weight bits | int range | on grid | input scale = learned |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["", "| conv | op | integer | weight bits | int range | on grid | input scale = learned "
+                  "| step / input scale |", "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {c['layer'] or c['name']} | {c['op']} | {c['integer']} | {c.get('weight_bits', '')} | "
                   f"[{c['weight_min']}, {c['weight_max']}] | {c.get('on_grid', '')} | "
-                  f"{c.get('input_scale_learned', '')} |" for c in convs]
+                  f"{c.get('input_scale_learned', '')} | {c.get('input_container') or ''} |" for c in convs]
     with open(stem + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
     return stem + ".json", stem + ".md"

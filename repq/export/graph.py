@@ -58,7 +58,9 @@ class ExportQuantizedConv2D(QuantizedConv2D):
     (``fine_container``; after the padding, which TFLite must keep in one scale)."""
 
     def call(self, inputs):
-        x = fine_container(symmetric_pad(self.quantize_input(inputs), self.pad), self)
+        x = symmetric_pad(self.quantize_input(inputs), self.pad)
+        if self.pad > 0:  # without a PAD between them the converter folds the two fake-quants
+            x = fine_container(x, self)  # and can lose the rounding to the learned step (ResNets)
         y = ops.conv(x, self.quantized_kernel(), strides=self.strides, padding="valid")
         if self.use_bias:
             y = y + self.bias
@@ -69,9 +71,10 @@ class ExportQuantizedConv2D(QuantizedConv2D):
 class QuantizedDenseAsConv(QuantizedDense):
     """``QuantizedDense`` on ``(B, in)`` computed as a 1x1 conv on ``(B, 1, 1, in)`` -> ``(B, units)``."""
 
+    # No fine_container here: the converter folds two adjacent fake-quants (with or without a
+    # RESHAPE between them) into the first one, so the input keeps the learned step as its scale.
     def call(self, inputs):
-        # reshape first: the converter drops a fake-quant that follows a RESHAPE of a fake-quant
-        x = fine_container(self.quantize_input(ops.reshape(inputs, (-1, 1, 1, self.kernel.shape[0]))), self)
+        x = ops.reshape(self.quantize_input(inputs), (-1, 1, 1, self.kernel.shape[0]))
         qmin, qmax = integer_range(self.weight_bits, True)
         kernel = export_fake_quant(ops.reshape(self.kernel, (1, 1, *self.kernel.shape)), self.weight_step,
                                    qmin, qmax, self.weight_bits, per_channel=True)

@@ -2,9 +2,9 @@
 
 Candidates shrink the observed range: ``(min * (1 - 0.01 i), max * (1 - 0.01 i))``;
 the one with the lowest ``mean |fq(x) - x|^p`` wins (per tensor: i = 0..94; per channel:
-i = 0..79, each channel scored on its own). Activation tensors are scored on at most
-``MAX_SEARCH_ELEMENTS`` evenly strided elements (min/max use the full tensor) to keep the
-search cheap on CPU; this subsampling is ours.
+i = 0..79, each channel scored on its own). Activation tensors are scored on their leading
+examples holding about ``MAX_SEARCH_ELEMENTS`` values (min/max use the full tensor) to keep
+the search cheap on CPU; this subsampling is ours.
 """
 
 import numpy as np
@@ -35,9 +35,10 @@ def mse_range(x, qmin, qmax, per_channel=False, p=P_NORM):
         lo, hi = flat.min(axis=0), flat.max(axis=0)
         candidates = CHANNEL_CANDIDATES
     else:
-        flat = x.reshape(-1)
-        if flat.size > MAX_SEARCH_ELEMENTS:
-            flat = flat[:: flat.size // MAX_SEARCH_ELEMENTS]
+        # Whole leading examples: a stride that is a multiple of the channel count
+        # would sample one channel of an NHWC tensor only.
+        per_example = max(1, x[0].size) if x.ndim > 1 else 1
+        flat = x[:max(1, MAX_SEARCH_ELEMENTS // per_example)].reshape(-1) if x.ndim > 1 else x.reshape(-1)
         lo, hi = np.float32(x.min()), np.float32(x.max())
         candidates = TENSOR_CANDIDATES
     best_lo, best_hi = np.copy(lo), np.copy(hi)
