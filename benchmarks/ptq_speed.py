@@ -42,6 +42,7 @@ flags.DEFINE_string("calib_sizes", "64,128,256", "calibration sizes for the scal
 flags.DEFINE_integer("scale_iters", 5, "steps per unit in the scaling runs")
 flags.DEFINE_string("depth_models", "resnet18,mobilenetv2_w0.35,repvgg_a0", "models for the depth runs")
 flags.DEFINE_string("output", "benchmarks/results/ptq_speed", "output path without extension")
+flags.DEFINE_boolean("render_only", False, "re-write the .md/.png from the existing .json (no runs)")
 FLAGS = flags.FLAGS
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -171,8 +172,9 @@ def scaling_run(name, data, n, out, key):
     write(out)
 
 
-def write(out):
-    out["maxrss_mb"] = maxrss_mb()
+def write(out, update_rss=True):
+    if update_rss:
+        out["maxrss_mb"] = maxrss_mb()
     with open(FLAGS.output + ".json", "w") as f:
         json.dump(out, f, indent=1)
     m = out["meta"]
@@ -184,7 +186,9 @@ def write(out):
              "sampled every 10 ms from /proc/self/statm minus the RSS just before the measurement "
              "(in-process: memory kept by the allocator from earlier steps can hide part of a later "
              "delta); tracemalloc is not used because it misses TensorFlow's C++ buffers. "
-             f"Process ru_maxrss at the end: {out['maxrss_mb']:.0f} MiB.", "",
+             f"Process ru_maxrss at the end: {out['maxrss_mb']:.0f} MiB."
+             + (f" Wall time of the whole script: {out['wall_s']:.0f} s." if out.get("wall_s") else ""),
+             "",
              "## Iterations per second by unit type (ResNet-18)", "",
              "Same weights reconstructed three ways: each conv of the block as its own AdaRound "
              "layer unit (time per iteration summed over the layers), the block as one BRECQ unit, "
@@ -260,6 +264,9 @@ def main(_):
 
     from repq.data import calibration_batches
 
+    if FLAGS.render_only:
+        with open(FLAGS.output + ".json") as f:
+            return write(json.load(f), update_rss=False)
     sizes = [int(v) for v in FLAGS.calib_sizes.split(",")]
     data = calibration_batches("mnist5k", max(sizes + [FLAGS.unit_calib]), 256)
     data = tf.image.resize(tf.concat(data, 0), (FLAGS.image_size, FLAGS.image_size)).numpy()

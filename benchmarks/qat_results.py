@@ -50,6 +50,15 @@ def run(model, label, flags, runs_dir):
     return result
 
 
+def load_rows():
+    """Rows of an earlier run (other models keep their results when one model is rerun)."""
+    path = os.path.join(RESULTS, "qat_results.json")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return json.load(f)
+
+
 def markdown(rows):
     lines = ["| model | method | metric | FP | QAT | deploy | deploy == QAT | wall (s) |",
              "|---|---|---|---|---|---|---|---|"]
@@ -68,13 +77,13 @@ def main():
     parser.add_argument("--models", nargs="*", default=list(CONFIGS))
     parser.add_argument("--tfmot8", action="store_true", help="also run the tfmot 8-bit baseline")
     args = parser.parse_args()
-    rows = []
+    rows = load_rows()
     for model in args.models:
         configs = CONFIGS[model] + ([TFMOT8] if args.tfmot8 else [])
         for label, flags in configs:
             result = run(model, label, flags, os.path.abspath(args.runs_dir))
             result["label"] = label
-            rows.append(result)
+            rows = [r for r in rows if (r["model"], r["label"]) != (model, label)] + [result]
             write_json(os.path.join(RESULTS, "qat_results.json"), rows)
             write_text(os.path.join(RESULTS, "qat_results.md"), markdown(rows))
     print(markdown(rows))

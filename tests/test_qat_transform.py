@@ -92,7 +92,7 @@ def test_deployed_weights_lie_on_the_learned_grid():
 
 
 def test_qat_inference_equals_merge_quantize_conv_by_hand():
-    """Independent path: numpy merge of the block, LSQ grid by hand, numpy-free conv via keras ops."""
+    """Independent path: the block's merged kernel, the LSQ grids and the int32 bias grid by hand."""
     from keras import ops
     qat, x = prepared_qat("repvgg_a0", bits=4)
     wrapper = qat.get_layer("stage0")
@@ -102,8 +102,10 @@ def test_qat_inference_equals_merge_quantize_conv_by_hand():
     k_q = np.clip(np.floor(kernel / s_w + 0.5), -8, 7) * s_w
     s_a = float(np.asarray(wrapper.input_quantizer.positive_step()))
     x_q = np.clip(np.floor(x / s_a + 0.5), -128, 127) * s_a  # first layer input is 8-bit
+    bias_step = s_a * s_w  # the int32 bias grid of the integer conv
+    bias_q = np.floor(bias / bias_step + 0.5) * bias_step
     padded = np.pad(x_q, [(0, 0), (1, 1), (1, 1), (0, 0)])
-    y_ref = np.maximum(np.asarray(ops.conv(padded, k_q, padding="valid")) + bias, 0)
+    y_ref = np.maximum(np.asarray(ops.conv(padded, k_q, padding="valid")) + bias_q, 0)
     y = np.asarray(wrapper(x, training=False))
     assert np.abs(y - y_ref).max() <= 1e-4 * np.abs(y_ref).max()
 

@@ -14,7 +14,7 @@ from keras import ops
 
 from repq.layers.padded_conv import symmetric_pad
 from repq.qat.deploy import QuantizedConv2D, QuantizedDense
-from repq.quantizers import ActivationQuantizer, WeightQuantizer
+from repq.quantizers import ActivationQuantizer, WeightQuantizer, round_ste
 
 
 class QuantWrapper(keras.layers.Layer):
@@ -52,8 +52,19 @@ class QuantWrapper(keras.layers.Layer):
         raise NotImplementedError
 
     def quantized_kernel_and_bias(self, inputs=None, training=False):
+        """The kernel on its learned grid and the bias on the integer conv's int32 grid."""
         kernel, bias = self.float_kernel_and_bias(inputs, training)
-        return self.weight_quantizer(kernel, training=training), bias
+        return self.weight_quantizer(kernel, training=training), self.quantize_bias(bias)
+
+    def quantize_bias(self, bias):
+        """Round ``bias`` (out,) to multiples of input step x weight step, as TFLite stores it (int32).
+
+        Straight-through gradient; with a float input (``act_bits=None``) the bias stays float.
+        """
+        if self.input_quantizer is None:
+            return bias
+        step = ops.stop_gradient(self.input_quantizer.positive_step() * self.weight_quantizer.positive_step())
+        return round_ste(bias / step) * step
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
@@ -63,8 +74,9 @@ class QuantWrapper(keras.layers.Layer):
         raise NotImplementedError
 
     def _build_deployed(self, layer_cls, config, input_shape):
-        """``layer_cls(**config)`` holding the quantized kernel, the bias and the learned steps."""
+        """``layer_cls(**config)`` holding the quantized kernel and bias and the learned steps."""
         kernel, bias = self.float_kernel_and_bias()
+        bias = self.quantize_bias(bias)
         deployed = layer_cls(weight_bits=self.weight_bits, act_bits=self.act_bits,
                              input_signed=self.input_signed, **config)
         deployed.build(input_shape)
