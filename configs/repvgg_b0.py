@@ -1,20 +1,14 @@
-"""RepVGG-B0 recipe. ``imagenet``: Table S1 (RepQ supplementary); ``embedded`` (default): mnist5k.
+"""RepVGG-B0 recipe: Table S1 gives RepVGG-A0 and B0 one column, so it is A0's recipe.
 
-Usage: ``python train.py --config=configs/repvgg_b0.py:imagenet``.
+Usage: ``python train.py --model repvgg_b0 --config=configs/repvgg_b0.py:imagenet``.
 """
 
-from configs import common
+from configs import repvgg_a0
 
 MODEL = "repvgg_b0"
 
 
 def get_config(variant="embedded"):
-    common.check_variant(variant, ("imagenet", "embedded"))
-    config = common.recipe(
-        model=MODEL, task="classification", dataset="imagenet2012", epochs=120, batch_size=256, loss="ce",
-        label_smoothing=0.1, optimizer="sgd", schedule="warmup_cosine", warmup_epochs=5, weight_decay=1e-4,
-        no_decay=("step", "bias", "norm"), fp_lr=0.1, qat_lr=0.01, merged8_lr=0.001,
-        step_8bit_lr=0.01, step_4bit_lr=0.01)
-    if variant == "embedded":
-        common.embedded_classification(config, **common.EMBEDDED_CLASSIFICATION)
+    config = repvgg_a0.get_config(variant)
+    config.model = MODEL
     return config
