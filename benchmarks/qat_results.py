@@ -46,7 +46,7 @@ def run(model, label, flags, runs_dir):
     with open(os.path.join(out, "results.json")) as f:
         result = json.load(f)
     result["wall_s"] = time.time() - start
-    result["command"] = " ".join(["python train.py", *cmd[2:]])
+    result["command"] = " ".join(["python train.py", *cmd[2:]]).replace(ROOT + os.sep, "")  # repo-relative
     return result
 
 

@@ -26,15 +26,20 @@ def _producer(layer):
     return parents[0].operation if len(parents) == 1 else None
 
 
+def _ends_in_relu(layer):
+    """Whether ``layer`` applies a ReLU/ReLU6 as its last step."""
+    if isinstance(layer, keras.layers.ReLU):
+        return True
+    activation = layer.get_config().get("activation") if isinstance(layer, keras.layers.Activation) \
+        else getattr(layer, "activation", None)
+    name = activation if isinstance(activation, str) else getattr(activation, "__name__", "")
+    return name in ("relu", "relu6")
+
+
 def _is_non_negative(layer):
-    """Whether ``layer``'s output is provably >= 0 (a ReLU at its end)."""
+    """Whether ``layer``'s output is provably >= 0 (a ReLU, possibly behind pooling/reshapes)."""
     while layer is not None:
-        if isinstance(layer, keras.layers.ReLU) or getattr(layer, "activation", None) in ("relu", "relu6"):
-            return True
-        if isinstance(layer, keras.layers.Activation):
-            return layer.get_config()["activation"] in ("relu", "relu6")
-        act = getattr(layer, "activation", None)
-        if callable(act) and getattr(act, "__name__", "") in ("relu", "relu6"):
+        if _ends_in_relu(layer):
             return True
         if not isinstance(layer, SIGN_PRESERVING):
             return False
