@@ -116,6 +116,7 @@ def mse_initial_step(x, qmin, qmax, per_channel=False):
     A tighter, data-fitted start than LSQ's ``2 mean|x| / sqrt(qmax)``, which
     badly overshoots on non-zero-mean inputs such as 0-255 images.
     """
+    x = ops.cast(x, "float32")
     half_levels = float(qmax if qmin == 0 else (qmax - qmin) / 2)
     shrink = 1.0 - 0.01 * ops.arange(MSE_CANDIDATES, dtype="float32")
     if per_channel:

@@ -1,0 +1,45 @@
+"""Data-driven step initialisation: MSE range search on activations and weights."""
+
+import numpy as np
+import pytest
+
+from repq.ptq.observers import mse_range
+from repq.quantizers import MAX_SEARCH_ELEMENTS, integer_range, mse_initial_step
+
+
+def channel_imbalanced(channels=64):
+    """NHWC activations whose channel 0 is tiny and the others large (post-ReLU)."""
+    rng = np.random.default_rng(0)
+    x = np.abs(rng.normal(size=(64, 32, 32, channels))).astype("float32")
+    x[..., 0] *= 1e-3
+    return x
+
+
+def test_activation_search_sees_every_channel():
+    """A stride that is a multiple of the channel count would read channel 0 only."""
+    x = channel_imbalanced()
+    assert x.size // MAX_SEARCH_ELEMENTS % x.shape[-1] == 0  # the aliasing case
+    qmin, qmax = integer_range(8, signed=False)
+    step = float(mse_initial_step(x, qmin, qmax))
+    assert step * qmax > 0.5 * x.max()   # covers the large channels, not just channel 0
+
+
+def test_ptq_observer_sees_every_channel():
+    x = channel_imbalanced()
+    lo, hi = mse_range(x, 0, 255)
+    assert hi > 0.5 * x.max()
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_weight_search_is_per_channel_and_beats_max_scaling(bits):
+    rng = np.random.default_rng(1)
+    kernel = rng.standard_t(3, size=(3, 3, 16, 8)).astype("float32") * np.linspace(0.1, 2, 8)
+    qmin, qmax = integer_range(bits, signed=True)
+    steps = np.asarray(mse_initial_step(kernel, qmin, qmax, per_channel=True))
+    assert steps.shape == (8,) and steps[-1] > 5 * steps[0]  # follows each channel's scale
+
+    def error(s):
+        q = np.clip(np.floor(kernel / s + 0.5), qmin, qmax) * s
+        return np.mean(np.abs(q - kernel) ** 2.4, axis=(0, 1, 2))
+    max_steps = np.abs(kernel).max(axis=(0, 1, 2)) / ((qmax - qmin) / 2)
+    assert np.all(error(steps) <= error(max_steps) * (1 + 1e-5))  # i = 0 is max scaling
