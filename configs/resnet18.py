@@ -3,17 +3,12 @@
 ``imagenet``: 100 epochs, SGD 0.1 cosine, wd 1e-4; ``embedded`` (default): mnist5k.
 """
 
-from configs import common
+from configs import ac_resnet18
 
 MODEL = "resnet18"
 
 
 def get_config(variant="embedded"):
-    common.check_variant(variant, ("imagenet", "embedded"))
-    config = common.recipe(
-        model=MODEL, task="classification", dataset="imagenet2012", epochs=100, batch_size=256, loss="ce",
-        label_smoothing=0.0, optimizer="sgd", schedule="cosine", warmup_epochs=0, weight_decay=1e-4,
-        no_decay=("step",), fp_lr=0.1, qat_lr=0.01, merged8_lr=0.001, step_8bit_lr=1e-4, step_4bit_lr=1e-3)
-    if variant == "embedded":
-        common.embedded_classification(config, **common.EMBEDDED_CLASSIFICATION)
+    config = ac_resnet18.get_config(variant)
+    config.model = MODEL
     return config
