@@ -38,7 +38,7 @@ import models  # noqa: E402
 import repq  # noqa: E402
 from repq import data  # noqa: E402
 from repq.data import common  # noqa: E402
-from repq.training.artifacts import write_json, write_text  # noqa: E402
+from repq.training.artifacts import atomic_write, write_json, write_text  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 CASES = (("mnist5k", 64), ("skimage_sr", 32))
@@ -158,9 +158,7 @@ def main():
     ax.set_xlabel("images / s (log); green: input pipeline alone, blue: train step alone")
     ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
-    tmp = os.path.join(RESULTS, ".input_pipeline.partial.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, os.path.join(RESULTS, "input_pipeline.png"))
+    atomic_write(os.path.join(RESULTS, "input_pipeline.png"), lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     print("\n".join(lines))
 
 

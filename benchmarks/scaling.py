@@ -139,7 +139,7 @@ def main():
                  samples_per_s=[r["samples_per_s"] for r in runs[n]], ratio_to_1=med[n] / med[1])
             for n in configs]
     import tensorflow as tf
-    from repq.training.artifacts import write_json, write_text
+    from repq.training.artifacts import atomic_write, write_json, write_text
     meta = dict(model="repvgg_a0 (32x32x3, small layout), RepQ QAT", bits=args.bits, global_batch=args.batch,
                 reps=args.reps, steps=args.steps, warmup_steps=args.warmup, cpu_count=os.cpu_count(),
                 tensorflow=tf.__version__, worker_setup=setup, paired_ratios_2_over_1=ratios,
@@ -169,9 +169,7 @@ def main():
     ax.set_ylabel("samples / s")
     ax.set_title(f"QAT RepVGG-A0 32x32 fit, global batch {args.batch}", fontsize=9)
     fig.tight_layout()
-    tmp = os.path.join(RESULTS, ".scaling.partial.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, os.path.join(RESULTS, "scaling.png"))
+    atomic_write(os.path.join(RESULTS, "scaling.png"), lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     print("\n".join(lines))
 
 

@@ -25,7 +25,7 @@ import tensorflow as tf  # noqa: E402
 import models  # noqa: E402
 from repq.baselines import merged_lsq_model  # noqa: E402
 from repq.qat import quantize_model  # noqa: E402
-from repq.training.artifacts import write_json, write_text  # noqa: E402
+from repq.training.artifacts import atomic_write, write_json, write_text  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 
@@ -94,9 +94,7 @@ def main():
     ax.axvline(1.0, color="k", lw=0.8)
     ax.set_xlabel("train-step time / FP multi-branch")
     fig.tight_layout()
-    tmp = os.path.join(RESULTS, ".train_step.partial.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, os.path.join(RESULTS, "train_step.png"))
+    atomic_write(os.path.join(RESULTS, "train_step.png"), lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     print("\n".join(lines))
 
 
