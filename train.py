@@ -200,26 +200,11 @@ RUN_KEYS = ("model", "method", "bnest", "seed", "fp_checkpoint")
 
 def check_run_config(output_dir, w_bits, a_bits, recipe, write):
     """Refuse to resume into a run directory made with other settings; record them otherwise."""
-    import json
-
-    from repq.training import write_json
+    from repq.training import check_run_config as guard
 
     config = {key: getattr(FLAGS, key) for key in RUN_KEYS}
-    config.update(weight_bits=w_bits, act_bits=a_bits,
-                  recipe=json.loads(json.dumps(recipe.to_dict(), default=str, sort_keys=True)))
-    path = os.path.join(output_dir, "run_config.json")
-    if os.path.exists(path):
-        try:
-            with open(path) as f:
-                saved = json.load(f)
-        except (OSError, ValueError) as err:
-            raise UsageError(f"{path} is corrupt ({err}); delete it (or the run directory) and rerun.") from err
-        if saved != config:
-            keys = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
-            raise UsageError(f"{output_dir} holds a run with other settings (differs in: {', '.join(keys)}); "
-                             "use another --output_dir, or delete that one.")
-    elif write:
-        write_json(path, config)
+    config.update(weight_bits=w_bits, act_bits=a_bits, recipe=recipe.to_dict())
+    guard(output_dir, config, write)
 
 
 def run_tfmot8(fp_model, recipe, output_dir):

@@ -1,6 +1,7 @@
 """Hostile and wrong input: one clear one-line error, nothing already written is lost.
 
-train.py is driven in-process (``train.cli`` with parsed absl flags: no TF import per case).
+train.py, ptq.py and export.py are driven in-process (``train.cli`` with parsed absl flags,
+``ptq.cli``, ``export.main``: no TF import per case).
 """
 
 import errno
@@ -12,13 +13,17 @@ import numpy as np
 import pytest
 from absl import flags
 
+import export
 import models
 import train
 from repq.callbacks import NaNGuard, NonFiniteError
+from repq.export import api as export_api
 from repq.layers import RepVGGBlock
+from repq.ptq import quantize_ptq
 from repq.qat import calibrate, quantize_model
 from repq.training import CheckpointError, load_model, save_model, write_json, write_text
 from repq.training import artifacts
+from tests.test_ptq_resume import ptq_args, residual_model, run_ptq
 
 
 def run_train(capsys, *args):
@@ -208,3 +213,199 @@ def test_nan_guard_names_the_layer_and_the_checkpoint():
     # an Inf kernel is clipped by the fake-quantizer (finite loss), but its NaN gradient reaches the steps
     with pytest.raises(NonFiniteError, match="at epoch 1, batch 1: first non-finite variable: blk/"):
         qat.fit(data, np.zeros(8, np.int32), batch_size=4, epochs=1, verbose=0, callbacks=[NaNGuard()])
+
+
+# ---------------------------------------------------------------- ptq.py (driven in-process: ptq.cli)
+
+
+@pytest.fixture(scope="module")
+def ptq_fp_checkpoint(tmp_path_factory):
+    """A tiny mnist5k classifier (32x32x3 -> 10 logits, 3 BRECQ units) saved as .keras."""
+    path = str(tmp_path_factory.mktemp("ptq_fp") / "tiny.keras")
+    residual_model((32, 32, 3), 10, stem_stride=4).save(path)
+    return path
+
+
+def assert_ptq_error(err, *needles):
+    lines = [line for line in err.strip().splitlines() if line.startswith("ptq.py: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model=resnet99"], "unknown model 'resnet99'"),
+    (["--method=gptq"], "unknown method 'gptq'"),
+    (["--dataset=nope"], "Unknown dataset 'nope'"),
+    (["--dataset=skimage_sr"], "is for super_resolution"),
+    (["--weight_bits=1"], "--weight_bits=1: bit width"),
+    (["--act_bits=9"], "--act_bits=9: bit width"),
+    (["--weight_bits=four"], "flag --weight_bits=four"),
+    (["--iters=0"], "--iters=0 must be >= 1"),
+    (["--calib_size=0"], "--calib_size=0 must be >= 1"),
+    (["--fp_checkpoint=/nonexistent/fp.keras"], "does not exist"),
+    (["--method=mrecg_modcap", "--scheme=0,(1,"], "cannot parse scheme"),
+    (["--method=mrecg_modcap", "--scheme=0,1"], "covers 2 units, the model has 3"),
+    (["--topk=1"], "--scheme / --topk apply to the mrecg_* methods"),
+    (["stray"], "unexpected arguments: stray"),
+])
+def test_ptq_usage_errors(capsys, tmp_path, ptq_fp_checkpoint, args, message):
+    out = tmp_path / "out"
+    code, err = run_ptq(capsys, *ptq_args(ptq_fp_checkpoint, out), *args)
+    assert code == 2
+    assert_ptq_error(err, message)
+    assert not (out / "results.json").exists()
+
+
+def test_ptq_corrupt_and_mismatched_fp_checkpoints(capsys, tmp_path):
+    bad = tmp_path / "fp.keras"
+    bad.write_bytes(b"PK\x03\x04" + os.urandom(2000))
+    code, err = run_ptq(capsys, *ptq_args(bad, tmp_path / "o1"))
+    assert code == 2
+    assert_ptq_error(err, str(bad), "not a valid .keras file")
+    small = str(tmp_path / "small.keras")
+    residual_model((16, 16, 3), 10).save(small)
+    code, err = run_ptq(capsys, *ptq_args(small, tmp_path / "o2"))
+    assert code == 2
+    assert_ptq_error(err, "takes inputs (16, 16, 3), --dataset mnist5k has images (32, 32, 3)")
+    five = str(tmp_path / "five.keras")
+    residual_model((32, 32, 3), 5, stem_stride=4).save(five)
+    code, err = run_ptq(capsys, *ptq_args(five, tmp_path / "o3"))
+    assert code == 2
+    assert_ptq_error(err, "outputs (5,), --dataset mnist5k needs 10 class logits")
+
+
+def test_ptq_unwritable_output_dir(capsys, tmp_path, ptq_fp_checkpoint):
+    blocker = tmp_path / "file"
+    blocker.write_text("I am a file")
+    code, err = run_ptq(capsys, *ptq_args(ptq_fp_checkpoint, blocker / "out"))
+    assert code == 2
+    assert_ptq_error(err, "is not writable", "pass a writable --output_dir")
+    assert blocker.read_text() == "I am a file"
+
+
+def test_ptq_corrupt_unit_checkpoint_via_cli(capsys, tmp_path, ptq_fp_checkpoint):
+    out = tmp_path / "out"
+    assert run_ptq(capsys, *ptq_args(ptq_fp_checkpoint, out, "--crash_after_units=1"))[0] == 1
+    weights = out / "checkpoints" / "units" / "unit_0001.npz"
+    weights.write_bytes(b"garbage")
+    code, err = run_ptq(capsys, *ptq_args(ptq_fp_checkpoint, out))
+    assert code == 2
+    assert_ptq_error(err, str(weights), "is corrupt", "delete")
+    assert weights.read_bytes() == b"garbage"
+
+
+def test_ptq_disk_full_keeps_the_previous_results(capsys, tmp_path, ptq_fp_checkpoint, monkeypatch):
+    out = tmp_path / "out"
+    assert run_ptq(capsys, *ptq_args(ptq_fp_checkpoint, out))[0] == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(artifacts.os, "fsync", full)
+    code, err = run_ptq(capsys, *ptq_args(ptq_fp_checkpoint, out))  # finished run: rewrites its outputs
+    assert code == 1
+    assert_ptq_error(err, "No space left on device", "files written before are intact")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # no .partial files either
+
+
+@pytest.mark.parametrize("images, error, message", [
+    (np.zeros((8, 8, 8, 4), np.uint8), TypeError, "dtype uint8"),
+    (np.zeros((8, 16, 16, 4), np.float32), ValueError, r"shape \(8, 16, 16, 4\), the model takes \(N, 8, 8, 4\)"),
+    (np.zeros((8, 8, 4), np.float32), ValueError, "the model takes"),
+    (np.full((8, 8, 8, 4), np.nan, np.float32), ValueError, "NaN or Inf"),
+])
+def test_ptq_driver_rejects_bad_calibration_images(images, error, message):
+    with pytest.raises(error, match=message):
+        quantize_ptq(residual_model(), images, "rtn", verbose=0)
+
+
+# ---------------------------------------------------------------- export.py (in-process: export.main)
+
+
+@pytest.fixture(scope="module")
+def sr_checkpoint(tmp_path_factory):
+    """A tiny QAT ECBSR x2 (steps initialised on one skimage_sr batch) saved as .keras."""
+    from repq.data import get_dataset
+
+    keras.utils.set_random_seed(0)
+    qat = quantize_model(models.create_model("ecbsr_m4c16_x2"), 4, 4)
+    train, _ = get_dataset("skimage_sr", "train", 4, limit=4, patch_size=16)
+    qat(next(iter(train))[0], training=True)
+    path = str(tmp_path_factory.mktemp("export") / "qat_model.keras")
+    qat.save(path)
+    return path
+
+
+def run_export(capsys, *args):
+    """-> (exit code, stderr) of ``export.py ARGS`` run in this process."""
+    code = export.main(list(args))
+    return code, capsys.readouterr().err
+
+
+def assert_export_error(err, *needles):
+    lines = [line for line in err.strip().splitlines() if line.startswith("export.py: error:")]
+    assert len(lines) == 1 and "Traceback" not in err and "usage:" not in err, err[-2000:]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_export_usage_and_input_errors(capsys, tmp_path, sr_checkpoint):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model_int8.tflite").write_bytes(b"previous export")
+    common = ["--output", str(out), "--num_eval", "2", "--num_calib", "4"]
+    cases = [
+        (["--checkpoint", sr_checkpoint, "--output", str(out), "--format", "onnx"], 2, "invalid choice: 'onnx'"),
+        (["--output", str(out)], 2, "the following arguments are required: --checkpoint"),
+        (["--checkpoint", sr_checkpoint, "--output", str(out), "--num_eval", "0"], 2, "--num_eval=0 must be >= 1"),
+        (["--checkpoint", sr_checkpoint, *common, "--dataset", "nope"], 1, "Unknown dataset 'nope'"),
+        (["--checkpoint", sr_checkpoint, *common, "--dataset", "mnist5k"], 1, "does not fit the checkpoint"),
+        (["--checkpoint", sr_checkpoint, *common, "--scale", "4"], 1, "the checkpoint upscales by 2"),
+        (["--checkpoint", str(tmp_path / "missing.keras"), *common], 1, "does not exist"),
+        (["--checkpoint", str(tmp_path), *common], 1, "run train.py first"),
+    ]
+    for args, code, message in cases:
+        got, err = run_export(capsys, *args)
+        assert got == code, (args, err)
+        assert_export_error(err, message)
+    (tmp_path / "bad.keras").write_bytes(b"PK\x03\x04" + os.urandom(500))
+    got, err = run_export(capsys, "--checkpoint", str(tmp_path / "bad.keras"), *common)
+    assert got == 1
+    assert_export_error(err, "cannot load checkpoint")
+    float_model = str(tmp_path / "float.keras")
+    models.create_model("ecbsr_m4c16_x2").save(float_model)
+    got, err = run_export(capsys, "--checkpoint", float_model, *common, "--format", "tflite")
+    assert got == 1
+    assert_export_error(err, "has no quantizers")
+    assert os.listdir(out) == ["model_int8.tflite"] and (out / "model_int8.tflite").read_bytes() == b"previous export"
+    assert sorted(os.listdir(tmp_path)) == ["bad.keras", "float.keras", "out"]  # no temporary folders left
+
+
+def test_export_unwritable_output(capsys, tmp_path, sr_checkpoint):
+    blocker = tmp_path / "file"
+    blocker.write_text("I am a file")
+    code, err = run_export(capsys, "--checkpoint", sr_checkpoint, "--output", str(blocker / "out"))
+    assert code == 2
+    assert_export_error(err, "is not writable", "pass a writable --output")
+    assert blocker.read_text() == "I am a file"
+
+
+def test_export_disk_full_mid_export_keeps_the_existing_export(capsys, tmp_path, sr_checkpoint, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "saved_model").mkdir()
+    (out / "saved_model" / "saved_model.pb").write_bytes(b"previous export")
+
+    def full(model, path, *args, **kwargs):  # the SavedModel writer runs out of space half-way
+        os.makedirs(path, exist_ok=True)
+        with open(os.path.join(path, "saved_model.pb"), "wb") as f:
+            f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+    monkeypatch.setattr(export_api, "export_savedmodel", full)
+    code, err = run_export(capsys, "--checkpoint", sr_checkpoint, "--output", str(out), "--format", "savedmodel",
+                           "--num_eval", "2", "--num_calib", "4")
+    assert code == 1
+    assert_export_error(err, "No space left on device", "an existing --output is intact")
+    assert (out / "saved_model" / "saved_model.pb").read_bytes() == b"previous export"
+    assert sorted(os.listdir(tmp_path)) == ["out"] and os.listdir(out) == ["saved_model"]

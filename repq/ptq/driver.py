@@ -11,6 +11,7 @@ import numpy as np
 
 import repq
 from repq.ptq import mrecg
+from repq.ptq.checkpoint import RunCheckpoint
 from repq.ptq.fake_quant import affine_range
 from repq.ptq.qmodel import QuantModel
 from repq.ptq.reconstruct import ReconConfig, reconstruct_units
@@ -20,9 +21,14 @@ METHODS = ("rtn", "adaround", "brecq", "qdrop", "mrecg_modcap", "mrecg_loss")
 QDROP_PROB = 0.5
 
 
-def as_batches(calib_data, batch_size):
+def as_batches(calib_data, batch_size, input_shape=None):
     """Calibration data (array ``(N, ...)``, list of batches, or dataset of x / (x, y)) ->
-    list of equal-size numpy batches (a remainder is dropped when ``N >= batch_size``)."""
+    list of equal-size float32 numpy batches (a remainder is dropped when ``N >= batch_size``).
+
+    ``input_shape``: the model's per-example input shape (None entries: any size); images of
+    another shape, of a non-float dtype (e.g. uint8 pixels, not preprocessed) or with NaN/Inf
+    raise ``ValueError`` / ``TypeError``.
+    """
     if isinstance(calib_data, np.ndarray):
         parts = [calib_data]
     else:
@@ -30,9 +36,25 @@ def as_batches(calib_data, batch_size):
     parts = [p for p in parts if p.size]
     if not parts:
         raise ValueError("calibration data is empty.")
+    for part in parts:
+        check_images(part, input_shape)
     x = np.concatenate(parts).astype(np.float32)
     size = min(batch_size, len(x))
     return [x[i:i + size] for i in range(0, len(x) - size + 1, size)]
+
+
+def check_images(x, input_shape=None):
+    """Raise unless ``x`` is a finite float batch ``(N, *input_shape)`` (None in ``input_shape``: any size)."""
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(f"calibration images must be float arrays preprocessed like the training data "
+                        f"(repq.data.preprocess_images), got dtype {x.dtype}.")
+    if input_shape is not None:
+        want = tuple(input_shape)
+        if x.ndim != len(want) + 1 or any(w is not None and g != w for g, w in zip(x.shape[1:], want)):
+            raise ValueError(f"calibration images have shape {x.shape}, the model takes (N, "
+                             f"{', '.join('?' if w is None else str(w) for w in want)}).")
+    if not np.isfinite(x).all():
+        raise ValueError("calibration images contain NaN or Inf.")
 
 
 def default_lambda(model_name):
@@ -42,7 +64,7 @@ def default_lambda(model_name):
 
 def quantize_ptq(model, calib_data, method, weight_bits=4, act_bits=4, iters=20000, batch_size=32,
                  reg_lambda=None, scheme=None, topk=None, selection=None, stride_factor=None,
-                 baseline_losses=None, seed=0, verbose=1):
+                 baseline_losses=None, seed=0, verbose=1, checkpoint_dir=None, crash_after_units=None):
     """Quantize ``model`` after training -> ``(quantized keras.Model, report dict)``.
 
     Args:
@@ -57,23 +79,44 @@ def quantize_ptq(model, calib_data, method, weight_bits=4, act_bits=4, iters=200
       selection: MRECG rule, a function ``(scores, k, allowed) -> boundaries``.
       stride_factor: ModCap ``f(stride)`` (default ``1/stride``).
       baseline_losses: per-unit losses of an earlier QDrop pass for ``mrecg_loss`` (skips the search).
-      seed: seeds Keras/TF/numpy and every random stream (dropping, batch sampling).
+      seed: seeds Keras/TF/numpy and every random stream (dropping, batch sampling); unit ``i``
+        of a pass uses its own streams seeded from ``seed`` and ``i``.
+      checkpoint_dir: if set, the run is resumable (:mod:`repq.ptq.checkpoint`): the calibrated
+        model and every reconstructed unit are checkpointed there, and calling again with the
+        same arguments and directory resumes after the last finished unit, ending with the same
+        weights as an uninterrupted call. SIGTERM/SIGINT then stop the run after the current
+        optimisation step with ``repq.training.TrainingInterrupted``.
+      crash_after_units: test hook (with ``checkpoint_dir``): ``repq.training.SimulatedCrash``
+        after that many units of this call.
 
     Report keys: method, bits, units, unit_losses, unit_losses_init, unit_seconds, iters_per_s
     (steady state, first step left out), unit_first_step_s (first step incl. tracing),
-    scheme, search_time_s, baseline_unit_losses, ptq_time_s.
+    scheme, search_time_s, baseline_unit_losses, ptq_time_s (this call only), resumed_units (units
+    loaded from checkpoints; their times are those of the earlier call).
     """
     if method not in METHODS:
         raise ValueError(f"unknown PTQ method {method!r}; choose one of {', '.join(METHODS)}.")
     affine_range(weight_bits), affine_range(act_bits)
     if iters < 1:
         raise ValueError(f"iters must be >= 1, got {iters}.")
-    batches = as_batches(calib_data, batch_size)
+    batches = as_batches(calib_data, batch_size, tuple(model.inputs[0].shape[1:]))
+    with RunCheckpoint(checkpoint_dir, crash_after_units) as run:
+        qmodel, report = _quantize(model, batches, method, weight_bits, act_bits, iters, batch_size,
+                                   reg_lambda, seed, verbose, run,
+                                   dict(scheme=scheme, topk=topk, selection=selection,
+                                        stride_factor=stride_factor, baseline_losses=baseline_losses))
+    report["resumed_units"] = run.units_restored
+    return qmodel, report
+
+
+def _quantize(model, batches, method, weight_bits, act_bits, iters, batch_size, reg_lambda, seed, verbose,
+              run, mrecg_args):
+    """The body of :func:`quantize_ptq` on checked arguments; ``run``: its :class:`RunCheckpoint`."""
     keras.utils.set_random_seed(seed)
     start = time.perf_counter()
     plain = repq.reparametrize(model)
     qm = QuantModel(plain, weight_bits, act_bits, seed=seed)
-    qm.calibrate(batches)
+    run.calibrate(qm, batches)
     lam = default_lambda(model.name) if reg_lambda is None else reg_lambda
     report = {"method": method, "weight_bits": weight_bits, "act_bits": act_bits, "iters": iters,
               "batch_size": batch_size, "calib_size": sum(len(b) for b in batches), "reg_lambda": lam,
@@ -91,9 +134,9 @@ def quantize_ptq(model, calib_data, method, weight_bits=4, act_bits=4, iters=200
     else:
         units = block_units(qm.graph)
     if method.startswith("mrecg"):
-        units = _mrecg_units(qm, units, batches, config, model.name, scheme, topk, selection,
-                             stride_factor, baseline_losses, seed, report)
-    results = reconstruct_units(qm, units, batches, config, seed=seed)
+        units = _mrecg_units(qm, units, batches, config, model.name, seed=seed, report=report,
+                             checkpoint=run.stage("search"), **mrecg_args)
+    results = reconstruct_units(qm, units, batches, config, seed=seed, checkpoint=run.stage("units"))
     report.update(units=[r["name"] for r in results], unit_losses=[r["loss"] for r in results],
                   unit_losses_init=[r["loss_init"] for r in results],
                   unit_seconds=[r["seconds"] for r in results],
@@ -105,8 +148,11 @@ def quantize_ptq(model, calib_data, method, weight_bits=4, act_bits=4, iters=200
 
 
 def _mrecg_units(qm, units, batches, config, model_name, scheme, topk, selection, stride_factor,
-                 baseline_losses, seed, report):
-    """Merged units for MRECG (explicit scheme, ModCap or a first QDrop pass); fills the report."""
+                 baseline_losses, seed, report, checkpoint=None):
+    """Merged units for MRECG (explicit scheme, ModCap or a first QDrop pass); fills the report.
+
+    ``checkpoint``: PassCheckpoint of the first QDrop pass (resumable like the final pass).
+    """
     k = topk if topk is not None else mrecg.default_topk(model_name, len(units))
     start = time.perf_counter()
     if scheme is not None:
@@ -119,7 +165,7 @@ def _mrecg_units(qm, units, batches, config, model_name, scheme, topk, selection
     else:
         if baseline_losses is None:
             snapshot = qm.model.get_weights()
-            results = reconstruct_units(qm, units, batches, config, seed=seed)
+            results = reconstruct_units(qm, units, batches, config, seed=seed, checkpoint=checkpoint)
             baseline_losses = [r["loss"] for r in results]
             qm.model.set_weights(snapshot)
         if len(baseline_losses) != len(units):

@@ -183,6 +183,11 @@ class ActQuant(keras.layers.Layer):
         self.enabled = weight("enabled", "ones")
         self.built = True
 
+    def reseed(self, seed):
+        """Restart the QDrop mask stream from ``seed`` (an int < 2**31)."""
+        self.seed_generator.state.assign(ops.cast(ops.convert_to_tensor([seed, 0]),
+                                                  self.seed_generator.state.dtype))
+
     def set_qparams(self, scale, zero_point):
         self.scale.assign(scale)
         self.zero_point.assign(zero_point)

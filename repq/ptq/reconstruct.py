@@ -97,12 +97,20 @@ def evaluate_unit(forward, cache):
     return float(np.mean(losses))
 
 
-def reconstruct_unit(qmodel, unit, cache, config, seed=0):
+def unit_seeds(seed, count):
+    """``count`` int seeds (< 2**31) derived from ``seed``, one per activation quantizer of a unit."""
+    return [int(s >> 1) for s in np.random.SeedSequence([seed, 1]).generate_state(count)] if count else []
+
+
+def reconstruct_unit(qmodel, unit, cache, config, seed=0, on_step=None):
     """Optimise one unit in place; returns ``{"loss_init", "loss", "seconds", "iters_per_s",
     "first_step_s"}`` (``iters_per_s`` leaves out the first step, which traces the step function).
 
     ``loss_init`` is ``L_rec`` with round-to-nearest weights, ``loss`` after hard rounding,
-    both on the whole cache without dropping.
+    both on the whole cache without dropping. Every random stream of the unit (batch sampling,
+    QDrop masks of its input and of its activation quantizers) starts from ``seed``, so the
+    result depends only on the weights before the unit and ``seed`` (exact resume).
+    ``on_step()``, if given, is called after every optimisation step (e.g. to stop on a signal).
     """
     weight_layers = [qmodel.weight_layers[op.index] for op in unit.weight_ops]
     quants = [qmodel.act_quants[op.output] for op in unit.ops if op.output in qmodel.act_quants]
@@ -111,8 +119,9 @@ def reconstruct_unit(qmodel, unit, cache, config, seed=0):
     loss_init = evaluate_unit(eval_forward, cache)
     for layer in weight_layers:
         layer.start_adaround()
-    for quant in quants:
+    for quant, quant_seed in zip(quants, unit_seeds(seed, len(quants))):
         quant.prob.assign(config.prob)
+        quant.reseed(quant_seed)
     alphas = [layer.alpha for layer in weight_layers]
     scales = [q.scale for q in quants] if config.learn_scales else []
     opt_w = keras.optimizers.Adam(config.alpha_lr, epsilon=1e-8)
@@ -151,6 +160,8 @@ def reconstruct_unit(qmodel, unit, cache, config, seed=0):
         rec, reg = step(tf.constant(t, tf.int64))
         if t == 1:
             first_step = time.perf_counter() - start  # includes tracing ``step``
+        if on_step is not None:
+            on_step()
         if config.verbose and (t % every == 0 or t == config.iters):
             bar.update(t, [("rec", float(rec)), ("reg", float(reg))])
     seconds = time.perf_counter() - start
@@ -166,15 +177,27 @@ def reconstruct_unit(qmodel, unit, cache, config, seed=0):
             "seconds": seconds, "iters_per_s": rate, "first_step_s": first_step}
 
 
-def reconstruct_units(qmodel, units, batches, config, seed=0, log=print):
-    """Reconstruct ``units`` in order (each cached from the quantized prefix); list of per-unit dicts."""
-    results = []
-    for i, unit in enumerate(units):
+def reconstruct_units(qmodel, units, batches, config, seed=0, log=print, checkpoint=None):
+    """Reconstruct ``units`` in order (each cached from the quantized prefix); list of per-unit dicts.
+
+    ``checkpoint`` (a :class:`repq.ptq.checkpoint.PassCheckpoint`, optional): the finished units
+    of an earlier, interrupted call are loaded instead of redone, and every unit is checkpointed
+    when it is done. Unit ``i`` is seeded with ``seed * 7919 + i``.
+    """
+    names = [unit.name for unit in units]
+    results = checkpoint.restore(qmodel.model, names) if checkpoint else []
+    if results and config.verbose:
+        log(f"resuming after unit {len(results)}/{len(units)} (checkpoint {checkpoint.directory})")
+    for i in range(len(results), len(units)):
+        unit = units[i]
         if config.verbose:
             log(f"unit {i + 1}/{len(units)}: {unit.name}")
         cache = cache_unit(qmodel, unit, batches, with_fp=config.prob < 1.0)
-        result = reconstruct_unit(qmodel, unit, cache, config, seed=seed * 7919 + i)
+        result = reconstruct_unit(qmodel, unit, cache, config, seed=seed * 7919 + i,
+                                  on_step=checkpoint.check_signal if checkpoint else None)
         result["name"] = unit.name
         results.append(result)
         del cache
+        if checkpoint:
+            checkpoint.save(qmodel.model, names, results)
     return results

@@ -7,9 +7,12 @@ version of the file stays intact until the new one is complete. Reads of ``.kera
 one-line message naming the file and what to do.
 """
 
+import io
 import json
 import os
 import zipfile
+
+import numpy as np
 
 
 class CheckpointError(Exception):
@@ -65,6 +68,54 @@ def save_model(model, path):
 def save_weights(model, path):
     """Atomically save ``model.save_weights`` (weights and optimizer state) to ``path`` (``.weights.h5``)."""
     atomic_write(path, model.save_weights, ".weights.h5")
+
+
+def save_arrays(path, arrays):
+    """Atomically write a list of numpy arrays to ``path`` (``.npz``, keys ``arr_0``, ``arr_1``, ...)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, *arrays)
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(buffer.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+    atomic_write(path, write)
+
+
+def load_arrays(path, hint="delete it and rerun"):
+    """The list of arrays saved by :func:`save_arrays`; a missing or corrupt file raises :class:`CheckpointError`."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path} is missing; {hint}.")
+    try:
+        with np.load(path) as data:
+            return [data[f"arr_{i}"] for i in range(len(data.files))]
+    except Exception as err:  # noqa: BLE001 - zipfile/numpy raise many types on a bad file
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path} is corrupt ({type(err).__name__}: {reason}); {hint}.") from err
+
+
+def check_run_config(output_dir, config, write=True):
+    """Settings guard of a resumable run directory (``<output_dir>/run_config.json``).
+
+    If the file exists and records other settings than ``config`` (a JSON-able dict), raise
+    :class:`CheckpointError` naming the differing keys; if it is absent and ``write``, record
+    ``config`` (atomically). A corrupt file is a :class:`CheckpointError` too.
+    """
+    config = json.loads(json.dumps(config, default=str, sort_keys=True))
+    path = os.path.join(output_dir, "run_config.json")
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                saved = json.load(f)
+        except (OSError, ValueError) as err:
+            raise CheckpointError(f"{path} is corrupt ({err}); delete it (or the run directory) and rerun.") from err
+        if saved != config:
+            keys = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+            raise CheckpointError(f"{output_dir} holds a run with other settings (differs in: {', '.join(keys)}); "
+                                  "use another --output_dir, or delete that one.")
+    elif write:
+        write_json(path, config)
 
 
 def check_keras_file(path, hint="delete it and rerun"):

@@ -16,23 +16,26 @@ the resume point). ``crash_after_steps`` raises :class:`SimulatedCrash` after th
 batches (a test hook, ``train.py --crash_after_steps``).
 """
 
-import io
 import json
 import os
 import shutil
 import signal
+import tempfile
 
 import keras
-import numpy as np
 
-from repq.training.artifacts import CheckpointError, atomic_write, save_weights, write_json
+from repq.training.artifacts import CheckpointError, load_arrays, save_arrays, save_weights, write_json
 
 STATE = "state.json"
 BEST = "best.npz"
 
 
 class TrainingInterrupted(Exception):
-    """SIGTERM/SIGINT arrived; training stopped after the current batch."""
+    """SIGTERM/SIGINT arrived; training stopped after the current batch (``signum``: the signal)."""
+
+    def __init__(self, signum):
+        self.signum = int(signum)
+        super().__init__(f"received {signal.Signals(self.signum).name}")
 
 
 class SimulatedCrash(RuntimeError):
@@ -48,7 +51,8 @@ class StageCheckpoint(keras.callbacks.Callback):
         last epoch. With a monitor, ``on_train_end`` loads the best epoch's model weights
         (like ``EarlyStopping(restore_best_weights=True)``, but surviving a restart).
       mode: "max" or "min".
-      write: False on non-chief multi-worker tasks (they restore but never write).
+      write: False on non-chief multi-worker tasks (they restore, and save only to a
+        temporary file: :func:`_save_and_discard`).
     """
 
     def __init__(self, directory, monitor=None, mode="max", write=True):
@@ -108,15 +112,9 @@ class StageCheckpoint(keras.callbacks.Callback):
             if self._improved(float(value)):
                 self.best, self.best_epoch = float(value), self.epoch
                 if self.write:
-                    weights = self.model.get_weights()
-
-                    def write_best(tmp):
-                        buffer = io.BytesIO()
-                        np.savez(buffer, *weights)
-                        with open(tmp, "wb") as f:
-                            f.write(buffer.getvalue())
-                    atomic_write(os.path.join(self.directory, BEST), write_best)
+                    save_arrays(os.path.join(self.directory, BEST), self.model.get_weights())
         if not self.write:
+            _save_and_discard(self.model)
             return
         name = f"epoch_{self.epoch:04d}.weights.h5"
         save_weights(self.model, os.path.join(self.directory, name))
@@ -129,12 +127,7 @@ class StageCheckpoint(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         path = os.path.join(self.directory, BEST)
         if self.monitor and self.best is not None and os.path.isfile(path):
-            try:
-                with np.load(path) as data:
-                    weights = [data[f"arr_{i}"] for i in range(len(data.files))]
-                self.model.set_weights(weights)
-            except Exception as err:  # noqa: BLE001
-                raise CheckpointError(f"{path} is corrupt ({err}); delete {self.directory} to restart this stage.") from err
+            self.model.set_weights(load_arrays(path, f"delete {self.directory} to restart this stage"))
 
     def delete(self):
         """Remove the checkpoint folder (the stage is complete and its artefact saved)."""
@@ -144,6 +137,18 @@ class StageCheckpoint(keras.callbacks.Callback):
                 os.rmdir(os.path.dirname(self.directory))  # the backup/ folder, once no stage uses it
             except OSError:
                 pass
+
+
+def _save_and_discard(model):
+    """Save ``model``'s weights to a temporary file and delete it: a non-chief worker's epoch save.
+
+    Under ``MultiWorkerMirroredStrategy`` every worker must save when the chief does: Keras
+    3.15's ``save_weights`` creates variables (a reference optimizer; its skip-set cache is
+    never hit), and creating a variable in the strategy's scope is a collective broadcast (a
+    save by the chief alone fails with "Collective instance N expected type 1 and data_type 9").
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_weights(os.path.join(tmp, "discard.weights.h5"))
 
 
 class InterruptHandler(keras.callbacks.Callback):
@@ -174,11 +179,15 @@ class InterruptHandler(keras.callbacks.Callback):
             signal.signal(sig, handler)
         self._previous = {}
 
-    def on_train_batch_end(self, batch, logs=None):
-        self._steps += 1
+    def check_signal(self):
+        """Raise :class:`TrainingInterrupted` (previous handlers restored) if a signal arrived."""
         if self.received is not None:
             self.on_train_end()
-            raise TrainingInterrupted(f"received {signal.Signals(self.received).name}")
+            raise TrainingInterrupted(self.received)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._steps += 1
+        self.check_signal()
         if self.crash_after_steps and self._steps >= self.crash_after_steps:
             self.on_train_end()
             raise SimulatedCrash(f"simulated crash after {self._steps} training steps (--crash_after_steps)")
