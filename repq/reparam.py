@@ -5,7 +5,7 @@ import keras
 from repq.layers.base import RepConvBlock
 
 
-def _copy_layer(layer):
+def copy_layer(layer):
     """A fresh, independent copy of a non-rep layer, with its weights."""
     clone = layer.__class__.from_config(layer.get_config())
     build_config = layer.get_build_config() if layer.built else None
@@ -18,7 +18,7 @@ def _copy_layer(layer):
 def _deploy_clone(layer):
     if isinstance(layer, RepConvBlock) or hasattr(layer, "deploy_layer"):
         return layer.deploy_layer()
-    return _copy_layer(layer)
+    return copy_layer(layer)
 
 
 def reparametrize(model):

@@ -11,6 +11,7 @@ import models
 import repq
 from repq.data import get_dataset
 from repq.export import ExportError
+from repq.export.api import integer_tflite
 from repq.export.files import load_checkpoint
 from repq.qat import quantize_model
 from tests.conftest import randomize_norms
@@ -48,7 +49,8 @@ def _check_fidelity(name, bits, tmp_path):
 def _check_close(report):
     if "top1_agreement" in report:
         assert report["top1_agreement"] >= 0.99
-    assert report["max_abs_diff_steps"] <= 2.0, report
+    # differences are whole steps, measured on dequantized floats (float noise ~1e-5 steps)
+    assert report["max_abs_diff_steps"] <= 2.0 + 1e-3, report
 
 
 @pytest.mark.parametrize("name,bits", [("repvgg_a0", 4), ("ecbsr_m4c16_x2", 4)])
@@ -60,19 +62,37 @@ def test_tflite_graph_uses_learned_quantization(name, bits, tmp_path):
     assert 2 ** (8 - bits) in containers, containers
 
 
-@pytest.mark.xfail(reason="TFLite is not bit-exact with the QAT model: int32 bias rounding, TFLite's "
-                          "double-rounding requantization and the PReLU requantization flip ~0.1-1% of "
-                          "the values per layer (docs/export.md, 'Known gap'); ECBSR 4-bit max ~3 steps.",
-                   strict=False)
-def test_tflite_matches_qat_within_two_steps(tmp_path):
-    _check_close(_check_fidelity("ecbsr_m4c16_x2", 4, tmp_path))
+@pytest.mark.parametrize("name,bits", [("repvgg_a0", 4), ("ecbsr_m4c16_x2", 4)])
+def test_tflite_matches_qat_within_two_steps(name, bits, tmp_path):
+    _check_close(_check_fidelity(name, bits, tmp_path))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,bits", [(n, b) for n in CLASSIFIERS + ["ecbsr_m4c16_x2"] for b in (4, 8)
-                                       if (n, b) not in {("repvgg_a0", 4), ("ecbsr_m4c16_x2", 4)}])
-def test_tflite_graph_slow(name, bits, tmp_path):
-    _check_fidelity(name, bits, tmp_path)
+@pytest.mark.parametrize("name,bits", [("ecbsr_m4c16_x2", 8)])
+def test_tflite_matches_qat_within_two_steps_slow(name, bits, tmp_path):
+    _check_close(_check_fidelity(name, bits, tmp_path))
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason="measured (random-BN test models, XNNPACK): RepVGG-A0 W8 max 3 steps; AC-ResNet-18 "
+                          "W4 28 / W8 6; OREPA-ResNet-18 W4 72 / W8 13 steps: residual ADD requantization and "
+                          "tensors shared by a conv and an ADD round differently in TFLite (docs/export.md)",
+                   strict=False)
+@pytest.mark.parametrize("name,bits", [("repvgg_a0", 8), ("ac_resnet18", 4), ("ac_resnet18", 8),
+                                       ("orepa_resnet18", 4), ("orepa_resnet18", 8)])
+def test_tflite_matches_qat_within_two_steps_known_gap(name, bits, tmp_path):
+    _check_close(_check_fidelity(name, bits, tmp_path))
+
+
+@pytest.mark.parametrize("name", ["repvgg_a0", "ecbsr_m4c16_x2", "ac_resnet18"])
+def test_qat_model_rounds_every_int8_tensor(name):
+    """The QAT model already holds every tensor the integer TFLite model holds in int8: the export
+    graph needs no calibrated range and computes exactly the QAT model's outputs."""
+    qat, rep, test = _qat_model(name, 4)
+    model_bytes, graph, _ = integer_tflite(qat, None, input_shape=test[0][0].shape[1:])
+    assert model_bytes
+    x = test[0][0]
+    np.testing.assert_array_equal(np.asarray(graph(x, training=False)), np.asarray(qat(x, training=False)))
 
 
 def test_savedmodel_reload_reproduces_keras(tmp_path):
@@ -93,7 +113,9 @@ def test_float_model_is_refused(tmp_path):
 
 
 def test_missing_representative_data(tmp_path):
-    qat, _, _ = _qat_model("ecbsr_m4c16_x2", 4)
+    fp = models.create_model("ecbsr_m4c16_x2")
+    qat = quantize_model(fp, 4, 4, range_quantizers=False)  # tensors without a range need calibration
+    qat(np.zeros((1, 8, 8, 1), np.float32), training=True)
     with pytest.raises(ExportError, match="representative_data"):
         repq.export_tflite(qat, str(tmp_path / "m.tflite"), None, [np.zeros((1, 8, 8, 1), np.float32)])
     assert not os.path.exists(tmp_path / "m.tflite")

@@ -145,3 +145,42 @@ def test_model_without_quantizable_layers_is_rejected():
     inputs = keras.Input((4,))
     with pytest.raises(ValueError, match="nothing to quantize|no conv"):
         quantize_model(keras.Model(inputs, keras.layers.ReLU()(inputs)))
+
+
+def _numpy_fake_quant8(x, lo, hi):
+    """TF's fake_quant_with_min_max_vars (8 bits), written out: nudge the range so 0 is on the grid."""
+    scale = (hi - lo) / 255.0
+    zero_point = np.round(np.clip(-lo / scale, 0, 255))
+    nudged_lo, nudged_hi = -zero_point * scale, (255 - zero_point) * scale
+    return np.floor((np.clip(x, nudged_lo, nudged_hi) - nudged_lo) / scale + 0.5) * scale + nudged_lo
+
+
+def test_range_fake_quant_tracks_the_batch_range():
+    from repq.qat.range_quant import RangeFakeQuant
+    q = RangeFakeQuant(momentum=0.9)
+    q(np.array([[-1.0, 2.0, 0.5]], np.float32), training=True)  # first batch sets the range
+    np.testing.assert_allclose([q.lo.numpy(), q.hi.numpy()], [-1.0, 2.0])
+    q(np.array([[0.5, 4.0]], np.float32), training=True)  # EMA; the batch range is widened to hold 0
+    np.testing.assert_allclose([q.lo.numpy(), q.hi.numpy()], [-0.9, 2.2], rtol=1e-6)
+    x = np.random.default_rng(0).uniform(-2, 3, 1000).astype(np.float32)  # no exact rounding ties
+    np.testing.assert_allclose(q(x, training=False).numpy(), _numpy_fake_quant8(x, -0.9, 2.2), atol=1e-5)
+    np.testing.assert_allclose([q.lo.numpy(), q.hi.numpy()], [-0.9, 2.2], rtol=1e-6)  # inference: no update
+
+
+def test_range_quantizers_sit_where_tflite_holds_int8_tensors():
+    """RepVGG: only the GAP input and the logits; ECBSR: model input, every PReLU input, the tail
+    conv output, the output."""
+    from repq.qat.range_quant import RangeFakeQuant
+    from repq.qat.transform import range_quantizers
+    repvgg = quantize_model(models.create_model("repvgg_a0", num_classes=10, input_shape=(32, 32, 3)), 4, 4)
+    consumers = [n.operation for q in range_quantizers(repvgg) for n in q._outbound_nodes]
+    assert len(range_quantizers(repvgg)) == 2
+    assert {type(c).__name__ for c in consumers} == {"GlobalAveragePooling2D"}  # + the logits (no consumer)
+    ecbsr = quantize_model(models.create_model("ecbsr_m4c16_x2"), 4, 4)
+    prelu_blocks = [l for l in ecbsr.layers if getattr(getattr(l, "layer", None), "activation", None) == "prelu"]
+    assert prelu_blocks and all(isinstance(l.preact_quantizer, RangeFakeQuant) for l in prelu_blocks)
+    # the model input, the tail conv output (into the residual add + pixel shuffle), the output
+    assert len([l for l in ecbsr.layers if isinstance(l, RangeFakeQuant)]) == 3
+    x = np.random.default_rng(0).uniform(0, 255, (2, 12, 12, 1)).astype(np.float32)
+    repq.qat.calibrate(ecbsr, x)
+    assert all(float(q.initialized.numpy()) == 1 for q in range_quantizers(ecbsr))

@@ -7,20 +7,26 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from repq.export import convert, fidelity, ranges, tflite_graph
+from repq.data.validate import check_images
+from repq.export import convert, fidelity, tflite_graph
+from repq.qat import range_placement as ranges
 from repq.export.errors import ExportError
 from repq.export.files import atomic_directory
 from repq.export.graph import export_model, graph_layers, is_quantized
 from repq.qat.deploy import QuantizedConv2D, QuantizedDense
 from repq.qat.quant_layers import QuantWrapper
+from repq.qat.transform import range_quantizers
 from repq.reparam import reparametrize
 
 
-def _x_batches(data):
-    """Iterable of ``x`` or ``(x, y, ...)`` batches -> list of float32 numpy x batches."""
+def _x_batches(data, input_shape=None):
+    """Iterable of ``x`` or ``(x, y, ...)`` batches -> list of float32 numpy x batches (checked)."""
     if data is None:
         return []
-    return [np.asarray(b[0] if isinstance(b, (tuple, list)) else b, np.float32) for b in data]
+    batches = [np.asarray(b[0] if isinstance(b, (tuple, list)) else b) for b in data]
+    for x in batches:
+        check_images(x, input_shape)
+    return [x.astype(np.float32) for x in batches]
 
 
 def _deploy(model):
@@ -64,10 +70,12 @@ def integer_tflite(model, representative_data=None, float_io=False, input_shape=
     """QAT/deploy model -> (integer TFLite bytes, export graph, its output step).
 
     ``representative_data`` (x batches) sets the 8-bit ranges of tensors without
-    learned quantization; required when the model has such tensors.
+    learned quantization or a tracked range (a QAT model from ``quantize_model``
+    has none once trained or calibrated); required when the model has such tensors.
     """
     graph, calibrated = ranges.with_range_quantizers(export_model(model))
-    batches = _x_batches(representative_data)
+    calibrated += [q for q in range_quantizers(graph) if q not in calibrated and float(q.initialized.numpy()) <= 0]
+    batches = _x_batches(representative_data, model.inputs[0].shape[1:])
     if calibrated and not batches:
         raise ExportError(f"{len(calibrated)} tensors (e.g. the model output) have no learned quantization; "
                           "pass representative_data (a few batches of model inputs) to calibrate them.")
@@ -100,30 +108,33 @@ def export_tflite(model, path, representative_data=None, eval_data=None, float_i
     if not is_quantized(model):
         raise ExportError(f"model {model.name!r} has no quantizers: run train.py or repq.qat.quantize_model "
                           "first, or use float_tflite for a float model.")
-    data, shape = _eval_arrays(eval_data, representative_data, input_shape)
+    data, shape = _eval_arrays(eval_data, representative_data, input_shape, model.inputs[0].shape[1:])
     model_bytes, graph, out_step = integer_tflite(model, representative_data, float_io, shape)
     _write_bytes(path, model_bytes)
-    it = tflite_graph.interpreter(model_bytes)
     x, y = data
     reference = np.concatenate([np.asarray(model(x[i:i + 32], training=False)) for i in range(0, len(x), 32)])
-    out = fidelity.run_tflite(it, x)
-    quant_layers = [l for l in graph_layers(graph) if isinstance(l, (QuantizedConv2D, QuantizedDense))]
+    labels, hr = (None, y) if sr_scale else (y, None)
     report = dict(model=model.name, tflite=os.path.basename(path), size_bytes=os.path.getsize(path),
-                  io="float32" if float_io else "int8", ops=tflite_graph.op_names(it),
-                  **fidelity.compare(reference, out, out_step, labels=None if sr_scale else y,
-                                     scale=sr_scale, hr=y if sr_scale else None))
-    report["graph"] = fidelity.check_graph(it, quant_layers)
+                  io="float32" if float_io else "int8", runtime="LiteRT default CPU runtime (XNNPACK)",
+                  **fidelity.compare(reference, fidelity.run_tflite(tflite_graph.interpreter(
+                      model_bytes, default_delegates=True), x), out_step, labels, sr_scale, hr))
+    builtin = tflite_graph.interpreter(model_bytes)
+    report["builtin_kernels"] = fidelity.compare(reference, fidelity.run_tflite(builtin, x), out_step, labels,
+                                                 sr_scale, hr)
+    report["ops"] = tflite_graph.op_names(builtin)
+    quant_layers = [l for l in graph_layers(graph) if isinstance(l, (QuantizedConv2D, QuantizedDense))]
+    report["graph"] = fidelity.check_graph(builtin, quant_layers)
     for key in ("all_convs_integer", "weights_on_grid", "scales_match_learned"):
         report[key] = report["graph"][key]
     fidelity.write_report(report, os.path.splitext(path)[0] + "_fidelity")
     return path, report
 
 
-def _eval_arrays(eval_data, representative_data, input_shape):
+def _eval_arrays(eval_data, representative_data, input_shape, model_shape):
     """``((x, y or None), input_shape)`` for the report from the given batches."""
     if eval_data is not None:
         batches = [b if isinstance(b, (tuple, list)) else (b, None) for b in eval_data]
-        x = np.concatenate([np.asarray(b[0], np.float32) for b in batches])
+        x = np.concatenate(_x_batches([b[0] for b in batches], model_shape))
         y = None if batches[0][1] is None else np.concatenate([np.asarray(b[1]) for b in batches])
     else:
         x, y = np.concatenate(_x_batches(representative_data)), None

@@ -7,7 +7,7 @@ the fake-quant ranges are constants the converter turns into int8 scales.
 leaves the fake-quant ops unconverted.)
 
 Integer models are converted in quantization-aware mode only: every tensor has
-a fake-quant op (:mod:`repq.export.ranges`) and NO representative dataset is
+a fake-quant op (:mod:`repq.qat.range_placement`) and NO representative dataset is
 passed to the converter, because its post-training calibration would override
 the learned ranges (a prototype got bias scales inconsistent with the input
 scale that way).

@@ -99,6 +99,12 @@ def write_report(report, stem):
         json.dump(report, f, indent=2)
     lines = [f"# TFLite fidelity: {report.get('model', '')}", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in report.items() if not isinstance(v, (list, dict))]
+    builtin = report.get("builtin_kernels")
+    if builtin:
+        lines += ["", "TFLite's builtin (reference) int8 kernels instead of the default runtime "
+                  "(their fixed-point requantization rounds differently, see docs/export.md):", "",
+                  "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in builtin.items()]
     convs = report.get("graph", {}).get("convs", [])
     if convs:
         lines += ["", "| conv | op | integer | weight bits | int range | on grid | input scale = learned "

@@ -6,10 +6,14 @@ from ai_edge_litert.interpreter import Interpreter, OpResolverType
 CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
 
 
-def interpreter(model_bytes, num_threads=1, preserve=False):
-    """An allocated LiteRT interpreter (reference kernels, no XNNPACK delegate: all ops visible)."""
-    it = Interpreter(model_content=model_bytes, num_threads=num_threads,
-                     experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+def interpreter(model_bytes, num_threads=1, preserve=False, default_delegates=False):
+    """An allocated LiteRT interpreter.
+
+    ``default_delegates=False``: TFLite's builtin kernels only (every op and tensor visible);
+    True: LiteRT's default CPU runtime, which hands the integer ops to XNNPACK.
+    """
+    resolver = OpResolverType.AUTO if default_delegates else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    it = Interpreter(model_content=model_bytes, num_threads=num_threads, experimental_op_resolver_type=resolver,
                      experimental_preserve_all_tensors=preserve)
     it.allocate_tensors()
     return it

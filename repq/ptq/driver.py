@@ -10,6 +10,7 @@ import keras
 import numpy as np
 
 import repq
+from repq.data.validate import check_images
 from repq.ptq import mrecg
 from repq.ptq.checkpoint import RunCheckpoint
 from repq.ptq.fake_quant import affine_range
@@ -37,24 +38,10 @@ def as_batches(calib_data, batch_size, input_shape=None):
     if not parts:
         raise ValueError("calibration data is empty.")
     for part in parts:
-        check_images(part, input_shape)
+        check_images(part, input_shape, what="calibration images")
     x = np.concatenate(parts).astype(np.float32)
     size = min(batch_size, len(x))
     return [x[i:i + size] for i in range(0, len(x) - size + 1, size)]
-
-
-def check_images(x, input_shape=None):
-    """Raise unless ``x`` is a finite float batch ``(N, *input_shape)`` (None in ``input_shape``: any size)."""
-    if not np.issubdtype(x.dtype, np.floating):
-        raise TypeError(f"calibration images must be float arrays preprocessed like the training data "
-                        f"(repq.data.preprocess_images), got dtype {x.dtype}.")
-    if input_shape is not None:
-        want = tuple(input_shape)
-        if x.ndim != len(want) + 1 or any(w is not None and g != w for g, w in zip(x.shape[1:], want)):
-            raise ValueError(f"calibration images have shape {x.shape}, the model takes (N, "
-                             f"{', '.join('?' if w is None else str(w) for w in want)}).")
-    if not np.isfinite(x).all():
-        raise ValueError("calibration images contain NaN or Inf.")
 
 
 def default_lambda(model_name):

@@ -14,7 +14,9 @@ from keras import ops
 
 from repq.layers.padded_conv import symmetric_pad
 from repq.qat.deploy import QuantizedConv2D, QuantizedDense
+from repq.qat.range_quant import RangeFakeQuant
 from repq.quantizers import ActivationQuantizer, WeightQuantizer, round_ste
+from repq.reparam import copy_layer
 
 
 class QuantWrapper(keras.layers.Layer):
@@ -101,7 +103,22 @@ class QuantWrapper(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="repq")
 class QuantRepConv(QuantWrapper):
-    """RepQ: ``act(conv(Q_a(x), Q_w(M(W_1..W_n))) + bias)`` for a :class:`RepConvBlock`."""
+    """RepQ: ``act(conv(Q_a(x), Q_w(M(W_1..W_n))) + bias)`` for a :class:`RepConvBlock`.
+
+    A PReLU block also rounds the conv output to 8 bits before the PReLU
+    (``preact_quantizer``, a :class:`RangeFakeQuant`): integer TFLite cannot fuse
+    PReLU into the conv and holds that tensor in int8.
+    """
+
+    def __init__(self, layer, weight_bits, act_bits=None, input_signed=True, **kwargs):
+        super().__init__(layer, weight_bits, act_bits, input_signed, **kwargs)
+        self.preact_quantizer = (RangeFakeQuant(name="preact_quantizer")
+                                 if getattr(layer, "activation", None) == "prelu" else None)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        if self.preact_quantizer is not None:
+            self.preact_quantizer.build(self.compute_output_shape(input_shape))
 
     def float_kernel_and_bias(self, inputs=None, training=False):
         return self.layer.merged_kernel_and_bias(inputs, training=training)
@@ -109,13 +126,19 @@ class QuantRepConv(QuantWrapper):
     def call(self, inputs, training=False):
         x = self.quantize_input(inputs, training)
         kernel, bias = self.quantized_kernel_and_bias(x, training)
-        return self.layer.activate(self.layer.convolve(x, kernel) + bias)
+        y = self.layer.convolve(x, kernel) + bias
+        if self.preact_quantizer is not None:
+            y = self.preact_quantizer(y, training=training)
+        return self.layer.activate(y)
 
     def deploy_layer(self):
         block = self.layer
         conv = self._build_deployed(QuantizedConv2D, block.deploy_conv_config(),
                                     (None, None, None, block.in_channels))
-        return block.with_activation(conv)
+        deployed = block.with_activation(conv)
+        if self.preact_quantizer is None:
+            return deployed
+        return keras.Sequential([conv, copy_layer(self.preact_quantizer), deployed.layers[-1]], name=block.name)
 
 
 @keras.saving.register_keras_serializable(package="repq")

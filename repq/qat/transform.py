@@ -4,9 +4,11 @@ import keras
 
 from repq.layers.base import RepConvBlock
 from repq.qat.quant_layers import QuantConv2D, QuantDense, QuantRepConv
+from repq.qat.range_placement import with_range_quantizers
+from repq.qat.range_quant import RangeFakeQuant
 from repq.qat.rules import HIGH_BITS, PrecisionRule, keep_bn_for, rule_for
 from repq.quantizers import integer_range
-from repq.reparam import _copy_layer
+from repq.reparam import copy_layer
 
 BN_MODES = ("repq", "bnest")
 # Layers that pass the sign of their input through unchanged.
@@ -54,7 +56,8 @@ def _first_and_last(model):
     return quantizable[0].name, quantizable[-1].name
 
 
-def quantize_model(model, weight_bits=4, act_bits=4, bn="repq", keep_bn=None, rule=None):
+def quantize_model(model, weight_bits=4, act_bits=4, bn="repq", keep_bn=None, rule=None,
+                   range_quantizers=True):
     """Return a trainable QAT copy of ``model`` (RepQ).
 
     Every rep block becomes a :class:`QuantRepConv` (merged kernel -> LSQ
@@ -95,10 +98,10 @@ def quantize_model(model, weight_bits=4, act_bits=4, bn="repq", keep_bn=None, ru
 
     def clone(layer):
         if not _is_quantizable(layer):
-            return _copy_layer(layer)
+            return copy_layer(layer)
         w_bits, a_bits = bits_for(layer)
         signed = not _is_non_negative(_producer(layer))
-        inner = _copy_layer(layer)
+        inner = copy_layer(layer)
         if isinstance(layer, RepConvBlock):
             if bn == "bnest" and layer.name not in keep_bn:
                 inner.norm_mode = "bnest"
@@ -109,15 +112,21 @@ def quantize_model(model, weight_bits=4, act_bits=4, bn="repq", keep_bn=None, ru
         return wrapper(inner, w_bits, a_bits, signed, name=layer.name)
 
     try:
-        return keras.models.clone_model(model, clone_function=clone)
+        qat = keras.models.clone_model(model, clone_function=clone)
     except ValueError as err:
         if "Functional" in str(err) or "Sequential" in str(err):
             raise TypeError("quantize_model needs a functional or Sequential model; build it with the "
                             "functional API.") from err
         raise
+    return with_range_quantizers(qat, mode="qat")[0] if range_quantizers else qat
 
 
 def quantized_layers(model):
     """The QAT wrappers of a model from :func:`quantize_model`, in layer order."""
     from repq.qat.quant_layers import QuantWrapper
     return [l for l in model._flatten_layers(include_self=False, recursive=True) if isinstance(l, QuantWrapper)]
+
+
+def range_quantizers(model):
+    """The :class:`~repq.qat.range_quant.RangeFakeQuant` layers of ``model``, in layer order."""
+    return [l for l in model._flatten_layers(include_self=False, recursive=True) if isinstance(l, RangeFakeQuant)]

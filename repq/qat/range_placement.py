@@ -1,56 +1,34 @@
-"""Fake-quant ops on the tensors that have no learned quantization, and their calibration.
+"""Where a model needs 8-bit range fake-quants, and their calibration.
 
 The TFLite converter needs an int8 range for every tensor. Conv/dense inputs and
 kernels carry the learned LSQ steps (their fake-quant ops); the other tensors
-(conv outputs feeding Add/PReLU/pooling, residual sums, the model output) get a
-:class:`RangeFakeQuant` whose 8-bit range is the min/max observed on a
-representative dataset. A tensor that feeds a quantized conv AND other layers
-gets the learned step of that conv (8-bit container range), so the conv still
-sees exactly its QAT input.
+(conv outputs feeding Add/PReLU/pooling, residual sums, the model output) need a
+:class:`~repq.qat.range_quant.RangeFakeQuant`. ``repq.quantize_model`` places
+them in the QAT model (``mode="qat"``: ranges tracked in training), so the export
+finds none missing; for models without them the export places them
+(``mode="export"``) with the min/max observed on a representative dataset, and
+a tensor that feeds a quantized conv AND other layers gets the learned step of
+that conv (8-bit container range), so the conv still sees exactly its QAT input.
+A pooling output (GAP/average pooling) that feeds quantized convs gets their
+learned step explicitly in the export: otherwise the converter keeps MEAN's output
+in its input scale and adds a requantization, a second rounding the QAT model
+does not have (with many exact ties: a mean of 16 integers ends in .5 often).
 """
 
 import keras
 import numpy as np
-import tensorflow as tf
-from keras import ops
 
 from repq.qat.deploy import QuantizedConv2D, QuantizedDense
+from repq.qat.quant_layers import QuantWrapper
+from repq.qat.range_quant import RangeFakeQuant
 from repq.quantizers import integer_range
 
 # Layers that only move or select values: TFLite gives their output the input's scale.
 PASS_THROUGH = (keras.layers.Flatten, keras.layers.Reshape, keras.layers.Dropout,
                 keras.layers.ZeroPadding2D, keras.layers.MaxPooling2D)
-
-
-@keras.saving.register_keras_serializable(package="repq")
-class RangeFakeQuant(keras.layers.Layer):
-    """8-bit ``fake_quant_with_min_max_vars(x, lo, hi)``; while ``observing``, records min/max instead.
-
-    Args:
-      lo, hi: the range in float units (``lo <= 0 <= hi``); calibration widens it.
-    """
-
-    def __init__(self, lo=0.0, hi=0.0, **kwargs):
-        super().__init__(**kwargs)
-        self.init_range = (float(lo), float(hi))
-        self.observing = False
-
-    def build(self, input_shape):
-        self.lo = self.add_weight(name="lo", shape=(), initializer=keras.initializers.Constant(
-            self.init_range[0]), trainable=False)
-        self.hi = self.add_weight(name="hi", shape=(), initializer=keras.initializers.Constant(
-            self.init_range[1]), trainable=False)
-
-    def call(self, x):
-        if self.observing:
-            self.lo.assign(ops.minimum(self.lo, ops.min(x)))
-            self.hi.assign(ops.maximum(self.hi, ops.max(x)))
-            return x
-        return tf.quantization.fake_quant_with_min_max_vars(x, self.lo, self.hi, num_bits=8)
-
-    def get_config(self):
-        lo, hi = ((float(self.lo.numpy()), float(self.hi.numpy())) if self.built else self.init_range)
-        return {**super().get_config(), "lo": lo, "hi": hi}
+# Layers whose int8 output TFLite keeps in the scale of their input (MEAN) unless told otherwise.
+SAME_SCALE = (keras.layers.GlobalAveragePooling2D, keras.layers.AveragePooling2D)
+MODES = ("qat", "export")
 
 
 def _learned_range(conv):
@@ -61,6 +39,9 @@ def _learned_range(conv):
 
 
 def _has_input_quant(layer):
+    """Whether ``layer`` quantizes its input with a learned step (QAT wrapper or deploy layer)."""
+    if isinstance(layer, QuantWrapper):
+        return layer.input_quantizer is not None
     return isinstance(layer, (QuantizedConv2D, QuantizedDense)) and layer.act_bits is not None
 
 
@@ -89,12 +70,19 @@ def _flat_steps(model, alias, steps):
     return steps
 
 
-def with_range_quantizers(model):
-    """A flat copy of deploy ``model`` with a fake-quant on every tensor that lacks one.
+def with_range_quantizers(model, mode="export"):
+    """A flat copy of ``model`` with a :class:`RangeFakeQuant` on every tensor that lacks one.
 
-    Returns ``(model, calibrated)``: the new functional model (it shares layers with
-    ``model``) and the :class:`RangeFakeQuant` layers that need calibration.
+    Args:
+      model: a QAT model (``mode="qat"``) or a deploy model (``mode="export"``).
+      mode: "qat" puts new, range-tracking quantizers everywhere (also on tensors
+        that feed a quantized conv and other layers); "export" gives such tensors
+        the conv's learned step instead (a fixed range).
+    Returns ``(model, new)``: the new functional model (it shares layers with
+    ``model``) and the new :class:`RangeFakeQuant` layers whose range is still empty.
     """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
     alias = {}
     steps = _flat_steps(model, alias, [])
     seen = set()
@@ -108,32 +96,36 @@ def with_range_quantizers(model):
         for k in in_keys:
             consumers.setdefault(k, []).append(layer)
     out_keys = {key(t) for t in keras.tree.flatten(model.outputs)}
-    calibrated = []
+    new = []
 
-    def quantize(key, tensor):
-        users = consumers.get(key, [])
+    def quantize(k, tensor, producer):
+        users = consumers.get(k, [])
+        if isinstance(producer, RangeFakeQuant) or (users and all(isinstance(u, RangeFakeQuant) for u in users)):
+            return tensor
         quantized = [u for u in users if _has_input_quant(u)]
-        if users and len(quantized) == len(users) and key not in out_keys:
+        learned = mode == "export" and bool(quantized)
+        if k not in out_keys and users and len(quantized) == len(users):
+            return RangeFakeQuant(*_learned_range(quantized[0]))(tensor) if learned and isinstance(
+                producer, SAME_SCALE) else tensor
+        if k not in out_keys and users and all(isinstance(u, PASS_THROUGH) for u in users):
             return tensor
-        if users and all(isinstance(u, PASS_THROUGH) for u in users) and key not in out_keys:
-            return tensor
-        if quantized:
+        if learned:
             return RangeFakeQuant(*_learned_range(quantized[0]))(tensor)
         fq = RangeFakeQuant()
-        calibrated.append(fq)
+        new.append(fq)
         return fq(tensor)
 
     inputs = [keras.Input(batch_shape=t.shape, name=t.name, dtype=t.dtype) for t in model.inputs]
-    tensors = {id(t): quantize(id(t), new) for t, new in zip(model.inputs, inputs)}
+    tensors = {id(t): quantize(id(t), new_t, None) for t, new_t in zip(model.inputs, inputs)}
     for layer, node, _, out_keys_of_layer in steps:
         args = keras.tree.map_structure(
             lambda t: tensors[key(t)] if isinstance(t, keras.KerasTensor) else t,
             (node.arguments.args, node.arguments.kwargs))
         outputs = keras.tree.flatten(layer(*args[0], **args[1]))
         for k, t in zip(out_keys_of_layer, outputs):
-            tensors[k] = quantize(k, t)
+            tensors[k] = quantize(k, t, layer)
     outputs = [tensors[key(t)] for t in keras.tree.flatten(model.outputs)]
-    return keras.Model(inputs, outputs[0] if len(outputs) == 1 else outputs, name=model.name), calibrated
+    return keras.Model(inputs, outputs[0] if len(outputs) == 1 else outputs, name=model.name), new
 
 
 def calibrate(model, quantizers, batches):

@@ -1,0 +1,87 @@
+"""8-bit range fake-quant for the tensors that have no learned LSQ step.
+
+An integer TFLite model holds *every* tensor in int8, not only conv inputs:
+conv outputs feeding Add/PReLU/pooling, residual sums, the model output. QAT
+puts a :class:`RangeFakeQuant` on each of them (``repq.qat.quantize_model``),
+so the QAT model rounds where the deployed model rounds; the export reuses its
+range. Its range is the exponential moving average of the batch min/max in
+training (like tfmot's moving-average quantizer), always containing 0 (an int8
+zero point must exist); gradients pass straight through inside the range.
+"""
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+
+def _replica_context():
+    """The replica context when several replicas run in sync, else None."""
+    if not tf.distribute.has_strategy():
+        return None
+    ctx = tf.distribute.get_replica_context()
+    return ctx if ctx is not None and ctx.num_replicas_in_sync > 1 else None
+
+
+@keras.saving.register_keras_serializable(package="repq")
+class RangeFakeQuant(keras.layers.Layer):
+    """``fake_quant_with_min_max_vars(x, lo, hi, num_bits=8)`` with a tracked range.
+
+    Args:
+      lo, hi: initial range in float units (``lo <= 0 <= hi``).
+      momentum: EMA momentum of the range in training.
+    Call args:
+      training: update the range from the batch (EMA; the first batch sets it).
+    Flags: ``calibrating`` (``repq.qat.calibrate``) initialises the range from the
+    next input if it has none; ``observing`` (export calibration) widens it to the
+    min/max of every input and returns ``x`` unchanged.
+    """
+
+    def __init__(self, lo=0.0, hi=0.0, momentum=0.99, **kwargs):
+        super().__init__(**kwargs)
+        self.init_range = (float(lo), float(hi))
+        self.momentum = float(momentum)
+        self.observing = False
+        self.calibrating = False
+
+    def build(self, input_shape):
+        lo, hi = self.init_range
+        self.lo = self.add_weight(name="lo", shape=(), initializer=keras.initializers.Constant(lo),
+                                  trainable=False, aggregation="mean")
+        self.hi = self.add_weight(name="hi", shape=(), initializer=keras.initializers.Constant(hi),
+                                  trainable=False, aggregation="mean")
+        self.initialized = self.add_weight(name="initialized", shape=(), trainable=False, aggregation="mean",
+                                           initializer=keras.initializers.Constant(float(hi > lo)))
+
+    def _batch_range(self, x):
+        lo, hi = ops.minimum(ops.min(x), 0.0), ops.maximum(ops.max(x), 0.0)
+        ctx = _replica_context()
+        if ctx is not None:  # every replica moves the range by the same (replica-mean) amount
+            lo, hi = ctx.all_reduce("mean", lo), ctx.all_reduce("mean", hi)
+        return lo, hi
+
+    def _update(self, x, momentum):
+        """Move the range toward the batch range (``momentum`` 1: keep it once initialised)."""
+        lo, hi = self._batch_range(ops.stop_gradient(x))
+        first = self.initialized <= 0
+        m = momentum
+        self.lo.assign(ops.where(first, lo, m * self.lo + (1 - m) * lo))
+        self.hi.assign(ops.where(first, hi, m * self.hi + (1 - m) * hi))
+        self.initialized.assign(1.0)
+
+    def call(self, x, training=False):
+        if self.observing:
+            self.lo.assign(ops.minimum(self.lo, ops.min(x)))
+            self.hi.assign(ops.maximum(self.hi, ops.max(x)))
+            self.initialized.assign(1.0)
+            return x
+        if training or self.calibrating:
+            self._update(x, self.momentum if training else 1.0)
+        return tf.quantization.fake_quant_with_min_max_vars(x, self.lo, self.hi, num_bits=8)
+
+    def step(self):
+        """The int8 scale of the range (float units per integer step)."""
+        return (float(self.hi.numpy()) - float(self.lo.numpy())) / 255.0
+
+    def get_config(self):
+        lo, hi = ((float(self.lo.numpy()), float(self.hi.numpy())) if self.built else self.init_range)
+        return {**super().get_config(), "lo": lo, "hi": hi, "momentum": self.momentum}
