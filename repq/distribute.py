@@ -8,6 +8,8 @@ Strategies (``train.py --strategy``):
 * ``multi_worker``: ``tf.distribute.MultiWorkerMirroredStrategy``; every worker runs the same
   command with its own ``TF_CONFIG`` (``{"cluster": {"worker": [host:port, ...]},
   "task": {"type": "worker", "index": i}}``). Worker 0 is the chief: only it writes files.
+  :func:`repq.training.fit_model` trains there with :func:`repq.training.fit.distributed_fit`
+  (Keras 3.15's ``fit`` fails under this strategy).
 * ``tpu``: ``tf.distribute.TPUStrategy`` (``TPUClusterResolver``; ``--tpu`` names the TPU).
 
 What makes RepQ correct under several replicas (see also ``repq.layers.norm_stats``):

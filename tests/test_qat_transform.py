@@ -170,7 +170,7 @@ def test_range_fake_quant_tracks_the_batch_range():
 def test_range_quantizers_sit_where_tflite_holds_int8_tensors():
     """RepVGG: only the GAP input and the logits; ECBSR: model input, every PReLU input, the tail
     conv output, the output."""
-    from repq.qat.range_quant import RangeFakeQuant
+    from repq.qat.range_quant import LearnedStepContainer, RangeFakeQuant
     from repq.qat.transform import range_quantizers
     repvgg = quantize_model(models.create_model("repvgg_a0", num_classes=10, input_shape=(32, 32, 3)), 4, 4)
     consumers = [n.operation for q in range_quantizers(repvgg) for n in q._outbound_nodes]
@@ -179,8 +179,32 @@ def test_range_quantizers_sit_where_tflite_holds_int8_tensors():
     ecbsr = quantize_model(models.create_model("ecbsr_m4c16_x2"), 4, 4)
     prelu_blocks = [l for l in ecbsr.layers if getattr(getattr(l, "layer", None), "activation", None) == "prelu"]
     assert prelu_blocks and all(isinstance(l.preact_quantizer, RangeFakeQuant) for l in prelu_blocks)
-    # the model input, the tail conv output (into the residual add + pixel shuffle), the output
-    assert len([l for l in ecbsr.layers if isinstance(l, RangeFakeQuant)]) == 3
+    # the tail conv output (into the residual add + pixel shuffle) and the output; the model input
+    # feeds the head conv and the residual: the residual reads it on the head conv's learned step
+    assert len([l for l in ecbsr.layers if isinstance(l, RangeFakeQuant)]) == 2
+    containers = [l for l in ecbsr.layers if isinstance(l, LearnedStepContainer)]
+    assert len(containers) == 1 and containers[0].leader_layer().name == "ecb_head"
     x = np.random.default_rng(0).uniform(0, 255, (2, 12, 12, 1)).astype(np.float32)
     repq.qat.calibrate(ecbsr, x)
     assert all(float(q.initialized.numpy()) == 1 for q in range_quantizers(ecbsr))
+
+
+def test_shared_tensor_is_read_on_the_convs_learned_step_and_survives_a_round_trip(tmp_path):
+    """ResNet block output -> next conv1 (learned 4-bit step s) and the identity shortcut: the
+    shortcut reads fake_quant(x, 0, 255 s), as TFLite stores that tensor; save/load keeps it."""
+    from repq.qat.range_quant import LearnedStepContainer
+    fp = models.create_model("resnet18", num_classes=10, input_shape=(16, 16, 3))
+    randomize_norms(fp)
+    qat = quantize_model(fp, 4, 4)
+    x = np.random.default_rng(0).normal(size=(2, 16, 16, 3)).astype("float32")
+    qat(x, training=True)
+    container = next(l for l in qat.layers if isinstance(l, LearnedStepContainer))
+    leader = container.leader_layer()
+    assert leader.name == container.leader and not leader.input_quantizer.signed  # reads a ReLU output
+    step = float(leader.input_quantizer.positive_step().numpy())
+    t = np.random.default_rng(1).uniform(-1, 300 * step, (1000,)).astype("float32")
+    expected = np.clip(np.floor(t / step + 0.5), 0, 255) * step
+    np.testing.assert_allclose(container(t).numpy(), expected, rtol=1e-5, atol=1e-5 * step)
+    qat.save(str(tmp_path / "qat.keras"))
+    loaded = keras.models.load_model(str(tmp_path / "qat.keras"))
+    np.testing.assert_array_equal(loaded(x, training=False).numpy(), qat(x, training=False).numpy())

@@ -17,7 +17,7 @@ from repq.layers.base import RepConvBlock
 from repq.layers.padded_conv import symmetric_pad
 from repq.qat.deploy import QuantizedConv2D, QuantizedDense
 from repq.qat.quant_layers import QuantWrapper
-from repq.qat.range_quant import RangeFakeQuant
+from repq.qat.range_quant import LearnedStepContainer, RangeFakeQuant
 from repq.quantizers import export_fake_quant, integer_range
 from repq.reparam import reparametrize
 
@@ -25,7 +25,8 @@ from repq.reparam import reparametrize
 SUPPORTED = (keras.layers.InputLayer, keras.layers.Add, keras.layers.ReLU, keras.layers.PReLU,
              keras.layers.Activation, keras.layers.GlobalAveragePooling2D, keras.layers.MaxPooling2D,
              keras.layers.AveragePooling2D, keras.layers.Flatten, keras.layers.Reshape,
-             keras.layers.Dropout, keras.layers.ZeroPadding2D, RangeFakeQuant)
+             keras.layers.Dropout, keras.layers.ZeroPadding2D, RangeFakeQuant,
+             LearnedStepContainer)
 
 
 def container_factor(layer):

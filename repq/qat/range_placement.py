@@ -20,12 +20,14 @@ import numpy as np
 
 from repq.qat.deploy import QuantizedConv2D, QuantizedDense
 from repq.qat.quant_layers import QuantWrapper
-from repq.qat.range_quant import RangeFakeQuant
+from repq.qat.range_quant import LearnedStepContainer, RangeFakeQuant
 from repq.quantizers import integer_range
 
 # Layers that only move or select values: TFLite gives their output the input's scale.
 PASS_THROUGH = (keras.layers.Flatten, keras.layers.Reshape, keras.layers.Dropout,
                 keras.layers.ZeroPadding2D, keras.layers.MaxPooling2D)
+# Producers TFLite fuses a following ReLU into (its output is then only stored after the ReLU).
+FUSES_RELU = (keras.layers.Add, keras.layers.Conv2D, QuantizedConv2D, QuantWrapper)
 # Layers whose int8 output TFLite keeps in the scale of their input (MEAN) unless told otherwise.
 SAME_SCALE = (keras.layers.GlobalAveragePooling2D, keras.layers.AveragePooling2D)
 MODES = ("qat", "export")
@@ -36,6 +38,15 @@ def _learned_range(conv):
     qmin8, qmax8 = integer_range(8, conv.input_signed)
     step = float(conv.input_step.numpy())
     return qmin8 * step, qmax8 * step
+
+
+def _is_relu(layer):
+    """A ReLU layer (plain, or ``Activation("relu")``) without threshold, slope or cap."""
+    config = layer.get_config()
+    if isinstance(layer, keras.layers.Activation):
+        return config.get("activation") == "relu"
+    return (config.get("max_value") is None and not config.get("negative_slope")
+            and not config.get("threshold"))
 
 
 def _has_input_quant(layer):
@@ -75,9 +86,10 @@ def with_range_quantizers(model, mode="export"):
 
     Args:
       model: a QAT model (``mode="qat"``) or a deploy model (``mode="export"``).
-      mode: "qat" puts new, range-tracking quantizers everywhere (also on tensors
-        that feed a quantized conv and other layers); "export" gives such tensors
-        the conv's learned step instead (a fixed range).
+      mode: "qat" puts new, range-tracking quantizers on tensors without a learned
+        step, and a :class:`LearnedStepContainer` on the edges from a tensor that
+        feeds a quantized conv to its other consumers; "export" gives such
+        tensors the conv's learned step as a fixed range.
     Returns ``(model, new)``: the new functional model (it shares layers with
     ``model``) and the new :class:`RangeFakeQuant` layers whose range is still empty.
     """
@@ -99,31 +111,43 @@ def with_range_quantizers(model, mode="export"):
     new = []
 
     def quantize(k, tensor, producer):
+        """``(tensor for layers with a learned input step, tensor for the other consumers)``."""
         users = consumers.get(k, [])
-        if isinstance(producer, RangeFakeQuant) or (users and all(isinstance(u, RangeFakeQuant) for u in users)):
-            return tensor
+        if isinstance(producer, (RangeFakeQuant, LearnedStepContainer)) or (
+                users and all(isinstance(u, (RangeFakeQuant, LearnedStepContainer)) for u in users)):
+            return tensor, tensor
+        if (k not in out_keys and isinstance(producer, FUSES_RELU) and len(users) == 1
+                and isinstance(users[0], (keras.layers.ReLU, keras.layers.Activation)) and _is_relu(users[0])):
+            return tensor, tensor  # fused into the producer: the ReLU output is the stored tensor
         quantized = [u for u in users if _has_input_quant(u)]
-        learned = mode == "export" and bool(quantized)
         if k not in out_keys and users and len(quantized) == len(users):
-            return RangeFakeQuant(*_learned_range(quantized[0]))(tensor) if learned and isinstance(
-                producer, SAME_SCALE) else tensor
+            if mode == "export" and isinstance(producer, SAME_SCALE):
+                tensor = RangeFakeQuant(*_learned_range(quantized[0]))(tensor)
+            return tensor, tensor
         if k not in out_keys and users and all(isinstance(u, PASS_THROUGH) for u in users):
-            return tensor
-        if learned:
-            return RangeFakeQuant(*_learned_range(quantized[0]))(tensor)
+            return tensor, tensor
+        if quantized and mode == "export":
+            tensor = RangeFakeQuant(*_learned_range(quantized[0]))(tensor)
+            return tensor, tensor
+        if quantized and k not in out_keys:  # qat: the others read the conv's learned step
+            return tensor, LearnedStepContainer(quantized[0].name)(tensor)
         fq = RangeFakeQuant()
         new.append(fq)
-        return fq(tensor)
+        tensor = fq(tensor)
+        return tensor, tensor
 
     inputs = [keras.Input(batch_shape=t.shape, name=t.name, dtype=t.dtype) for t in model.inputs]
-    tensors = {id(t): quantize(id(t), new_t, None) for t, new_t in zip(model.inputs, inputs)}
+    tensors, others = {}, {}  # key -> tensor read by layers with / without a learned input step
+    for t, new_t in zip(model.inputs, inputs):
+        tensors[id(t)], others[id(t)] = quantize(id(t), new_t, None)
     for layer, node, _, out_keys_of_layer in steps:
+        source = tensors if _has_input_quant(layer) else others
         args = keras.tree.map_structure(
-            lambda t: tensors[key(t)] if isinstance(t, keras.KerasTensor) else t,
+            lambda t: source[key(t)] if isinstance(t, keras.KerasTensor) else t,
             (node.arguments.args, node.arguments.kwargs))
         outputs = keras.tree.flatten(layer(*args[0], **args[1]))
         for k, t in zip(out_keys_of_layer, outputs):
-            tensors[k] = quantize(k, t, layer)
+            tensors[k], others[k] = quantize(k, t, layer)
     outputs = [tensors[key(t)] for t in keras.tree.flatten(model.outputs)]
     return keras.Model(inputs, outputs[0] if len(outputs) == 1 else outputs, name=model.name), new
 

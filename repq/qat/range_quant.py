@@ -9,6 +9,8 @@ training (like tfmot's moving-average quantizer), always containing 0 (an int8
 zero point must exist); gradients pass straight through inside the range.
 """
 
+import weakref
+
 import keras
 import tensorflow as tf
 from keras import ops
@@ -53,10 +55,12 @@ class RangeFakeQuant(keras.layers.Layer):
                                            initializer=keras.initializers.Constant(float(hi > lo)))
 
     def _batch_range(self, x):
+        """``(min(x, 0), max(x, 0))`` over the global batch (all replicas)."""
         lo, hi = ops.minimum(ops.min(x), 0.0), ops.maximum(ops.max(x), 0.0)
         ctx = _replica_context()
-        if ctx is not None:  # every replica moves the range by the same (replica-mean) amount
-            lo, hi = ctx.all_reduce("mean", lo), ctx.all_reduce("mean", hi)
+        if ctx is not None:  # the global batch's range, identical on every replica
+            lo = ops.min(ctx.all_gather(ops.reshape(lo, (1,)), axis=0))
+            hi = ops.max(ctx.all_gather(ops.reshape(hi, (1,)), axis=0))
         return lo, hi
 
     def _update(self, x, momentum):
@@ -85,3 +89,69 @@ class RangeFakeQuant(keras.layers.Layer):
     def get_config(self):
         lo, hi = ((float(self.lo.numpy()), float(self.hi.numpy())) if self.built else self.init_range)
         return {**super().get_config(), "lo": lo, "hi": hi, "momentum": self.momentum}
+
+
+def learned_input_step(layer):
+    """``(step, signed)`` of the learned input quantization of a QAT wrapper or quantized deploy layer,
+    or None when ``layer`` has none."""
+    quantizer = getattr(layer, "input_quantizer", None)
+    if quantizer is not None:
+        return quantizer.positive_step(), quantizer.signed
+    if getattr(layer, "act_bits", None) is not None and hasattr(layer, "input_step"):
+        return ops.convert_to_tensor(layer.input_step), layer.input_signed
+    return None
+
+
+@keras.saving.register_keras_serializable(package="repq")
+class LearnedStepContainer(keras.layers.Layer):
+    """``x`` on the grid of a sibling layer's learned input step ``s``, in an 8-bit container.
+
+    For a tensor that feeds a quantized conv *and* other layers (a ResNet block
+    output: the next conv1 and the identity shortcut). Integer TFLite stores that
+    tensor once, in the conv's input scale ``s`` (so the conv reads it without a
+    requantization); this layer gives the other consumers the same values:
+    ``fake_quant(x, qmin8 * s, qmax8 * s)``, no gradient into ``s``.
+
+    Args:
+      leader: name of the quantized layer reading the same tensor (QAT wrapper or
+        deploy conv; nested models are searched by name prefix).
+    """
+
+    def __init__(self, leader, **kwargs):
+        super().__init__(**kwargs)
+        self.leader = leader
+        self._leader_ref = None  # weak: the leader belongs to the model, not to this layer
+
+    def _siblings(self):
+        """Layers that read the same tensors as this one (through every graph it is part of)."""
+        for node in self._inbound_nodes:
+            for parent in node.parent_nodes:
+                for out in parent.operation._outbound_nodes:
+                    yield out.operation
+
+    def leader_layer(self):
+        """The sibling layer whose learned step this container uses (looked up once)."""
+        leader = self._leader_ref() if self._leader_ref is not None else None
+        if leader is not None:
+            return leader
+        for layer in self._siblings():
+            candidates = layer.layers if isinstance(layer, keras.Model) else [layer]
+            for candidate in candidates:
+                if candidate.name.startswith(self.leader) and learned_input_step(candidate) is not None:
+                    self._leader_ref = weakref.ref(candidate)
+                    return candidate
+        raise ValueError(f"{self.name}: no layer {self.leader!r} with a learned input step reads the "
+                         "same tensor; this layer only works inside the model it was placed in.")
+
+    def compute_output_spec(self, x):
+        # Symbolic calls (model construction) must not look up the leader: it may not be wired yet.
+        return keras.KerasTensor(x.shape, x.dtype)
+
+    def call(self, x):
+        step, signed = learned_input_step(self.leader_layer())
+        qmin, qmax = (-128, 127) if signed else (0, 255)
+        step = ops.stop_gradient(step)
+        return tf.quantization.fake_quant_with_min_max_vars(x, qmin * step, qmax * step, num_bits=8)
+
+    def get_config(self):
+        return {**super().get_config(), "leader": self.leader}

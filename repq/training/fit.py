@@ -1,5 +1,14 @@
-"""``fit_model``: compile and ``model.fit`` one training stage of a recipe, resumably."""
+"""``fit_model``: compile and ``model.fit`` one training stage of a recipe, resumably.
 
+Under ``tf.distribute.MultiWorkerMirroredStrategy`` ``fit_model`` trains with
+:func:`distributed_fit` instead of ``model.fit``: Keras 3.15's ``fit`` fails there before the
+first step (its symbolic build passes a tuple of ``PerReplica`` batches to
+``strategy.reduce``: "Attempt to convert a value (PerReplica:...)"), and its per-step log
+reduction calls ``strategy.reduce("MEAN", loss, axis=0)`` on scalars ("Invalid reduction
+dimension 0"; ``train_on_batch`` and ``evaluate`` hit it too).
+"""
+
+import functools
 import os
 
 import keras
@@ -42,7 +51,7 @@ def fit_model(model, train_ds, test_ds, recipe, stage="fp", *, weight_bits=None,
         :class:`repq.training.resume.TrainingInterrupted`. The folder is deleted when the
         stage completes.
       epochs: overrides the recipe's stage length.
-      write_checkpoints: False on non-chief multi-worker tasks.
+      write_checkpoints: False on non-chief multi-worker tasks (no checkpoints, no TensorBoard logs).
       crash_after_steps: test hook, raise ``SimulatedCrash`` after that many batches.
     Returns:
       the ``keras.callbacks.History``. With ``recipe.select_best`` the model ends with the
@@ -60,7 +69,9 @@ def fit_model(model, train_ds, test_ds, recipe, stage="fp", *, weight_bits=None,
         checkpoint = StageCheckpoint(os.path.join(output_dir, "backup", stage), monitor=monitor,
                                      write=write_checkpoints)
         initial_epoch = checkpoint.restore(model)
-        callbacks += [keras.callbacks.TensorBoard(os.path.join(output_dir, "tensorboard", stage)), checkpoint]
+        if write_checkpoints:  # other workers would add event files to the chief's folder
+            callbacks.append(keras.callbacks.TensorBoard(os.path.join(output_dir, "tensorboard", stage)))
+        callbacks.append(checkpoint)
     elif monitor:
         callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=epochs + 1,
                                                        restore_best_weights=True))
@@ -68,8 +79,108 @@ def fit_model(model, train_ds, test_ds, recipe, stage="fp", *, weight_bits=None,
     stream = train_ds.repeat()
     if initial_epoch:
         stream = stream.skip(initial_epoch * steps)
-    history = model.fit(stream, validation_data=test_ds, epochs=epochs, initial_epoch=initial_epoch,
-                        steps_per_epoch=steps, callbacks=callbacks, verbose=verbose)
+    fit = model.fit
+    if isinstance(model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        fit = functools.partial(distributed_fit, model)
+    history = fit(stream, validation_data=test_ds, epochs=epochs, initial_epoch=initial_epoch,
+                  steps_per_epoch=steps, callbacks=callbacks, verbose=verbose)
     if checkpoint is not None:
         checkpoint.delete()
     return history
+
+
+def _metric_results(model):
+    """``{name: scalar tensor}`` of the model's metrics, like ``model.get_metrics_result`` but traceable.
+
+    Read in cross-replica context, the metrics' ``on_read``/``sum`` variables are all-reduced:
+    the values are those of the global batches (identical on every worker).
+    """
+    results = {}
+    for metric in model.metrics:
+        result = metric.result()
+        results.update(result if isinstance(result, dict) else {metric.name: result})
+    return results
+
+
+def _python_logs(logs):
+    """Scalar tensors -> Python floats (Keras' epoch logs)."""
+    return {key: float(value) for key, value in logs.items()}
+
+
+def _replicated_steps(model):
+    """``(train_step, test_step, results)``: tf.functions running Keras' steps on every replica.
+
+    ``train_step(batch)`` / ``test_step(batch)`` take one distributed global batch;
+    ``train_step`` returns :func:`_metric_results` after the step, ``results()`` reads them.
+    """
+    strategy = model.distribute_strategy
+
+    @tf.function(reduce_retracing=True)
+    def train_step(batch):
+        strategy.run(model.train_step, args=(batch,))
+        return _metric_results(model)
+
+    @tf.function(reduce_retracing=True)
+    def test_step(batch):
+        strategy.run(model.test_step, args=(batch,))
+
+    return train_step, test_step, tf.function(lambda: _metric_results(model))
+
+
+def _validate(model, dataset, test_step, results, callbacks):
+    """Evaluate on ``dataset`` (distributed); the epoch logs' ``val_<metric>`` entries."""
+    model.reset_metrics()
+    callbacks.on_test_begin()
+    for batch in model.distribute_strategy.experimental_distribute_dataset(dataset):
+        test_step(batch)
+    logs = _python_logs(results())
+    callbacks.on_test_end(logs)
+    return {f"val_{key}": value for key, value in logs.items()}
+
+
+def distributed_fit(model, dataset, *, epochs, steps_per_epoch, initial_epoch=0, validation_data=None,
+                    callbacks=(), verbose="auto"):
+    """``model.fit`` for ``MultiWorkerMirroredStrategy`` (where Keras 3.15's ``fit`` fails).
+
+    The same training as ``fit``: every step runs ``model.train_step`` on each replica's slice
+    of the global batch (``strategy.run``; Keras scales the loss by ``1 / num_replicas`` and the
+    optimizer all-reduces the gradients), with the same callback calls (``on_train_begin/end``,
+    ``on_epoch_begin/end``, ``on_train_batch_begin/end``, ``on_test_begin/end``) and
+    ``model.stop_training``. Logs are the model's metrics read across all replicas, so every
+    worker sees the same values (the global batches' loss, averaged over the epoch's steps) and
+    takes the same decisions (NaNGuard, best epoch, early stop). Not XLA-compiled; one step
+    per execution.
+
+    Args:
+      model: a compiled Keras model created under the strategy's scope.
+      dataset: batched ``(x, y)`` dataset of GLOBAL batches, the same stream on every worker
+        (the strategy splits each batch, e.g. by element: :func:`repq.distribute.shard_by_data`),
+        at least ``(epochs - initial_epoch) * steps_per_epoch`` batches long.
+      epochs, steps_per_epoch, initial_epoch, validation_data, callbacks, verbose: as in ``fit``.
+    Returns:
+      the ``keras.callbacks.History``; ``validation_data`` adds ``val_<metric>`` epoch logs.
+    """
+    with model.distribute_strategy.scope():
+        model._symbolic_build(data_batch=dataset.element_spec)  # optimizer and metric variables, as fit does
+    train_step, test_step, results = _replicated_steps(model)
+    callbacks = keras.callbacks.CallbackList(list(callbacks), add_history=True, add_progbar=verbose != 0,
+                                             verbose=verbose, epochs=epochs, steps=steps_per_epoch, model=model)
+    batches = iter(model.distribute_strategy.experimental_distribute_dataset(dataset))
+    model.stop_training, logs = False, {}
+    callbacks.on_train_begin()
+    for epoch in range(initial_epoch, epochs):
+        model.reset_metrics()
+        callbacks.on_epoch_begin(epoch)
+        for step in range(steps_per_epoch):
+            callbacks.on_train_batch_begin(step)
+            callbacks.on_train_batch_end(step, train_step(next(batches)))
+            if model.stop_training:
+                break
+        logs = _python_logs(results())
+        if validation_data is not None:
+            logs.update(_validate(model, validation_data, test_step, results, callbacks))
+        callbacks.on_epoch_end(epoch, logs)
+        if model.stop_training:
+            break
+    callbacks.on_train_end(logs)
+    return model.history
