@@ -156,3 +156,38 @@ def test_cli_writes_bundle(tmp_path):
     assert export.main(["--checkpoint", str(tmp_path), "--output", str(out), "--num_eval", "2",
                         "--num_calib", "16"]) == 0
     assert {"saved_model", "model_int8.tflite", "model_int8_fidelity.json"} <= set(os.listdir(out))
+
+
+def _tiny_qat():
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+    qat = quantize_model(keras.Model(inputs, keras.layers.Conv2D(1, 3, padding="same")(x)), 4, 4)
+    qat(np.random.default_rng(0).normal(size=(2, 8, 8, 1)).astype("float32"), training=True)
+    return qat
+
+
+@pytest.mark.parametrize("images,error,message", [
+    (np.zeros((2, 8, 8, 3), np.float32), ValueError, r"shape \(2, 8, 8, 3\), the model takes \(N, 8, 8, 1\)"),
+    (np.zeros((8, 8, 1), np.float32), ValueError, "the model takes"),
+    (np.zeros((2, 8, 8, 1), np.uint8), TypeError, "must be float arrays"),
+    (np.full((2, 8, 8, 1), np.nan, np.float32), ValueError, "NaN or Inf"),
+])
+def test_export_api_rejects_bad_images(tmp_path, images, error, message):
+    with pytest.raises(error, match=message):
+        repq.export_tflite(_tiny_qat(), str(tmp_path / "m.tflite"), [images])
+    assert not os.path.exists(tmp_path / "m.tflite")
+
+
+def test_atomic_directory_replaces_an_old_export_and_keeps_it_on_error(tmp_path):
+    from repq.export.files import atomic_directory
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_directory(str(out)) as tmp:
+            open(os.path.join(tmp, "new.txt"), "w").close()
+            raise RuntimeError("disk full")
+    assert os.listdir(out) == ["old.txt"] and os.listdir(tmp_path) == ["out"]
+    with atomic_directory(str(out)) as tmp:
+        open(os.path.join(tmp, "new.txt"), "w").close()
+    assert os.listdir(out) == ["new.txt"] and os.listdir(tmp_path) == ["out"]  # no temp or .old- left

@@ -136,6 +136,10 @@ def _eval_arrays(eval_data, representative_data, input_shape, model_shape):
         batches = [b if isinstance(b, (tuple, list)) else (b, None) for b in eval_data]
         x = np.concatenate(_x_batches([b[0] for b in batches], model_shape))
         y = None if batches[0][1] is None else np.concatenate([np.asarray(b[1]) for b in batches])
+        if y is not None and y.ndim == 4 and (y.shape[0] != x.shape[0] or y.shape[1] % x.shape[1]
+                                              or y.shape[2] % x.shape[2]):
+            raise ValueError(f"eval HR images have shape {y.shape}, not a multiple of the LR images' "
+                             f"{x.shape} (pass (LR, HR) pairs of one upscaling factor).")
     else:
         x, y = np.concatenate(_x_batches(representative_data)), None
     return (x, y), input_shape or (tuple(x.shape[1:]) if x.size else None)

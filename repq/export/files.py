@@ -14,7 +14,12 @@ RUN_DIR_FILES = ("qat_model.keras", "deploy_model.keras")
 
 @contextlib.contextmanager
 def atomic_directory(path):
-    """Yield a temp dir next to ``path``; on success it replaces ``path``, on error it is removed."""
+    """Yield a temp dir next to ``path``; on success it replaces ``path``, on error it is removed.
+
+    An existing ``path`` is first renamed aside and deleted only once the new one is in place,
+    so a crash at any point leaves either the old or the new export at ``path`` (or, between
+    the two renames, the old one in ``.<name>.old-*`` next to it).
+    """
     path = os.path.abspath(path)
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
@@ -24,11 +29,13 @@ def atomic_directory(path):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if os.path.isdir(path):
-        shutil.rmtree(path)
-    elif os.path.exists(path):
-        os.remove(path)
+    old = None
+    if os.path.lexists(path):
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
+        os.replace(path, os.path.join(old, "previous"))
     os.replace(tmp, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def load_checkpoint(path):
