@@ -214,7 +214,7 @@ def parse_flags(argv):
 def cli(argv):
     """Run ptq.py with ``argv``; every error becomes one line on stderr and an exit code."""
     parse_flags(argv)
-    from repq.training import CheckpointError, SimulatedCrash, TrainingInterrupted
+    from repq.training import CheckpointError, SimulatedCrash, TrainingInterrupted, os_error_line
 
     try:
         run(check_flags())
@@ -230,9 +230,7 @@ def cli(argv):
     except OSError as err:  # full disk, permissions, ... (earlier outputs are intact: writes are atomic)
         if FLAGS.verbose_errors:
             raise
-        error_exit(f"{err.strerror or err}: {err.filename or ''} ({type(err).__name__}); files written before are "
-                   "intact. Free space / fix permissions and rerun the same command to resume.", 1)
-
+        error_exit(os_error_line(err), 1)
 
 if __name__ == "__main__":
     cli(sys.argv)

@@ -366,7 +366,7 @@ def error_exit(message, code):
 
 def cli(argv):
     from repq.callbacks import NonFiniteError
-    from repq.training import CheckpointError, SimulatedCrash, TrainingInterrupted
+    from repq.training import CheckpointError, SimulatedCrash, TrainingInterrupted, os_error_line
 
     try:
         main(argv)
@@ -375,11 +375,8 @@ def cli(argv):
             raise
         error_exit(err, 2)
     except TrainingInterrupted as err:
-        import signal
-
-        signum = signal.SIGINT if "SIGINT" in str(err) else signal.SIGTERM
         error_exit(f"interrupted ({err}); the last epoch checkpoint is kept: rerun the same command to resume.",
-                   128 + int(signum))
+                   128 + err.signum)
     except (NonFiniteError, SimulatedCrash) as err:
         if FLAGS.verbose_errors:
             raise
@@ -387,9 +384,7 @@ def cli(argv):
     except OSError as err:  # full disk, permissions, ... (earlier artefacts are intact: writes are atomic)
         if FLAGS.verbose_errors:
             raise
-        error_exit(f"{err.strerror or err}: {err.filename or ''} ({type(err).__name__}); files written before are intact. "
-                   "Free space / fix permissions and rerun the same command to resume.", 1)
-
+        error_exit(os_error_line(err), 1)
 
 if __name__ == "__main__":
     app.run(cli)

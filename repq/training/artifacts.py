@@ -143,3 +143,10 @@ def load_model(path, hint="delete it and rerun", compile=False):
     except Exception as err:  # noqa: BLE001 - anything Keras raises on a bad archive
         reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path} could not be loaded ({type(err).__name__}: {reason}); {hint}.") from err
+
+
+def os_error_line(err):
+    """A full disk, missing permission, ... (``OSError``) as one CLI line; outputs are written
+    atomically, so everything written before is intact and rerunning resumes."""
+    return (f"{err.strerror or err}: {err.filename or ''} ({type(err).__name__}); files written before are "
+            "intact. Free space / fix permissions and rerun the same command to resume.")
