@@ -67,21 +67,29 @@ def test_tflite_matches_qat_within_two_steps(name, bits, tmp_path):
     _check_close(_check_fidelity(name, bits, tmp_path))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name,bits", [("ecbsr_m4c16_x2", 8)])
-def test_tflite_matches_qat_within_two_steps_slow(name, bits, tmp_path):
-    _check_close(_check_fidelity(name, bits, tmp_path))
+def _short_fit_fidelity(name, bits):
+    """benchmarks/export_fidelity.py's row: 40 FP + 40 QAT Adam steps, 256 mnist5k / 4 SR test images."""
+    from benchmarks.export_fidelity import measure
+    row = measure(name, bits, fp_steps=40, qat_steps=40)
+    assert row["all_convs_integer"] and row["weights_on_grid"] and row["scales_match_learned"]
+    if "top1_agreement" in row:
+        assert row["top1_agreement"] >= 0.99
+    return row
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="measured (random-BN test models, XNNPACK): RepVGG-A0 W8 max 3 steps; AC-ResNet-18 "
-                          "W4 28 / W8 6; OREPA-ResNet-18 W4 72 / W8 13 steps: residual ADD requantization and "
-                          "tensors shared by a conv and an ADD round differently in TFLite (docs/export.md)",
-                   strict=False)
-@pytest.mark.parametrize("name,bits", [("repvgg_a0", 8), ("ac_resnet18", 4), ("ac_resnet18", 8),
-                                       ("orepa_resnet18", 4), ("orepa_resnet18", 8)])
-def test_tflite_matches_qat_within_two_steps_known_gap(name, bits, tmp_path):
-    _check_close(_check_fidelity(name, bits, tmp_path))
+@pytest.mark.parametrize("name,bits", [(n, 8) for n in CLASSIFIERS + ["ecbsr_m4c16_x2"]] + [("ecbsr_m4c16_x2", 4)])
+def test_short_fit_models_within_two_steps(name, bits):
+    assert _short_fit_fidelity(name, bits)["xnnpack_max_steps"] <= 2.0 + 1e-3
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason="measured (benchmarks/results/export_fidelity.md): deep 4-bit classifiers reach 5-7 "
+                          "output steps at the worst logit (mean 0.01-1.5, top-1 agreement 100 %): near-tie "
+                          "rounding differences amplified through ~20 4-bit layers (docs/export.md)", strict=False)
+@pytest.mark.parametrize("name", CLASSIFIERS)
+def test_short_fit_4bit_classifiers_within_two_steps(name):
+    assert _short_fit_fidelity(name, 4)["xnnpack_max_steps"] <= 2.0 + 1e-3
 
 
 @pytest.mark.parametrize("name", ["repvgg_a0", "ecbsr_m4c16_x2", "ac_resnet18"])
