@@ -199,3 +199,19 @@ def test_atomic_directory_replaces_an_old_export_and_keeps_it_on_error(tmp_path)
     with atomic_directory(str(out)) as tmp:
         open(os.path.join(tmp, "new.txt"), "w").close()
     assert os.listdir(out) == ["new.txt"] and os.listdir(tmp_path) == ["out"]  # no temp or .old- left
+
+
+def test_export_of_a_model_loaded_in_a_fresh_session(tmp_path):
+    """A loaded model's range quantizers hold the default names a new layer would get again
+    (regression: 'The name "range_fake_quant" is used 2 times')."""
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+    x = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x))
+    qat = quantize_model(keras.Model(inputs, x), 4, 4)
+    images = np.random.default_rng(0).normal(size=(4, 8, 8, 1)).astype("float32")
+    qat(images, training=True)
+    qat.save(str(tmp_path / "qat.keras"))
+    keras.backend.clear_session()  # layer-name counters start again, as in a new process
+    loaded = keras.models.load_model(str(tmp_path / "qat.keras"))
+    _, report = repq.export_tflite(loaded, str(tmp_path / "m.tflite"), None, [(images, np.zeros(4))])
+    assert report["all_convs_integer"] and report["top1_agreement"] == 1.0

@@ -15,6 +15,9 @@ in its input scale and adds a requantization, a second rounding the QAT model
 does not have (with many exact ties: a mean of 16 integers ends in .5 often).
 """
 
+import itertools
+import re
+
 import keras
 import numpy as np
 
@@ -110,6 +113,14 @@ def with_range_quantizers(model, mode="export"):
     out_keys = {key(t) for t in keras.tree.flatten(model.outputs)}
     new = []
 
+    def fresh(cls, *args):
+        """``cls(*args)`` named uniquely in this graph (a loaded model's layers already hold the
+        default names, e.g. ``range_fake_quant``, which a new layer of this process would repeat)."""
+        base = re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower()  # RangeFakeQuant -> range_fake_quant
+        name = next(f"{base}_{i}" for i in itertools.count() if f"{base}_{i}" not in seen)
+        seen.add(name)
+        return cls(*args, name=name)
+
     def quantize(k, tensor, producer):
         """``(tensor for layers with a learned input step, tensor for the other consumers)``."""
         users = consumers.get(k, [])
@@ -122,16 +133,16 @@ def with_range_quantizers(model, mode="export"):
         quantized = [u for u in users if _has_input_quant(u)]
         if k not in out_keys and users and len(quantized) == len(users):
             if mode == "export" and isinstance(producer, SAME_SCALE):
-                tensor = RangeFakeQuant(*_learned_range(quantized[0]))(tensor)
+                tensor = fresh(RangeFakeQuant, *_learned_range(quantized[0]))(tensor)
             return tensor, tensor
         if k not in out_keys and users and all(isinstance(u, PASS_THROUGH) for u in users):
             return tensor, tensor
         if quantized and mode == "export":
-            tensor = RangeFakeQuant(*_learned_range(quantized[0]))(tensor)
+            tensor = fresh(RangeFakeQuant, *_learned_range(quantized[0]))(tensor)
             return tensor, tensor
         if quantized and k not in out_keys:  # qat: the others read the conv's learned step
-            return tensor, LearnedStepContainer(quantized[0].name)(tensor)
-        fq = RangeFakeQuant()
+            return tensor, fresh(LearnedStepContainer, quantized[0].name)(tensor)
+        fq = fresh(RangeFakeQuant)
         new.append(fq)
         tensor = fq(tensor)
         return tensor, tensor
