@@ -120,7 +120,6 @@ def _free_ports(n):
     return ports
 
 
-@pytest.mark.slow
 def test_two_worker_multi_worker_mirrored_run_completes(tmp_path):
     """2 local workers (TF_CONFIG over localhost) == one device, on the same global batches."""
     workers = [f"localhost:{port}" for port in _free_ports(2)]

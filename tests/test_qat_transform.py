@@ -208,3 +208,12 @@ def test_shared_tensor_is_read_on_the_convs_learned_step_and_survives_a_round_tr
     qat.save(str(tmp_path / "qat.keras"))
     loaded = keras.models.load_model(str(tmp_path / "qat.keras"))
     np.testing.assert_array_equal(loaded(x, training=False).numpy(), qat(x, training=False).numpy())
+
+
+def test_registered_names_do_not_collide_with_the_ptq_layers():
+    """PTQ's QuantConv2D/QuantDense must not replace the QAT wrappers in Keras' registry (loading
+    a QAT .keras file in a process that imported repq.ptq failed that way)."""
+    import repq.ptq  # noqa: F401
+    from repq.qat import QuantConv2D
+    assert keras.saving.get_registered_object("repq>QuantConv2D") is QuantConv2D
+    assert keras.saving.get_registered_object("repq>QuantDense") is QuantDense

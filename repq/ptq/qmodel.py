@@ -113,7 +113,7 @@ class QuantWeightLayer(keras.layers.Layer):
         return config
 
 
-@keras.saving.register_keras_serializable(package="repq")
+@keras.saving.register_keras_serializable(package="repq.ptq")
 class QuantConv2D(QuantWeightLayer):
     """Quantized conv: ``pad`` zeros per side, then a ``padding`` conv (groups from the kernel shape)."""
 
@@ -144,7 +144,7 @@ class QuantConv2D(QuantWeightLayer):
         return config
 
 
-@keras.saving.register_keras_serializable(package="repq")
+@keras.saving.register_keras_serializable(package="repq.ptq")
 class QuantDense(QuantWeightLayer):
     """Quantized Dense on the last axis."""
 
