@@ -32,6 +32,11 @@ import tensorflow as tf
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
 
+def replicated():
+    """Whether the current ``tf.distribute`` strategy runs several replicas in sync."""
+    return tf.distribute.has_strategy() and tf.distribute.get_strategy().num_replicas_in_sync > 1
+
+
 class StrategyError(ValueError):
     """A strategy that cannot be built here (no TPU, bad TF_CONFIG, devices already set up)."""
 

@@ -25,6 +25,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from repq.distribute import replicated
+
 MIN_BITS, MAX_BITS = 2, 8
 STEP_EPS = 1e-8
 # MSE step search (MQBench's MSEObserver, here symmetric with zero point 0).
@@ -150,10 +152,6 @@ def export_fake_quant(x, step, qmin, qmax, bits, per_channel=False):
     return tf.quantization.fake_quant_with_min_max_vars(x, lo, hi, num_bits=8)
 
 
-def _replicated():
-    return tf.distribute.has_strategy() and tf.distribute.get_strategy().num_replicas_in_sync > 1
-
-
 class LSQQuantizer(keras.layers.Layer):
     """Base of the weight/activation quantizers: a learnable step and its init flag.
 
@@ -208,7 +206,7 @@ class LSQQuantizer(keras.layers.Layer):
         raise NotImplementedError
 
     def call(self, x, training=False):
-        if self.calibrating or (training and not _replicated()):
+        if self.calibrating or (training and not replicated()):
             self.initialize_from(ops.stop_gradient(x))
         return self.fake_quant(x)
 

@@ -80,8 +80,7 @@ def integer_tflite(model, representative_data=None, float_io=False, input_shape=
         raise ExportError(f"{len(calibrated)} tensors (e.g. the model output) have no learned quantization; "
                           "pass representative_data (a few batches of model inputs) to calibrate them.")
     ranges.calibrate(graph, calibrated, batches)
-    output_fq = graph.outputs[0]._keras_history.operation
-    step = (float(output_fq.hi.numpy()) - float(output_fq.lo.numpy())) / 255.0
+    step = graph.outputs[0]._keras_history.operation.step()  # the output's RangeFakeQuant
     return convert.to_tflite(graph, input_shape, integer=True, float_io=float_io), graph, step
 
 

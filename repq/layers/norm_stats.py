@@ -4,8 +4,9 @@ Shapes: kernels HWIO ``(k, k, in/groups, out)``, per-channel vectors ``(out,)``,
 feature maps NHWC.
 """
 
-import tensorflow as tf
 from keras import ops
+
+from repq.distribute import replicated
 
 
 def fold_norm(kernel, bias, norm, mean, var):
@@ -39,11 +40,7 @@ def batch_moments(x):
     Under a ``tf.distribute`` strategy with several replicas the sums are
     all-reduced, so every replica folds the statistics of the *global* batch.
     """
-    return ops.moments(x, axes=[0, 1, 2], synchronized=_replicated())
-
-
-def _replicated():
-    return tf.distribute.has_strategy() and tf.distribute.get_strategy().num_replicas_in_sync > 1
+    return ops.moments(x, axes=[0, 1, 2], synchronized=replicated())
 
 
 def input_moments(inputs):

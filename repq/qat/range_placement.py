@@ -21,10 +21,9 @@ import re
 import keras
 import numpy as np
 
-from repq.qat.deploy import QuantizedConv2D, QuantizedDense
+from repq.qat.deploy import QuantizedConv2D
 from repq.qat.quant_layers import QuantWrapper
-from repq.qat.range_quant import LearnedStepContainer, RangeFakeQuant
-from repq.quantizers import integer_range
+from repq.qat.range_quant import LearnedStepContainer, RangeFakeQuant, container_range, learned_input_step
 
 # Layers that only move or select values: TFLite gives their output the input's scale.
 PASS_THROUGH = (keras.layers.Flatten, keras.layers.Reshape, keras.layers.Dropout,
@@ -36,11 +35,9 @@ SAME_SCALE = (keras.layers.GlobalAveragePooling2D, keras.layers.AveragePooling2D
 MODES = ("qat", "export")
 
 
-def _learned_range(conv):
-    """The 8-bit container range ``(qmin8*s, qmax8*s)`` of a quantized conv's input."""
-    qmin8, qmax8 = integer_range(8, conv.input_signed)
-    step = float(conv.input_step.numpy())
-    return qmin8 * step, qmax8 * step
+def _learned_range(layer):
+    """The 8-bit container range of a quantized layer's learned input step, as floats."""
+    return tuple(float(v) for v in container_range(layer))
 
 
 def _is_relu(layer):
@@ -54,9 +51,7 @@ def _is_relu(layer):
 
 def _has_input_quant(layer):
     """Whether ``layer`` quantizes its input with a learned step (QAT wrapper or deploy layer)."""
-    if isinstance(layer, QuantWrapper):
-        return layer.input_quantizer is not None
-    return isinstance(layer, (QuantizedConv2D, QuantizedDense)) and layer.act_bits is not None
+    return learned_input_step(layer) is not None
 
 
 def _flat_steps(model, alias, steps):

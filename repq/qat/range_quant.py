@@ -15,13 +15,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-
-def _replica_context():
-    """The replica context when several replicas run in sync, else None."""
-    if not tf.distribute.has_strategy():
-        return None
-    ctx = tf.distribute.get_replica_context()
-    return ctx if ctx is not None and ctx.num_replicas_in_sync > 1 else None
+from repq.distribute import replicated
+from repq.quantizers import integer_range
 
 
 @keras.saving.register_keras_serializable(package="repq")
@@ -57,7 +52,7 @@ class RangeFakeQuant(keras.layers.Layer):
     def _batch_range(self, x):
         """``(min(x, 0), max(x, 0))`` over the global batch (all replicas)."""
         lo, hi = ops.minimum(ops.min(x), 0.0), ops.maximum(ops.max(x), 0.0)
-        ctx = _replica_context()
+        ctx = tf.distribute.get_replica_context() if replicated() else None
         if ctx is not None:  # the global batch's range, identical on every replica
             lo = ops.min(ctx.all_gather(ops.reshape(lo, (1,)), axis=0))
             hi = ops.max(ctx.all_gather(ops.reshape(hi, (1,)), axis=0))
@@ -67,9 +62,8 @@ class RangeFakeQuant(keras.layers.Layer):
         """Move the range toward the batch range (``momentum`` 1: keep it once initialised)."""
         lo, hi = self._batch_range(ops.stop_gradient(x))
         first = self.initialized <= 0
-        m = momentum
-        self.lo.assign(ops.where(first, lo, m * self.lo + (1 - m) * lo))
-        self.hi.assign(ops.where(first, hi, m * self.hi + (1 - m) * hi))
+        self.lo.assign(ops.where(first, lo, momentum * self.lo + (1 - momentum) * lo))
+        self.hi.assign(ops.where(first, hi, momentum * self.hi + (1 - momentum) * hi))
         self.initialized.assign(1.0)
 
     def call(self, x, training=False):
@@ -100,6 +94,14 @@ def learned_input_step(layer):
     if getattr(layer, "act_bits", None) is not None and hasattr(layer, "input_step"):
         return ops.convert_to_tensor(layer.input_step), layer.input_signed
     return None
+
+
+def container_range(layer):
+    """``(qmin8 * s, qmax8 * s)``: the 8-bit container of ``layer``'s learned input step ``s``
+    (the int8 range TFLite gives the conv's input tensor)."""
+    step, signed = learned_input_step(layer)
+    qmin, qmax = integer_range(8, signed)
+    return qmin * step, qmax * step
 
 
 @keras.saving.register_keras_serializable(package="repq")
@@ -148,10 +150,9 @@ class LearnedStepContainer(keras.layers.Layer):
         return keras.KerasTensor(x.shape, x.dtype)
 
     def call(self, x):
-        step, signed = learned_input_step(self.leader_layer())
-        qmin, qmax = (-128, 127) if signed else (0, 255)
-        step = ops.stop_gradient(step)
-        return tf.quantization.fake_quant_with_min_max_vars(x, qmin * step, qmax * step, num_bits=8)
+        lo, hi = container_range(self.leader_layer())
+        return tf.quantization.fake_quant_with_min_max_vars(x, ops.stop_gradient(lo), ops.stop_gradient(hi),
+                                                            num_bits=8)
 
     def get_config(self):
         return {**super().get_config(), "leader": self.leader}
