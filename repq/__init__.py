@@ -7,11 +7,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Importing these registers every serializable class (layers, quantizers, QAT wrappers,
 # optimizers, schedules, metrics), so ``keras.models.load_model`` works after ``import repq``.
 from repq import layers, metrics, qat, quantizers  # noqa: E402,F401
-from repq.export import ExportError, export_savedmodel, export_tflite  # noqa: E402
+from repq.export import ExportError, export_savedmodel, export_tflite, integer_predict  # noqa: E402
 from repq.qat import calibrate, quantize_model  # noqa: E402
 from repq.reparam import reparametrize  # noqa: E402
 from repq.training import optimizers as _optimizers, schedules as _schedules  # noqa: E402,F401
 
-__all__ = ["ExportError", "calibrate", "export_savedmodel", "export_tflite", "layers", "quantize_model",
-           "reparametrize"]
+__all__ = ["ExportError", "calibrate", "export_savedmodel", "export_tflite", "integer_predict", "layers",
+           "quantize_model", "reparametrize"]
 __version__ = "0.1.0"

@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from repq.data.validate import check_images
-from repq.export import convert, fidelity, tflite_graph
+from repq.export import convert, fidelity, integer_emulation, tflite_graph
 from repq.qat import range_placement as ranges
 from repq.export.errors import ExportError
 from repq.export.files import atomic_directory
@@ -66,8 +66,8 @@ def _write_bytes(path, data):
     os.replace(tmp, path)
 
 
-def integer_tflite(model, representative_data=None, float_io=False, input_shape=None):
-    """QAT/deploy model -> (integer TFLite bytes, export graph, its output step).
+def export_graph(model, representative_data=None):
+    """QAT/deploy model -> (export graph, its output step): the Keras model that is converted.
 
     ``representative_data`` (x batches) sets the 8-bit ranges of tensors without
     learned quantization or a tracked range (a QAT model from ``quantize_model``
@@ -81,7 +81,29 @@ def integer_tflite(model, representative_data=None, float_io=False, input_shape=
                           "pass representative_data (a few batches of model inputs) to calibrate them.")
     ranges.calibrate(graph, calibrated, batches)
     step = graph.outputs[0]._keras_history.operation.step()  # the output's RangeFakeQuant
+    return graph, step
+
+
+def integer_tflite(model, representative_data=None, float_io=False, input_shape=None):
+    """QAT/deploy model -> (integer TFLite bytes, export graph, its output step); see ``export_graph``."""
+    graph, step = export_graph(model, representative_data)
     return convert.to_tflite(graph, input_shape, integer=True, float_io=float_io), graph, step
+
+
+def integer_predict(model, x, representative_data=None, batch_size=32, graph=None):
+    """The QAT model's outputs computed in integers exactly as the deployed TFLite model computes them.
+
+    Runs the export graph of ``model`` (same learned steps, ranges, merged kernels)
+    with the integer arithmetic of LiteRT's default CPU runtime
+    (:mod:`repq.export.integer_emulation`), without converting anything: float
+    images ``x`` (N, H, W, C) in the training preprocessing -> float outputs
+    (dequantized int8). ``graph``: a prebuilt ``export_graph(model)[0]``.
+    """
+    x = np.asarray(x)
+    check_images(x, model.inputs[0].shape[1:])
+    graph = graph if graph is not None else export_graph(model, _x_batches(representative_data))[0]
+    return np.concatenate([integer_emulation.run(graph, x[i:i + batch_size].astype(np.float32)).dequantize()
+                           for i in range(0, len(x), batch_size)])
 
 
 def float_tflite(model, input_shape=None):
@@ -113,10 +135,13 @@ def export_tflite(model, path, representative_data=None, eval_data=None, float_i
     x, y = data
     reference = np.concatenate([np.asarray(model(x[i:i + 32], training=False)) for i in range(0, len(x), 32)])
     labels, hr = (None, y) if sr_scale else (y, None)
+    tflite_out = fidelity.run_tflite(tflite_graph.interpreter(model_bytes, default_delegates=True), x)
     report = dict(model=model.name, tflite=os.path.basename(path), size_bytes=os.path.getsize(path),
                   io="float32" if float_io else "int8", runtime="LiteRT default CPU runtime (XNNPACK)",
-                  **fidelity.compare(reference, fidelity.run_tflite(tflite_graph.interpreter(
-                      model_bytes, default_delegates=True), x), out_step, labels, sr_scale, hr))
+                  **fidelity.compare(reference, tflite_out, out_step, labels, sr_scale, hr))
+    emulated = integer_predict(model, x, graph=graph)
+    report["integer_emulation"] = fidelity.compare(emulated, tflite_out, out_step, labels, sr_scale, hr)
+    report["integer_emulation"]["bit_exact_fraction"] = float(np.mean(np.abs(emulated - tflite_out) < out_step / 2))
     builtin = tflite_graph.interpreter(model_bytes)
     report["builtin_kernels"] = fidelity.compare(reference, fidelity.run_tflite(builtin, x), out_step, labels,
                                                  sr_scale, hr)

@@ -99,6 +99,12 @@ def write_report(report, stem):
         json.dump(report, f, indent=2)
     lines = [f"# TFLite fidelity: {report.get('model', '')}", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in report.items() if not isinstance(v, (list, dict))]
+    emulated = report.get("integer_emulation")
+    if emulated:
+        lines += ["", "The QAT model computed in integers (`repq.export.integer_predict`: the runtime's "
+                  "requantization arithmetic on the learned steps) against the TFLite model:", "",
+                  "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in emulated.items()]
     builtin = report.get("builtin_kernels")
     if builtin:
         lines += ["", "TFLite's builtin (reference) int8 kernels instead of the default runtime "

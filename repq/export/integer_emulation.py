@@ -1,0 +1,357 @@
+"""Integer-exact inference of the export graph, as LiteRT's default CPU runtime (XNNPACK) computes it.
+
+The QAT model (float simulation) and the integer TFLite model differ only in
+*how* they round: Keras rounds float32 results of float convs and sums, the
+runtime rounds integer accumulators with its own requantization arithmetic.
+Rarely (a value within float error of a .5 tie, or an exact tie in a residual
+sum) the two round to neighbouring integers, and in a deep 4-bit network one
+such flip can move a logit by several output steps.
+
+:func:`run` evaluates the export graph (``repq.export.graph.export_model`` with
+its range fake-quants, i.e. the Keras model that is converted) in integers,
+from the Keras layers' own learned steps, ranges, kernels and biases - never
+from the .tflite file - with the runtime's rounding rules:
+
+- every fake-quant ``(lo, hi)`` is an int8 tensor with TF's nudged scale
+  ``(hi - lo) / 255`` and zero point ``round(-lo / scale) - 128``;
+- CONV_2D: ``int32 acc = sum (q_in - z_in) * q_w + q_b``, then
+  ``rint(float32(acc) * float32(s_in * s_w / s_out)) + z_out`` (fp32 requantization);
+- ADD: 20-bit fixed-point multipliers of ``s_a / s_out`` and ``s_b / s_out``,
+  rounding bias ``2^(shift-1)``, arithmetic right shift (XNNPACK's qs8 add);
+- MEAN: ``rint(float32(sum (q - z_in)) * float32(s_in / (s_out * n))) + z_out``;
+- QUANTIZE (int8 -> int8 between scales): 8-bit fixed-point multiplier
+  ``rint(256 * s_in / s_out)``, arithmetic right shift by 8 with rounding bias;
+- PRELU (TFLite's builtin kernel; XNNPACK does not take it): int8 slope, gemmlowp
+  fixed-point multipliers (:func:`multiply_by_quantized_multiplier`);
+- PAD, RESHAPE, MAXIMUM/MINIMUM clamps, MAX_POOL, DEPTH_TO_SPACE and a fused ReLU are exact.
+
+Each rule was established against the runtime op by op and the whole emulation
+is checked against LiteRT in ``tests/test_integer_emulation.py``. Values carry
+int64 arrays (exact), convolutions run in float64 (exact for |acc| < 2^53).
+"""
+
+import dataclasses
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from repq.export.errors import ExportError
+from repq.export.graph import ExportQuantizedConv2D, QuantizedDenseAsConv, container_factor
+from repq.qat.range_placement import _flat_steps
+from repq.qat.range_quant import LearnedStepContainer, RangeFakeQuant, container_range
+from repq.quantizers import integer_range
+
+INT8_MIN, INT8_MAX = -128, 127
+ADD_MULTIPLIER_BITS = 20
+
+
+@dataclasses.dataclass
+class Quantized:
+    """An int8 tensor: real value ``(q - zero_point) * scale``; ``q`` int64 in [-128, 127]."""
+    q: np.ndarray
+    scale: np.float32
+    zero_point: int
+
+    def dequantize(self):
+        return ((self.q - self.zero_point) * np.float64(self.scale)).astype(np.float32)
+
+
+@dataclasses.dataclass
+class Pending:
+    """An op result the runtime requantizes straight into the int8 tensor that stores it.
+
+    ``requantize(scale, zero_point) -> int64 q`` (unclamped) is the op's rounding rule;
+    ``relu`` a fused ReLU; ``post`` value-moving ops (pad, pool, reshape) that
+    commute with the rounding and are applied to the stored integers.
+    """
+    requantize: callable
+    relu: bool = False
+    post: tuple = ()
+
+
+def fake_quant_params(lo, hi):
+    """``(scale, zero_point)`` of TF's 8-bit fake-quant on ``[lo, hi]`` as an int8 tensor."""
+    lo, hi = np.float32(lo), np.float32(hi)
+    scale = np.float32((hi - lo) / np.float32(255))
+    from_min = np.float32(-lo / scale)  # TF: quant_min - min / scale in float32, rounded half away from 0
+    zero_point = int(np.clip(np.floor(from_min + np.float32(0.5)), 0, 255)) - 128
+    return scale, zero_point
+
+
+def requantize_int8(x, scale, zero_point):
+    """int8 ``x`` into another scale: XNNPACK's QUANTIZE (8-bit fixed-point multiplier)."""
+    if x.scale == scale and x.zero_point == zero_point:
+        return x.q
+    multiplier = int(np.rint(np.float32(256.0) * np.float32(x.scale / np.float32(scale))))
+    bias = (zero_point << 8) - multiplier * x.zero_point + 0x80
+    return (bias + x.q * multiplier) >> 8
+
+
+def quantize_float(x, scale, zero_point):
+    """A float model input as the harness feeds it (``floor(x / s + 0.5) + z``)."""
+    return np.floor(np.asarray(x, np.float64) / np.float64(scale) + 0.5).astype(np.int64) + zero_point
+
+
+def store(value, scale, zero_point, lo=INT8_MIN, hi=INT8_MAX):
+    """``value`` (float input, :class:`Quantized` or :class:`Pending`) stored as int8 at
+    ``(scale, zero_point)``, clamped to the integers ``[lo, hi]``."""
+    scale = np.float32(scale)
+    if isinstance(value, Pending):
+        q = value.requantize(scale, zero_point)
+        if value.relu:
+            lo = max(lo, zero_point)
+    elif isinstance(value, Quantized):
+        q = requantize_int8(value, scale, zero_point)
+    else:
+        q = quantize_float(value, scale, zero_point)
+    stored = Quantized(np.clip(q, max(lo, INT8_MIN), min(hi, INT8_MAX)), scale, zero_point)
+    if isinstance(value, Pending):
+        for op in value.post:
+            stored = op(stored)
+    return stored
+
+
+def _conv_acc(x, kernel_int, strides):
+    """``sum (q - z) * w`` as int64 (N, H', W', out); ``x`` :class:`Quantized` (already padded)."""
+    acc = tf.nn.conv2d(tf.constant(x.q - x.zero_point, tf.float64), tf.constant(kernel_int, tf.float64),
+                       strides, "VALID")
+    return np.rint(acc.numpy()).astype(np.int64)
+
+
+def _pad(x, pad):
+    if pad == 0:
+        return x
+    q = np.pad(x.q, [(0, 0), (pad, pad), (pad, pad), (0, 0)], constant_values=x.zero_point)
+    return Quantized(q, x.scale, x.zero_point)
+
+
+def _input_of(layer, value):
+    """The conv's quantized input: learned step (8-bit container, ``act_bits`` clamp), padded,
+    then in the finer container of ``repq.export.graph.fine_container`` when it has one."""
+    step = np.float32(layer.input_step.numpy())
+    qmin8, qmax8 = integer_range(8, layer.input_signed)
+    scale, zp = fake_quant_params(qmin8 * step, qmax8 * step)
+    qmin, qmax = integer_range(layer.act_bits, layer.input_signed)
+    x = _pad(store(value, scale, zp, qmin + zp, qmax + zp), getattr(layer, "pad", 0))
+    factor = container_factor(layer)
+    if isinstance(layer, ExportQuantizedConv2D) and layer.pad > 0 and factor > 1:
+        fine_step = np.float32(step / np.float32(factor))
+        scale, zp = fake_quant_params(qmin8 * fine_step, qmax8 * fine_step)
+        x = store(x, scale, zp)
+    return x
+
+
+def _conv(layer, value):
+    """A quantized conv (or dense-as-1x1-conv) -> :class:`Pending` (fp32 requantization)."""
+    if layer.act_bits is None:
+        raise ExportError(f"layer {layer.name!r} has a float input; integer emulation needs act_bits.")
+    x = _input_of(layer, value)
+    if isinstance(layer, QuantizedDenseAsConv):  # (N, in) -> (N, 1, 1, in), a 1x1 conv
+        x = Quantized(x.q.reshape(-1, 1, 1, x.q.shape[-1]), x.scale, x.zero_point)
+        kernel, strides = layer.kernel.numpy()[None, None], 1
+    else:
+        kernel, strides = layer.kernel.numpy(), layer.strides
+    w_step = layer.weight_step.numpy().astype(np.float32)
+    qmin_w, qmax_w = integer_range(layer.weight_bits, True)
+    kernel_int = np.clip(np.floor(kernel.astype(np.float64) / w_step + 0.5), qmin_w, qmax_w)
+    acc_scale = (x.scale * w_step).astype(np.float32)  # s_in * s_w per output channel
+    acc = _conv_acc(x, kernel_int, strides)
+    if layer.use_bias:
+        acc = acc + np.rint(layer.bias.numpy().astype(np.float64) / acc_scale.astype(np.float64)).astype(np.int64)
+    if isinstance(layer, QuantizedDenseAsConv):
+        acc = acc.reshape(-1, acc.shape[-1])
+    activation = keras.activations.serialize(layer.activation)
+    activation = activation if isinstance(activation, str) else activation.get("config", {}).get("name", "")
+    if activation not in ("linear", "relu"):
+        raise ExportError(f"layer {layer.name!r}: activation {activation!r} cannot be emulated in integers.")
+
+    def requantize(scale, zero_point):
+        multiplier = (acc_scale / scale).astype(np.float32)
+        return np.rint(acc.astype(np.float32) * multiplier).astype(np.int64) + zero_point
+
+    return Pending(requantize, relu=activation == "relu")
+
+
+def _add(a, b):
+    """XNNPACK's qs8 ADD of two stored int8 tensors -> :class:`Pending`."""
+    if not (isinstance(a, Quantized) and isinstance(b, Quantized)):
+        raise ExportError("an Add input has no int8 range of its own (place a RangeFakeQuant before the Add).")
+
+    def requantize(scale, zero_point):
+        ratio_a, ratio_b = np.float32(a.scale / scale), np.float32(b.scale / scale)
+        exponent = int(np.frexp(max(ratio_a, ratio_b))[1]) - 1  # max ratio = m * 2^exponent, m in [1, 2)
+        shift = ADD_MULTIPLIER_BITS - exponent
+        mult_a = int(np.rint(ratio_a * np.float32(2.0 ** shift)))
+        mult_b = int(np.rint(ratio_b * np.float32(2.0 ** shift)))
+        bias = (1 << (shift - 1)) - mult_a * a.zero_point - mult_b * b.zero_point
+        return ((bias + a.q * mult_a + b.q * mult_b) >> shift) + zero_point
+
+    return Pending(requantize)
+
+
+def quantize_multiplier(m):
+    """TFLite's ``QuantizeMultiplier``: ``m = q * 2^(shift - 31)``, ``q`` an int32 in [2^30, 2^31)."""
+    if m == 0:
+        return 0, 0
+    fraction, shift = np.frexp(np.float64(m))
+    q = int(np.round(fraction * (1 << 31)))
+    if q == 1 << 31:
+        q, shift = q // 2, shift + 1
+    return q, int(shift)
+
+
+def multiply_by_quantized_multiplier(x, multiplier, shift):
+    """gemmlowp's ``SaturatingRoundingDoublingHighMul`` then ``RoundingDivideByPOT`` (int64 ``x``)."""
+    x = x * (1 << max(shift, 0))
+    product = x * multiplier
+    nudged = product + np.where(product >= 0, 1 << 30, 1 - (1 << 30))
+    high = np.sign(nudged) * (np.abs(nudged) >> 31)  # C division: truncation toward zero
+    exponent = max(-shift, 0)
+    mask = (1 << exponent) - 1
+    threshold = (mask >> 1) + (high < 0)
+    return (high >> exponent) + ((high & mask) > threshold)
+
+
+def _prelu(layer, x):
+    """TFLite's builtin int8 PRELU (not delegated to XNNPACK) -> :class:`Pending`.
+
+    The slope is stored as int8, symmetric per tensor (``scale = max|alpha| / 127``);
+    positive inputs are rescaled by ``s_in / s_out``, negative ones by
+    ``s_in * s_alpha / s_out``, each with a gemmlowp fixed-point multiplier.
+    """
+    x = _as_quantized(layer, x)
+    alpha = layer.alpha.numpy().astype(np.float32)
+    alpha_scale = np.float32(np.abs(alpha).max() / np.float32(127)) or np.float32(1)
+    magnitude = np.floor(np.abs(alpha) * np.float32(1 / alpha_scale) + np.float32(0.5))
+    alpha_int = np.broadcast_to(np.sign(alpha) * magnitude, (1, 1, 1, x.q.shape[-1])).astype(np.int64)
+    centred = x.q - x.zero_point
+
+    def requantize(scale, zero_point):
+        positive = multiply_by_quantized_multiplier(
+            centred, *quantize_multiplier(np.float64(x.scale) / np.float64(scale)))
+        negative = multiply_by_quantized_multiplier(
+            centred * alpha_int, *quantize_multiplier(np.float64(x.scale) * alpha_scale / np.float64(scale)))
+        return np.where(centred >= 0, positive, negative) + zero_point
+
+    return Pending(requantize)
+
+
+def _mean(x, axes, keepdims):
+    """XNNPACK's qs8 MEAN over ``axes`` -> :class:`Pending` (fp32 requantization)."""
+    total = (x.q - x.zero_point).sum(axis=axes, keepdims=keepdims)
+    count = int(np.prod([x.q.shape[a] for a in axes]))
+
+    def requantize(scale, zero_point):
+        multiplier = np.float32(x.scale / np.float32(scale * np.float32(count)))
+        return np.rint(total.astype(np.float32) * multiplier).astype(np.int64) + zero_point
+
+    return Pending(requantize)
+
+
+def _moved(value, fn):
+    """``fn`` (a value-moving op on :class:`Quantized`) applied now, or after the pending rounding."""
+    if isinstance(value, Pending):
+        return dataclasses.replace(value, post=value.post + (fn,))
+    if isinstance(value, Quantized):
+        return fn(value)
+    raise ExportError("a value-moving layer reads the float model input; quantize it first.")
+
+
+def _reshaped(shape):
+    return lambda x: Quantized(x.q.reshape((x.q.shape[0], *shape)), x.scale, x.zero_point)
+
+
+def _max_pool(layer):
+    def pool(x):
+        pad = 1 if type(layer).__name__ == "PaddedMaxPool" else 0
+        x = _pad(x, pad)
+        pooled = tf.nn.max_pool2d(tf.constant(x.q, tf.float64), layer.pool_size, layer.strides, "VALID")
+        return Quantized(np.rint(pooled.numpy()).astype(np.int64), x.scale, x.zero_point)
+    if layer.padding != "valid":
+        raise ExportError(f"layer {layer.name!r}: only 'valid' (or explicitly padded) max pooling is emulated.")
+    return pool
+
+
+def _relu(value):
+    if isinstance(value, Pending):
+        return dataclasses.replace(value, relu=True)
+    return Quantized(np.maximum(value.q, value.zero_point), value.scale, value.zero_point)
+
+
+def _pixel_shuffle(layer, features, lr):
+    """``depth_to_space(features + lr)``: an ADD (``lr`` broadcast on r*r channels), then a move."""
+    r = layer.scale
+    lr = Quantized(np.broadcast_to(lr.q, features.q.shape), lr.scale, lr.zero_point) if isinstance(
+        lr, Quantized) else lr
+    added = _add(features, lr)
+    shuffle = lambda x: Quantized(tf.nn.depth_to_space(tf.constant(x.q), r).numpy(), x.scale, x.zero_point)  # noqa: E731
+    return dataclasses.replace(added, post=(shuffle,))
+
+
+def _layer(layer, args):
+    """One export-graph layer on emulated values."""
+    x = args[0]
+    if isinstance(layer, (ExportQuantizedConv2D, QuantizedDenseAsConv)):
+        return _conv(layer, x)
+    if isinstance(layer, RangeFakeQuant):
+        return store(x, *fake_quant_params(float(layer.lo.numpy()), float(layer.hi.numpy())))
+    if isinstance(layer, LearnedStepContainer):
+        lo, hi = container_range(layer.leader_layer())
+        return store(x, *fake_quant_params(float(lo), float(hi)))
+    if isinstance(layer, keras.layers.Add):
+        if len(args) != 2:
+            raise ExportError(f"layer {layer.name!r}: only two-input Add is emulated.")
+        return _add(*args)
+    if isinstance(layer, keras.layers.GlobalAveragePooling2D):
+        return _mean(_as_quantized(layer, x), (1, 2), layer.keepdims)
+    if isinstance(layer, keras.layers.ReLU) or (isinstance(layer, keras.layers.Activation)
+                                                 and layer.get_config().get("activation") == "relu"):
+        return _relu(x)
+    if isinstance(layer, keras.layers.MaxPooling2D):
+        return _moved(x, _max_pool(layer))
+    if isinstance(layer, keras.layers.ZeroPadding2D):
+        (top, bottom), (left, right) = layer.padding
+        return _moved(x, lambda v: Quantized(np.pad(v.q, [(0, 0), (top, bottom), (left, right), (0, 0)],
+                                                     constant_values=v.zero_point), v.scale, v.zero_point))
+    if isinstance(layer, (keras.layers.Flatten, keras.layers.Reshape)):
+        return _moved(x, _reshaped(tuple(layer.compute_output_shape((1, *_shape(x)))[1:])))
+    if isinstance(layer, keras.layers.Dropout):
+        return x
+    if isinstance(layer, keras.layers.PReLU):
+        return _prelu(layer, x)
+    if type(layer).__name__ == "PixelShuffleResidual":
+        return _pixel_shuffle(layer, *args)
+    raise ExportError(f"layer {layer.name!r} of type {type(layer).__name__} has no integer emulation.")
+
+
+def _as_quantized(layer, value):
+    if not isinstance(value, Quantized):
+        raise ExportError(f"layer {layer.name!r} reads a tensor without an int8 range of its own.")
+    return value
+
+
+def _shape(value):
+    if isinstance(value, Quantized):
+        return value.q.shape[1:]
+    raise ExportError("a reshape reads a tensor whose int8 values are not stored yet.")
+
+
+def run(graph, x):
+    """Integer outputs of the export ``graph`` on float images ``x`` (N, H, W, C).
+
+    Returns :class:`Quantized` (the model output as int8 integers with scale and
+    zero point; ``.dequantize()`` for float values).
+    """
+    values = {}
+    for t in graph.inputs:
+        values[id(t)] = np.asarray(x, np.float32)
+    alias = {}
+    for layer, node, in_keys, out_keys in _flat_steps(graph, alias, []):
+        outputs = _layer(layer, [values[k] for k in in_keys])
+        for k, out in zip(out_keys, outputs if isinstance(outputs, (list, tuple)) else [outputs]):
+            values[k] = out
+    (out,) = [values[alias.get(id(t), id(t))] for t in keras.tree.flatten(graph.outputs)]
+    if not isinstance(out, Quantized):
+        raise ExportError("the model output has no int8 range (the export places a RangeFakeQuant there).")
+    return out
