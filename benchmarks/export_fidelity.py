@@ -6,7 +6,9 @@ For each model: a short FP fit on the embedded data (mnist5k 32x32 for classifie
 skimage_sr patches for ECBSR), ``repq.quantize_model`` and a short QAT fit, then
 ``repq.export_tflite`` on held-out images. Reports, per model and bit width, the
 max / mean |TFLite - Keras QAT| in output steps and the top-1 agreement (PSNR for
-ECBSR) on LiteRT's default CPU runtime (XNNPACK) and on TFLite's builtin kernels.
+ECBSR) on LiteRT's default CPU runtime (XNNPACK) and on TFLite's builtin kernels, and
+the same against the QAT model computed in integers (``repq.integer_predict``, the
+runtime's requantization rules; bit-exact means 0 steps on every output).
 The short fits only give the networks realistic statistics; accuracies are not the point.
 Writes benchmarks/results/export_fidelity.{json,md,png}.
 """
@@ -60,10 +62,12 @@ def measure(name, bits, fp_steps, qat_steps):
     _fit(qat, train, qat_steps, sr, 1e-4)
     with tempfile.TemporaryDirectory() as tmp:
         _, report = repq.export_tflite(qat, os.path.join(tmp, "m.tflite"), rep, test, sr_scale=2 if sr else None)
-    builtin = report["builtin_kernels"]
+    builtin, emulated = report["builtin_kernels"], report["integer_emulation"]
     row = dict(model=name, bits=bits, output_step=report["output_step"], images=report["num_images"],
                xnnpack_max_steps=report["max_abs_diff_steps"], xnnpack_mean_steps=report["mean_abs_diff_steps"],
                builtin_max_steps=builtin["max_abs_diff_steps"], builtin_mean_steps=builtin["mean_abs_diff_steps"],
+               integer_max_steps=emulated["max_abs_diff_steps"], integer_mean_steps=emulated["mean_abs_diff_steps"],
+               integer_bit_exact_fraction=emulated["bit_exact_fraction"],
                all_convs_integer=report["all_convs_integer"], weights_on_grid=report["weights_on_grid"],
                scales_match_learned=report["scales_match_learned"], size_bytes=report["size_bytes"])
     for key in ("top1_agreement", "accuracy_keras", "accuracy_tflite", "psnr_keras", "psnr_tflite"):
@@ -76,9 +80,12 @@ def measure(name, bits, fp_steps, qat_steps):
 
 def markdown(rows, args):
     lines = [f"Short fits: {args.fp_steps} FP + {args.qat_steps} QAT steps (Adam); differences in output "
-             "quantization steps; XNNPACK = LiteRT's default CPU runtime, builtin = TFLite's builtin kernels.", "",
-             "| model | bits | XNNPACK max / mean | builtin max / mean | top-1 agree (XNNPACK / builtin) "
-             "| Keras / TFLite metric | int8 convs, grid, learned scales |", "|---|---|---|---|---|---|---|"]
+             "quantization steps; XNNPACK = LiteRT's default CPU runtime, builtin = TFLite's builtin kernels; "
+             "columns 3-4 compare with the float-simulated QAT model, column 5 the XNNPACK model with the QAT "
+             "model computed in integers (repq.integer_predict).", "",
+             "| model | bits | XNNPACK max / mean | builtin max / mean | integer-exact Keras vs XNNPACK: max / "
+             "bit-exact outputs | top-1 agree (XNNPACK / builtin) | Keras / TFLite metric "
+             "| int8 convs, grid, learned scales |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "psnr_keras" in r:
             agree, metric = "-", f"{r['psnr_keras']:.2f} / {r['psnr_tflite']:.2f} dB"
@@ -87,7 +94,9 @@ def markdown(rows, args):
             metric = f"{100 * r['accuracy_keras']:.1f} / {100 * r['accuracy_tflite']:.1f} %"
         checks = all(r[k] for k in ("all_convs_integer", "weights_on_grid", "scales_match_learned"))
         lines.append(f"| {r['model']} | {r['bits']} | {r['xnnpack_max_steps']:.0f} / {r['xnnpack_mean_steps']:.3f} | "
-                     f"{r['builtin_max_steps']:.0f} / {r['builtin_mean_steps']:.3f} | {agree} | {metric} | {checks} |")
+                     f"{r['builtin_max_steps']:.0f} / {r['builtin_mean_steps']:.3f} | "
+                     f"{r['integer_max_steps']:.0f} / {100 * r['integer_bit_exact_fraction']:.2f} % | "
+                     f"{agree} | {metric} | {checks} |")
     return "\n".join(lines) + "\n"
 
 
@@ -98,11 +107,13 @@ def plot(rows, path):
     labels = [f"{r['model']}\nW{r['bits']}A{r['bits']}" for r in rows]
     x = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows)), 4))
-    ax.bar(x - 0.2, [r["xnnpack_max_steps"] for r in rows], 0.4, label="XNNPACK (default runtime)")
-    ax.bar(x + 0.2, [r["builtin_max_steps"] for r in rows], 0.4, label="builtin kernels")
+    ax.bar(x - 0.27, [r["xnnpack_max_steps"] for r in rows], 0.27, label="XNNPACK vs float-simulated QAT")
+    ax.bar(x, [r["builtin_max_steps"] for r in rows], 0.27, label="builtin kernels vs float-simulated QAT")
+    ax.bar(x + 0.27, [r["integer_max_steps"] for r in rows], 0.27, label="XNNPACK vs integer-exact QAT")
+    ax.plot(x + 0.27, [r["integer_max_steps"] for r in rows], "k.", markersize=4)
     ax.axhline(2, color="k", linestyle="--", linewidth=1, label="2 output steps")
     ax.set_xticks(x, labels, fontsize=7)
-    ax.set_ylabel("max |TFLite - Keras QAT| (output steps)")
+    ax.set_ylabel("max |TFLite - Keras| (output steps)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
@@ -123,7 +134,8 @@ def main():
             rows.append(measure(name, bits, args.fp_steps, args.qat_steps))
             rows[-1]["wall_s"] = time.time() - start
             print(f"{name} W{bits}: XNNPACK max {rows[-1]['xnnpack_max_steps']:.0f}, builtin max "
-                  f"{rows[-1]['builtin_max_steps']:.0f} steps ({rows[-1]['wall_s']:.0f} s)", flush=True)
+                  f"{rows[-1]['builtin_max_steps']:.0f}, integer-exact max {rows[-1]['integer_max_steps']:.0f} steps "
+                  f"({rows[-1]['wall_s']:.0f} s)", flush=True)
     os.makedirs(RESULTS, exist_ok=True)
     write_json(os.path.join(RESULTS, "export_fidelity.json"), rows)
     write_text(os.path.join(RESULTS, "export_fidelity.md"), markdown(rows, args))

@@ -50,13 +50,14 @@ def _emulated(pending, lo, hi):
     return emu.store(pending, *emu.fake_quant_params(lo, hi)).q
 
 
-def test_fake_quant_params_follow_tf_nudging():
+def test_fake_quant_params_follow_the_converters_nudging():
     # [-0.7, 1.3]: scale 2/255, zero point round(0.7 / scale) - 128 = 89 - 128
     scale, zero_point = emu.fake_quant_params(-0.7, 1.3)
-    assert scale == np.float32(2.0 / 255) and zero_point == -39
+    assert np.isclose(scale, 2.0 / 255, rtol=1e-6) and zero_point == -39
     assert emu.fake_quant_params(0.0, 2.55) == (np.float32(0.01), -128)
-    # [-1.1, 2.3]: 1.1 / scale is the tie 82.5, which TF rounds away from zero (83), not to even
+    # ties: 1.1 / scale = 82.5 (in float64 from the float32 range) and 1 / (2 / 255) = 127.5 round up
     assert emu.fake_quant_params(-1.1, 2.3)[1] == 83 - 128
+    assert emu.fake_quant_params(-1.0, 1.0)[1] == 0
 
 
 @pytest.mark.parametrize("relu", [False, True])
@@ -84,7 +85,8 @@ def test_conv_fp32_requantization(relu):
 
 
 @pytest.mark.parametrize("ranges", [((0.0, 2.55), (0.0, 2.55), (0.0, 5.1)),        # exact ties everywhere
-                                    ((-0.6, 1.0), (-2.3, 0.4), (-1.9, 2.8))])
+                                    ((-0.6, 1.0), (-2.3, 0.4), (-1.9, 2.8)),
+                                    ((-1.0, 1.0), (0.0, 4.0), (0.0, 0.8))])      # zero point on a tie
 def test_add_fixed_point(ranges):
     rng = np.random.default_rng(2)
     (ra, rb, ro) = ranges

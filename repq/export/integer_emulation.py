@@ -12,8 +12,8 @@ its range fake-quants, i.e. the Keras model that is converted) in integers,
 from the Keras layers' own learned steps, ranges, kernels and biases - never
 from the .tflite file - with the runtime's rounding rules:
 
-- every fake-quant ``(lo, hi)`` is an int8 tensor with TF's nudged scale
-  ``(hi - lo) / 255`` and zero point ``round(-lo / scale) - 128``;
+- every fake-quant ``(lo, hi)`` is an int8 tensor with the converter's nudged scale
+  ``(hi - lo) / 255`` and zero point ``round(-lo / scale) - 128`` (:func:`fake_quant_params`);
 - CONV_2D: ``int32 acc = sum (q_in - z_in) * q_w + q_b``, then
   ``rint(float32(acc) * float32(s_in * s_w / s_out)) + z_out`` (fp32 requantization);
 - ADD: 20-bit fixed-point multipliers of ``s_a / s_out`` and ``s_b / s_out``,
@@ -71,12 +71,20 @@ class Pending:
 
 
 def fake_quant_params(lo, hi):
-    """``(scale, zero_point)`` of TF's 8-bit fake-quant on ``[lo, hi]`` as an int8 tensor."""
-    lo, hi = np.float32(lo), np.float32(hi)
-    scale = np.float32((hi - lo) / np.float32(255))
-    from_min = np.float32(-lo / scale)  # TF: quant_min - min / scale in float32, rounded half away from 0
-    zero_point = int(np.clip(np.floor(from_min + np.float32(0.5)), 0, 255)) - 128
-    return scale, zero_point
+    """``(scale, zero_point)`` the TFLite converter gives an 8-bit fake-quant on ``[lo, hi]`` (int8).
+
+    As the converter's nudging computes it: in float64 from the float32 range,
+    ``scale = (hi - lo) / 255``, the zero point from whichever end has the smaller
+    arithmetic error, rounded half away from zero. (TF's own fake-quant kernel
+    nudges in float32, which can round a tie such as 82.5 the other way.)
+    """
+    lo, hi = float(np.float32(lo)), float(np.float32(hi))
+    scale = (hi - lo) / 255.0
+    from_min, from_max = 0.0 - lo / scale, 255.0 - hi / scale  # on the uint8 grid, then shifted
+    error_min, error_max = abs(lo / scale), 255.0 + abs(hi / scale)
+    zero_point = from_min if error_min < error_max else from_max
+    zero_point = int(np.clip(np.floor(zero_point + 0.5), 0, 255))
+    return np.float32(scale), zero_point - 128
 
 
 def requantize_int8(x, scale, zero_point):
