@@ -99,18 +99,14 @@ def write_report(report, stem):
         json.dump(report, f, indent=2)
     lines = [f"# TFLite fidelity: {report.get('model', '')}", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in report.items() if not isinstance(v, (list, dict))]
-    emulated = report.get("integer_emulation")
-    if emulated:
-        lines += ["", "The QAT model computed in integers (`repq.export.integer_predict`: the runtime's "
-                  "requantization arithmetic on the learned steps) against the TFLite model:", "",
-                  "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {_fmt(v)} |" for k, v in emulated.items()]
-    builtin = report.get("builtin_kernels")
-    if builtin:
-        lines += ["", "TFLite's builtin (reference) int8 kernels instead of the default runtime "
-                  "(their fixed-point requantization rounds differently, see docs/export.md):", "",
-                  "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {_fmt(v)} |" for k, v in builtin.items()]
+    sections = {"integer_emulation": "The QAT model computed in integers (`repq.integer_predict`: the runtime's "
+                                     "requantization arithmetic on the learned steps) against the TFLite model:",
+                "builtin_kernels": "TFLite's builtin (reference) int8 kernels instead of the default runtime "
+                                   "(their fixed-point requantization rounds differently, see docs/export.md):"}
+    for key, title in sections.items():
+        if report.get(key):
+            lines += ["", title, "", "| metric | value |", "|---|---|"]
+            lines += [f"| {k} | {_fmt(v)} |" for k, v in report[key].items()]
     convs = report.get("graph", {}).get("convs", [])
     if convs:
         lines += ["", "| conv | op | integer | weight bits | int range | on grid | input scale = learned "
