@@ -5,7 +5,8 @@
   python train.py --model repvgg_a0 --config=configs/repvgg_a0.py:imagenet --dataset imagenet2012 --data_dir ~/tfds
 
 Writes into --output_dir (default runs/<model>_<method>_w<W>a<A>[_bnest]): fp_model.keras,
-qat_model.keras, deploy_model.keras (repq.reparametrize of the QAT model), results.json,
+qat_model.keras, deploy_model.keras (repq.reparametrize of the QAT model), results.json (the metric of
+the FP, QAT and deploy models and of the integer TFLite model, computed by repq.integer_predict),
 results.md and tensorboard/. Rerunning the same command resumes an interrupted run: finished
 stages are loaded (fp_model.keras, qat_model.keras), an interrupted stage restarts from its
 last epoch checkpoint (backup/<stage>/). Multi-device: --strategy mirrored|multi_worker|tpu
@@ -238,6 +239,11 @@ def results_markdown(results):
              f"{' BNEst' if results['bnest'] else ''} on {results['dataset']}", "",
              f"| model | {unit} |", "|---|---|"]
     lines += [f"| {name} | {value:.2f} |" for name, value in results["metrics"].items()]
+    if "integer" in results["metrics"]:
+        lines += ["", "integer: the int8 TFLite model (LiteRT default runtime), computed bit-exactly by "
+                      "repq.integer_predict."]
+    elif "integer_skipped" in results:
+        lines += ["", f"integer: not computed ({results['integer_skipped']})"]
     if "deploy_matches_qat" in results:
         lines += ["", f"Deploy model equals QAT model: {results['deploy_matches_qat']} "
                       f"(max |diff| on one test batch: {results['deploy_max_abs_diff']:.3g})."]
@@ -283,6 +289,18 @@ def run(w_bits, a_bits):
 
     def score(model):
         return evaluate(model, test_ds, recipe.task, recipe.data.scale)[metric]
+
+    def score_integer(model):
+        """The integer TFLite model's metric, computed bit-exactly without converting (repq.integer_predict);
+        None (and why, in results) when the integer export does not support the model."""
+        from repq.export import ExportError, export_graph, integer_predict
+        try:
+            graph, _ = export_graph(model)
+        except ExportError as err:
+            results["integer_skipped"] = str(err)
+            return None
+        predict = lambda x: integer_predict(model, np.asarray(x), graph=graph)  # noqa: E731
+        return evaluate(model, test_ds, recipe.task, recipe.data.scale, predict=predict)[metric]
 
     def guard(stage):
         def last_good():
@@ -339,6 +357,9 @@ def run(w_bits, a_bits):
         deploy = repq.reparametrize(qat)
         save(deploy, "deploy_model.keras")
         results["metrics"].update(qat=score(qat), deploy=score(deploy))
+        integer = score_integer(qat)
+        if integer is not None:
+            results["metrics"]["integer"] = integer
         x = next(iter(test_ds))[0]
         diff = float(np.max(np.abs(np.asarray(qat(x, training=False)) - np.asarray(deploy(x, training=False)))))
         results.update(deploy_max_abs_diff=diff,

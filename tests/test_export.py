@@ -14,6 +14,7 @@ from repq.export import ExportError, fidelity, tflite_graph
 from repq.export.api import integer_tflite
 from repq.export.files import load_checkpoint
 from repq.qat import quantize_model
+from repq.training.evaluation import evaluate
 from tests.conftest import randomize_norms
 
 CLASSIFIERS = ["repvgg_a0", "ac_resnet18", "orepa_resnet18"]
@@ -70,7 +71,8 @@ def test_tflite_matches_qat_within_two_steps(name, bits, tmp_path):
     _check_close(_check_fidelity(name, bits, tmp_path))
 
 
-@pytest.mark.parametrize("name,bits", [("ac_resnet18", 4), ("orepa_resnet18", 4), ("repvgg_a0", 8)])
+@pytest.mark.parametrize("name,bits", [("ac_resnet18", 4), ("orepa_resnet18", 4), ("repvgg_a0", 8), ("ac_resnet18", 8),
+                                       ("orepa_resnet18", 8), ("ecbsr_m4c16_x2", 8)])
 def test_integer_inference_is_bit_exact_with_tflite(name, bits, tmp_path):
     """Residual ADDs, MAX_POOL, QUANTIZE and 8-bit convs included: 0 output steps between the
     integer-exact QAT inference and LiteRT; the float simulation is only compared, not bounded
@@ -89,6 +91,10 @@ def test_integer_predict_api():
     assert np.abs(y - np.asarray(qat(x, training=False))).max() <= 8 * step
     with pytest.raises(ValueError, match="shape"):
         repq.integer_predict(qat, x[:, :16])
+    # train.py's "integer" metric: evaluate() with integer_predict in place of the model's call
+    data = [(tf.constant(x), tf.constant(test[0][1][:8]))]
+    top1 = evaluate(qat, data, "classification", predict=lambda b: repq.integer_predict(qat, np.asarray(b)))["top1"]
+    assert top1 == 100.0 * np.mean(np.argmax(y, -1) == test[0][1][:8])
 
 
 def _short_fit_fidelity(name, bits):

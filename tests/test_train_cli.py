@@ -39,3 +39,4 @@ def test_smoke_run_writes_artefacts_and_deploy_equals_qat(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["metrics"]["deploy"] == results["metrics"]["qat"]
     assert results["deploy_matches_qat"] and results["deploy_max_abs_diff"] == 0.0
+    assert 0.0 <= results["metrics"]["integer"] <= 100.0  # the int8 TFLite model, via repq.integer_predict

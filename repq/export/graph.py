@@ -17,6 +17,7 @@ from repq.layers.base import RepConvBlock
 from repq.layers.padded_conv import symmetric_pad
 from repq.qat.deploy import QuantizedConv2D, QuantizedDense
 from repq.qat.quant_layers import QuantWrapper
+from repq.qat.range_placement import _flat_steps
 from repq.qat.range_quant import LearnedStepContainer, RangeFakeQuant
 from repq.quantizers import export_fake_quant, integer_range
 from repq.reparam import reparametrize
@@ -54,13 +55,32 @@ def fine_container(x, layer):
     return tf.quantization.fake_quant_with_min_max_vars(x, qmin8 * step, qmax8 * step, num_bits=8)
 
 
+class SharedInputMixin:
+    """``shared_input``: the layer's input tensor is also read by quantized layers with other learned
+    steps (a ResNet block output: the next conv1 and the projection shortcut).
+
+    TFLite stores that tensor once and requantizes it for the other readers, but only
+    when every reader clamps before its fake-quant; with 8-bit readers (no clamp of
+    their own) the converter leaves the producing ADD in float. Such readers therefore
+    clamp to their 8-bit container first: the identity on the values.
+    """
+
+    shared_input = False
+
+    def separated_input(self, x):
+        if not self.shared_input or self.act_bits != 8:
+            return x
+        qmin8, qmax8 = integer_range(8, self.input_signed)
+        return ops.minimum(ops.maximum(x, qmin8 * self.input_step), qmax8 * self.input_step)
+
+
 @keras.saving.register_keras_serializable(package="repq")
-class ExportQuantizedConv2D(QuantizedConv2D):
+class ExportQuantizedConv2D(SharedInputMixin, QuantizedConv2D):
     """``QuantizedConv2D`` whose quantized, padded input is stored in a finer int8 container
     (``fine_container``; after the padding, which TFLite must keep in one scale)."""
 
     def call(self, inputs):
-        x = symmetric_pad(self.quantize_input(inputs), self.pad)
+        x = symmetric_pad(self.quantize_input(self.separated_input(inputs)), self.pad)
         if self.pad > 0:  # without a PAD between them the converter folds the two fake-quants
             x = fine_container(x, self)  # and can lose the rounding to the learned step (ResNets)
         y = ops.conv(x, self.quantized_kernel(), strides=self.strides, padding="valid")
@@ -70,13 +90,13 @@ class ExportQuantizedConv2D(QuantizedConv2D):
 
 
 @keras.saving.register_keras_serializable(package="repq")
-class QuantizedDenseAsConv(QuantizedDense):
+class QuantizedDenseAsConv(SharedInputMixin, QuantizedDense):
     """``QuantizedDense`` on ``(B, in)`` computed as a 1x1 conv on ``(B, 1, 1, in)`` -> ``(B, units)``."""
 
     # No fine_container here: the converter folds two adjacent fake-quants (with or without a
     # RESHAPE between them) into the first one, so the input keeps the learned step as its scale.
     def call(self, inputs):
-        x = ops.reshape(self.quantize_input(inputs), (-1, 1, 1, self.kernel.shape[0]))
+        x = ops.reshape(self.quantize_input(self.separated_input(inputs)), (-1, 1, 1, self.kernel.shape[0]))
         qmin, qmax = integer_range(self.weight_bits, True)
         kernel = export_fake_quant(ops.reshape(self.kernel, (1, 1, *self.kernel.shape)), self.weight_step,
                                    qmin, qmax, self.weight_bits, per_channel=True)
@@ -150,7 +170,23 @@ def export_model(model):
                                          for l in graph_layers(model)) else model
     for layer in graph_layers(deploy):
         _check_supported(layer)
-    return keras.models.clone_model(
+    exported = keras.models.clone_model(
         deploy, recursive=True,
         clone_function=lambda l: (_dense_as_conv(l) if type(l) is QuantizedDense
                                   else _export_conv(l) if type(l) is QuantizedConv2D else l))
+    _mark_shared_inputs(exported)
+    return exported
+
+
+def _mark_shared_inputs(model):
+    """Set ``shared_input`` on quantized layers whose input tensor other quantized layers read
+    with a different learned step (see :class:`SharedInputMixin`)."""
+    readers = {}
+    for layer, _, in_keys, _ in _flat_steps(model, {}, []):
+        if isinstance(layer, SharedInputMixin) and layer.act_bits is not None:
+            for k in in_keys:
+                readers.setdefault(k, []).append(layer)
+    for layers in readers.values():
+        if len({float(l.input_step.numpy()) for l in layers}) > 1:
+            for layer in layers:
+                layer.shared_input = True

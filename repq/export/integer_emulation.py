@@ -23,7 +23,10 @@ from the .tflite file - with the runtime's rounding rules:
   ``rint(256 * s_in / s_out)``, arithmetic right shift by 8 with rounding bias;
 - PRELU (TFLite's builtin kernel; XNNPACK does not take it): int8 slope, gemmlowp
   fixed-point multipliers (:func:`multiply_by_quantized_multiplier`);
-- PAD, RESHAPE, MAXIMUM/MINIMUM clamps, MAX_POOL, DEPTH_TO_SPACE and a fused ReLU are exact.
+- PAD, RESHAPE, MAXIMUM/MINIMUM clamps, MAX_POOL, DEPTH_TO_SPACE and a fused ReLU are exact;
+- a tensor read by quantizers of different scales (a ResNet block output read by the next
+  conv1 and the projection shortcut, each with its learned step) is stored in the scale of
+  the one that comes last in the graph; the others requantize it (QUANTIZE).
 
 Each rule was established against the runtime op by op and the whole emulation
 is checked against LiteRT in ``tests/test_integer_emulation.py``. Values carry
@@ -345,6 +348,35 @@ def _shape(value):
     raise ExportError("a reshape reads a tensor whose int8 values are not stored yet.")
 
 
+def _storage_params(layer):
+    """``(scale, zero_point)`` of the int8 tensor ``layer`` reads its input into, or None (not a quantizer)."""
+    if isinstance(layer, (ExportQuantizedConv2D, QuantizedDenseAsConv)) and layer.act_bits is not None:
+        step = np.float32(layer.input_step.numpy())
+        qmin8, qmax8 = integer_range(8, layer.input_signed)
+        return fake_quant_params(qmin8 * step, qmax8 * step)
+    if isinstance(layer, RangeFakeQuant):
+        return fake_quant_params(float(layer.lo.numpy()), float(layer.hi.numpy()))
+    if isinstance(layer, LearnedStepContainer):
+        lo, hi = container_range(layer.leader_layer())
+        return fake_quant_params(float(lo), float(hi))
+    return None
+
+
+def _shared_storage(steps):
+    """``{tensor key: (scale, zero_point)}`` for tensors that several quantizers read with different scales.
+
+    TFLite stores such a tensor once, in the scale of the quantizer that comes *last* in
+    the graph, and gives the others a QUANTIZE from it (a second rounding).
+    """
+    readers = {}
+    for layer, _, in_keys, _ in steps:
+        params = _storage_params(layer)
+        if params is not None:
+            for k in in_keys:
+                readers.setdefault(k, []).append(params)
+    return {k: params[-1] for k, params in readers.items() if len(set(params)) > 1}
+
+
 def run(graph, x):
     """Integer outputs of the export ``graph`` on float images ``x`` (N, H, W, C).
 
@@ -355,7 +387,12 @@ def run(graph, x):
     for t in graph.inputs:
         values[id(t)] = np.asarray(x, np.float32)
     alias = {}
-    for layer, node, in_keys, out_keys in _flat_steps(graph, alias, []):
+    steps = _flat_steps(graph, alias, [])
+    shared = _shared_storage(steps)
+    for layer, node, in_keys, out_keys in steps:
+        for k in in_keys:
+            if k in shared and not isinstance(values[k], Quantized):
+                values[k] = store(values[k], *shared[k])
         outputs = _layer(layer, [values[k] for k in in_keys])
         for k, out in zip(out_keys, outputs if isinstance(outputs, (list, tuple)) else [outputs]):
             values[k] = out

@@ -16,23 +16,25 @@ def training_metrics(task, scale=None):
     return [PSNR(scale)]
 
 
-def evaluate(model, dataset, task, scale=None):
+def evaluate(model, dataset, task, scale=None, predict=None):
     """Run ``model`` in inference on ``dataset`` of ``(x, y)`` batches.
 
+    ``predict``: ``x batch -> outputs`` used instead of the model's own call (e.g.
+    ``repq.integer_predict``, the integer model's outputs).
     Returns ``{"top1": %}`` (classification, y int labels) or ``{"psnr": dB}``
     (super-resolution, y HR images in 0..255; mean of per-image PSNR-Y with a
     ``scale``-pixel shave, ECBSR convention).
     """
     if task not in TASKS:
         raise ValueError(f"Invalid value for argument `task`. Expected one of {TASKS}. Received task={task!r}.")
-    predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    predict = predict or tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     values = []
     for x, y in dataset:
-        out = predict(x)
+        out = np.asarray(predict(x))
         if task == "classification":
-            values.append(np.argmax(out.numpy(), axis=-1) == y.numpy())
+            values.append(np.argmax(out, axis=-1) == y.numpy())
         else:
-            values.append(psnr_y(out, y, scale).numpy())
+            values.append(psnr_y(tf.constant(out), y, scale).numpy())
     values = np.concatenate(values)
     if task == "classification":
         return {"top1": float(100.0 * values.mean())}
