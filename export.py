@@ -142,7 +142,7 @@ def main(argv=None):
               "for the traceback.", file=sys.stderr)
         return 1
     if report:
-        keys = ("top1_agreement", "psnr_keras", "psnr_tflite", "max_abs_diff_steps", "all_convs_integer",
+        keys = ("top1_agreement", "psnr_keras", "psnr_tflite", "max_abs_diff_steps", "integer_only", "all_convs_integer",
                 "weights_on_grid", "scales_match_learned", "size_bytes")
         print(", ".join(f"{k}={report[k]}" for k in keys if k in report))
         emulated = report["integer_emulation"]

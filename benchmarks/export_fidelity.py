@@ -68,7 +68,8 @@ def measure(name, bits, fp_steps, qat_steps):
                builtin_max_steps=builtin["max_abs_diff_steps"], builtin_mean_steps=builtin["mean_abs_diff_steps"],
                integer_max_steps=emulated["max_abs_diff_steps"], integer_mean_steps=emulated["mean_abs_diff_steps"],
                integer_bit_exact_fraction=emulated["bit_exact_fraction"],
-               all_convs_integer=report["all_convs_integer"], weights_on_grid=report["weights_on_grid"],
+               all_convs_integer=report["all_convs_integer"], integer_only=report["integer_only"],
+               weights_on_grid=report["weights_on_grid"],
                scales_match_learned=report["scales_match_learned"], size_bytes=report["size_bytes"])
     for key in ("top1_agreement", "accuracy_keras", "accuracy_tflite", "psnr_keras", "psnr_tflite"):
         if key in report:
@@ -85,14 +86,14 @@ def markdown(rows, args):
              "model computed in integers (repq.integer_predict).", "",
              "| model | bits | XNNPACK max / mean | builtin max / mean | integer-exact Keras vs XNNPACK: max / "
              "bit-exact outputs | top-1 agree (XNNPACK / builtin) | Keras / TFLite metric "
-             "| int8 convs, grid, learned scales |", "|---|---|---|---|---|---|---|---|"]
+             "| integer ops only, int8 convs, grid, learned scales |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "psnr_keras" in r:
             agree, metric = "-", f"{r['psnr_keras']:.2f} / {r['psnr_tflite']:.2f} dB"
         else:
             agree = f"{100 * r['top1_agreement']:.1f} / {100 * r['builtin_top1_agreement']:.1f} %"
             metric = f"{100 * r['accuracy_keras']:.1f} / {100 * r['accuracy_tflite']:.1f} %"
-        checks = all(r[k] for k in ("all_convs_integer", "weights_on_grid", "scales_match_learned"))
+        checks = all(r[k] for k in ("all_convs_integer", "integer_only", "weights_on_grid", "scales_match_learned"))
         lines.append(f"| {r['model']} | {r['bits']} | {r['xnnpack_max_steps']:.0f} / {r['xnnpack_mean_steps']:.3f} | "
                      f"{r['builtin_max_steps']:.0f} / {r['builtin_mean_steps']:.3f} | "
                      f"{r['integer_max_steps']:.0f} / {100 * r['integer_bit_exact_fraction']:.2f} % | "

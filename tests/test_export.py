@@ -42,6 +42,7 @@ def _check_fidelity(name, bits, tmp_path):
     path, report = repq.export_tflite(qat, str(tmp_path / "m.tflite"), rep, test, sr_scale=sr)
     assert os.path.isfile(path) and os.path.isfile(str(tmp_path / "m_fidelity.md"))
     assert report["all_convs_integer"]
+    assert report["integer_only"], report["float_ops"]
     assert report["weights_on_grid"]
     assert report["scales_match_learned"]
     # the QAT model computed in integers (repq.integer_predict) is the TFLite model, bit for bit
@@ -79,6 +80,24 @@ def test_integer_inference_is_bit_exact_with_tflite(name, bits, tmp_path):
     (random-BN AC-ResNet-18 W4A4 measured 13 output steps)."""
     report = _check_fidelity(name, bits, tmp_path)
     assert report["integer_emulation"]["top1_agreement"] == 1.0
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_tensor_read_with_two_learned_steps(bits, tmp_path):
+    """A ResNet block output read by the next conv1 and the projection shortcut, whose learned
+    steps differ once trained: TFLite stores it once and requantizes it for one reader. The
+    graph stays integer (8 bits: the converter used to leave that ADD in float) and the
+    integer-exact inference follows TFLite's choice of scale."""
+    qat, rep, test = _qat_model("ac_resnet18", bits)
+    shortcuts = [l for l in qat._flatten_layers(include_self=False, recursive=True)
+                 if "shortcut" in l.name and getattr(l, "input_quantizer", None) is not None]
+    assert len(shortcuts) == 3
+    for layer in shortcuts:
+        layer.input_quantizer.step.assign(layer.input_quantizer.step * 1.01)
+    path, report = repq.export_tflite(qat, str(tmp_path / "m.tflite"), rep, test)
+    assert report["integer_only"], report["float_ops"]
+    assert report["integer_emulation"]["max_abs_diff_steps"] == 0.0
+    assert report["scales_match_learned"]
 
 
 def test_integer_predict_api():

@@ -146,6 +146,8 @@ def export_tflite(model, path, representative_data=None, eval_data=None, float_i
     report["builtin_kernels"] = fidelity.compare(reference, fidelity.run_tflite(builtin, x), out_step, labels,
                                                  sr_scale, hr)
     report["ops"] = tflite_graph.op_names(builtin)
+    report["float_ops"] = tflite_graph.float_ops(builtin)
+    report["integer_only"] = not report["float_ops"]
     quant_layers = [l for l in graph_layers(graph) if isinstance(l, (QuantizedConv2D, QuantizedDense))]
     report["graph"] = fidelity.check_graph(builtin, quant_layers)
     for key in ("all_convs_integer", "weights_on_grid", "scales_match_learned"):

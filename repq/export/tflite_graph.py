@@ -32,6 +32,21 @@ def conv_ops(it):
     return found
 
 
+def float_ops(it):
+    """Names of the ops that compute in float: a float32 input or output tensor, other than the
+    QUANTIZE of the model input and the DEQUANTIZE of the model output (float I/O)."""
+    tensors = {d["index"]: d for d in it.get_tensor_details()}
+    io = {d["index"] for d in it.get_input_details() + it.get_output_details()}
+    found = []
+    for op in it._get_ops_details():
+        ids = [i for i in list(op["inputs"]) + list(op["outputs"]) if i >= 0]
+        if op["op_name"] in ("QUANTIZE", "DEQUANTIZE") and io.intersection(ids):
+            continue
+        if any(tensors[i]["dtype"] == np.float32 for i in ids):
+            found.append(op["op_name"])
+    return found
+
+
 def op_names(it):
     """Sorted set of the op names in the graph."""
     return sorted({op["op_name"] for op in it._get_ops_details()})
