@@ -17,7 +17,7 @@ from repq.layers.base import RepConvBlock
 from repq.layers.padded_conv import symmetric_pad
 from repq.qat.deploy import QuantizedConv2D, QuantizedDense
 from repq.qat.quant_layers import QuantWrapper
-from repq.qat.range_placement import _flat_steps
+from repq.qat.range_placement import flat_steps
 from repq.qat.range_quant import LearnedStepContainer, RangeFakeQuant
 from repq.quantizers import export_fake_quant, integer_range
 from repq.reparam import reparametrize
@@ -182,7 +182,7 @@ def _mark_shared_inputs(model):
     """Set ``shared_input`` on quantized layers whose input tensor other quantized layers read
     with a different learned step (see :class:`SharedInputMixin`)."""
     readers = {}
-    for layer, _, in_keys, _ in _flat_steps(model, {}, []):
+    for layer, _, in_keys, _ in flat_steps(model, {}, []):
         if isinstance(layer, SharedInputMixin) and layer.act_bits is not None:
             for k in in_keys:
                 readers.setdefault(k, []).append(layer)

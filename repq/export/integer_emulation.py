@@ -34,6 +34,7 @@ int64 arrays (exact), convolutions run in float64 (exact for |acc| < 2^53).
 """
 
 import dataclasses
+from typing import Callable
 
 import keras
 import numpy as np
@@ -41,7 +42,7 @@ import tensorflow as tf
 
 from repq.export.errors import ExportError
 from repq.export.graph import ExportQuantizedConv2D, QuantizedDenseAsConv, container_factor
-from repq.qat.range_placement import _flat_steps
+from repq.qat.range_placement import flat_steps
 from repq.qat.range_quant import LearnedStepContainer, RangeFakeQuant, container_range
 from repq.quantizers import integer_range
 
@@ -57,7 +58,8 @@ class Quantized:
     zero_point: int
 
     def dequantize(self):
-        return ((self.q - self.zero_point) * np.float64(self.scale)).astype(np.float32)
+        """Float values as the TFLite harness reads the int8 output (float32 arithmetic)."""
+        return (self.q.astype(np.float32) - np.float32(self.zero_point)) * np.float32(self.scale)
 
 
 @dataclasses.dataclass
@@ -68,7 +70,7 @@ class Pending:
     ``relu`` a fused ReLU; ``post`` value-moving ops (pad, pool, reshape) that
     commute with the rounding and are applied to the stored integers.
     """
-    requantize: callable
+    requantize: Callable
     relu: bool = False
     post: tuple = ()
 
@@ -254,6 +256,9 @@ def _mean(x, axes, keepdims):
     count = int(np.prod([x.q.shape[a] for a in axes]))
 
     def requantize(scale, zero_point):
+        if (scale, zero_point) == (x.scale, x.zero_point):  # measured: the runtime rounds differently then
+            raise ExportError("a MEAN whose output keeps its input's int8 scale is not emulated (the export "
+                              "gives pooling outputs the reading layer's learned step).")
         multiplier = np.float32(x.scale / np.float32(scale * np.float32(count)))
         return np.rint(total.astype(np.float32) * multiplier).astype(np.int64) + zero_point
 
@@ -387,7 +392,7 @@ def run(graph, x):
     for t in graph.inputs:
         values[id(t)] = np.asarray(x, np.float32)
     alias = {}
-    steps = _flat_steps(graph, alias, [])
+    steps = flat_steps(graph, alias, [])
     shared = _shared_storage(steps)
     for layer, node, in_keys, out_keys in steps:
         for k in in_keys:

@@ -54,7 +54,7 @@ def _has_input_quant(layer):
     return learned_input_step(layer) is not None
 
 
-def _flat_steps(model, alias, steps):
+def flat_steps(model, alias, steps):
     """Append ``(layer, node, output keys)`` of ``model`` to ``steps``, nested models inlined.
 
     ``alias`` maps ``id(keras_tensor)`` of nested-model inputs/outputs to the key of the
@@ -71,7 +71,7 @@ def _flat_steps(model, alias, steps):
                 inner = getattr(layer, "_functional", None) or layer
                 for t_inner, t_outer in zip(keras.tree.flatten(inner.inputs), node.input_tensors):
                     alias[id(t_inner)] = key(t_outer)
-                _flat_steps(layer, alias, steps)
+                flat_steps(layer, alias, steps)
                 for t_outer, t_inner in zip(node.outputs, keras.tree.flatten(inner.outputs)):
                     alias[id(t_outer)] = key(t_inner)
                 continue
@@ -94,7 +94,7 @@ def with_range_quantizers(model, mode="export"):
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
     alias = {}
-    steps = _flat_steps(model, alias, [])
+    steps = flat_steps(model, alias, [])
     seen = set()
     for i, (layer, *_rest) in enumerate(steps):
         if layer.name in seen:  # nested models may repeat names (e.g. every ECB's "prelu")
