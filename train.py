@@ -293,14 +293,15 @@ def run(w_bits, a_bits):
     def score_integer(model):
         """The integer TFLite model's metric, computed bit-exactly without converting (repq.integer_predict);
         None (and why, in results) when the integer export does not support the model."""
-        from repq.export import ExportError, export_graph, integer_predict
+        from repq.export import ExportError, export_graph, integer_emulation, integer_predict
         try:
-            graph, _ = export_graph(model)
+            program = integer_emulation.Program(export_graph(model)[0])
         except ExportError as err:
             results["integer_skipped"] = str(err)
             return None
-        predict = lambda x: integer_predict(model, np.asarray(x), graph=graph)  # noqa: E731
-        return evaluate(model, test_ds, recipe.task, recipe.data.scale, predict=predict)[metric]
+        predict = lambda x: integer_predict(model, np.asarray(x), graph=program)  # noqa: E731
+        return evaluate(model, test_ds, recipe.task, recipe.data.scale, predict=predict,
+                        progress="integer model (repq.integer_predict)")[metric]
 
     def guard(stage):
         def last_good():

@@ -10,7 +10,7 @@ import tensorflow as tf
 import models
 import repq
 from repq.data import get_dataset
-from repq.export import ExportError, fidelity, tflite_graph
+from repq.export import ExportError, fidelity, integer_emulation, tflite_graph
 from repq.export.api import integer_tflite
 from repq.export.files import load_checkpoint
 from repq.qat import quantize_model
@@ -107,6 +107,8 @@ def test_integer_predict_api():
     y = repq.integer_predict(qat, x)
     model_bytes, _, step = integer_tflite(qat, None)
     np.testing.assert_array_equal(y, fidelity.run_tflite(tflite_graph.interpreter(model_bytes, default_delegates=True), x))
+    program = integer_emulation.Program(repq.export.export_graph(qat)[0])  # prepared once, reused per batch
+    np.testing.assert_array_equal(repq.integer_predict(qat, x, graph=program, batch_size=3), y)
     # it is the QAT model up to rounding: within a few output steps of the float simulation
     assert np.abs(y - np.asarray(qat(x, training=False))).max() <= 8 * step
     with pytest.raises(ValueError, match="shape"):

@@ -97,12 +97,14 @@ def integer_predict(model, x, representative_data=None, batch_size=32, graph=Non
     with the integer arithmetic of LiteRT's default CPU runtime
     (:mod:`repq.export.integer_emulation`), without converting anything: float
     images ``x`` (N, H, W, C) in the training preprocessing -> float outputs
-    (dequantized int8). ``graph``: a prebuilt ``export_graph(model)[0]``.
+    (dequantized int8). ``graph``: a prebuilt ``export_graph(model)[0]``, or an
+    ``integer_emulation.Program`` of it to reuse across calls.
     """
     x = np.asarray(x)
     check_images(x, model.inputs[0].shape[1:])
     graph = graph if graph is not None else export_graph(model, _x_batches(representative_data))[0]
-    return np.concatenate([integer_emulation.run(graph, x[i:i + batch_size].astype(np.float32)).dequantize()
+    program = graph if isinstance(graph, integer_emulation.Program) else integer_emulation.Program(graph)
+    return np.concatenate([program(x[i:i + batch_size].astype(np.float32)).dequantize()
                            for i in range(0, len(x), batch_size)])
 
 

@@ -47,6 +47,7 @@ from repq.qat.range_quant import LearnedStepContainer, RangeFakeQuant, container
 from repq.quantizers import integer_range
 
 INT8_MIN, INT8_MAX = -128, 127
+CONV_LAYERS = (ExportQuantizedConv2D, QuantizedDenseAsConv)
 ADD_MULTIPLIER_BITS = 20
 
 
@@ -139,51 +140,85 @@ def _pad(x, pad):
     return Quantized(q, x.scale, x.zero_point)
 
 
+def _storage_params(layer):
+    """``(scale, zero_point)`` of the int8 tensor ``layer`` reads its input into, or None (not a quantizer)."""
+    if isinstance(layer, CONV_LAYERS) and layer.act_bits is not None:
+        step = np.float32(layer.input_step.numpy())
+        qmin8, qmax8 = integer_range(8, layer.input_signed)
+        return fake_quant_params(qmin8 * step, qmax8 * step)
+    if isinstance(layer, RangeFakeQuant):
+        return fake_quant_params(float(layer.lo.numpy()), float(layer.hi.numpy()))
+    if isinstance(layer, LearnedStepContainer):
+        lo, hi = container_range(layer.leader_layer())
+        return fake_quant_params(float(lo), float(hi))
+    return None
+
+
+def _fine_params(layer):
+    """``(scale, zero_point)`` of ``repq.export.graph.fine_container``, or None when the conv has none."""
+    factor = container_factor(layer)
+    if not (isinstance(layer, ExportQuantizedConv2D) and layer.pad > 0 and factor > 1):
+        return None
+    fine_step = np.float32(np.float32(layer.input_step.numpy()) / np.float32(factor))
+    qmin8, qmax8 = integer_range(8, layer.input_signed)
+    return fake_quant_params(qmin8 * fine_step, qmax8 * fine_step)
+
+
+@dataclasses.dataclass
+class ConvConstants:
+    """A quantized conv's integer form: HWIO ``kernel`` integers, int32 ``bias`` in units of
+    ``acc_scale`` (``s_in * s_w`` per output channel, float32), ``strides`` and a fused ``relu``."""
+    kernel: np.ndarray
+    bias: np.ndarray
+    acc_scale: np.ndarray
+    strides: int
+    relu: bool
+
+    @classmethod
+    def of(cls, layer):
+        if layer.act_bits is None:
+            raise ExportError(f"layer {layer.name!r} has a float input; integer emulation needs act_bits.")
+        activation = keras.activations.serialize(layer.activation)
+        activation = activation if isinstance(activation, str) else activation.get("config", {}).get("name", "")
+        if activation not in ("linear", "relu"):
+            raise ExportError(f"layer {layer.name!r}: activation {activation!r} cannot be emulated in integers.")
+        dense = isinstance(layer, QuantizedDenseAsConv)
+        kernel = layer.kernel.numpy()[None, None] if dense else layer.kernel.numpy()
+        w_step = layer.weight_step.numpy().astype(np.float32)
+        qmin_w, qmax_w = integer_range(layer.weight_bits, True)
+        in_scale = (_fine_params(layer) or _storage_params(layer))[0]
+        acc_scale = (in_scale * w_step).astype(np.float32)
+        bias = (np.rint(layer.bias.numpy().astype(np.float64) / acc_scale.astype(np.float64)).astype(np.int64)
+                if layer.use_bias else np.zeros(acc_scale.shape, np.int64))
+        return cls(np.clip(np.floor(kernel.astype(np.float64) / w_step + 0.5), qmin_w, qmax_w), bias,
+                   acc_scale, 1 if dense else layer.strides, activation == "relu")
+
+
 def _input_of(layer, value):
     """The conv's quantized input: learned step (8-bit container, ``act_bits`` clamp), padded,
     then in the finer container of ``repq.export.graph.fine_container`` when it has one."""
-    step = np.float32(layer.input_step.numpy())
-    qmin8, qmax8 = integer_range(8, layer.input_signed)
-    scale, zp = fake_quant_params(qmin8 * step, qmax8 * step)
+    scale, zp = _storage_params(layer)
     qmin, qmax = integer_range(layer.act_bits, layer.input_signed)
     x = _pad(store(value, scale, zp, qmin + zp, qmax + zp), getattr(layer, "pad", 0))
-    factor = container_factor(layer)
-    if isinstance(layer, ExportQuantizedConv2D) and layer.pad > 0 and factor > 1:
-        fine_step = np.float32(step / np.float32(factor))
-        scale, zp = fake_quant_params(qmin8 * fine_step, qmax8 * fine_step)
-        x = store(x, scale, zp)
-    return x
+    fine = _fine_params(layer)
+    return x if fine is None else store(x, *fine)
 
 
-def _conv(layer, value):
+def _conv(layer, value, constants):
     """A quantized conv (or dense-as-1x1-conv) -> :class:`Pending` (fp32 requantization)."""
-    if layer.act_bits is None:
-        raise ExportError(f"layer {layer.name!r} has a float input; integer emulation needs act_bits.")
     x = _input_of(layer, value)
-    if isinstance(layer, QuantizedDenseAsConv):  # (N, in) -> (N, 1, 1, in), a 1x1 conv
+    dense = isinstance(layer, QuantizedDenseAsConv)
+    if dense:  # (N, in) -> (N, 1, 1, in), a 1x1 conv
         x = Quantized(x.q.reshape(-1, 1, 1, x.q.shape[-1]), x.scale, x.zero_point)
-        kernel, strides = layer.kernel.numpy()[None, None], 1
-    else:
-        kernel, strides = layer.kernel.numpy(), layer.strides
-    w_step = layer.weight_step.numpy().astype(np.float32)
-    qmin_w, qmax_w = integer_range(layer.weight_bits, True)
-    kernel_int = np.clip(np.floor(kernel.astype(np.float64) / w_step + 0.5), qmin_w, qmax_w)
-    acc_scale = (x.scale * w_step).astype(np.float32)  # s_in * s_w per output channel
-    acc = _conv_acc(x, kernel_int, strides)
-    if layer.use_bias:
-        acc = acc + np.rint(layer.bias.numpy().astype(np.float64) / acc_scale.astype(np.float64)).astype(np.int64)
-    if isinstance(layer, QuantizedDenseAsConv):
+    acc = _conv_acc(x, constants.kernel, constants.strides) + constants.bias
+    if dense:
         acc = acc.reshape(-1, acc.shape[-1])
-    activation = keras.activations.serialize(layer.activation)
-    activation = activation if isinstance(activation, str) else activation.get("config", {}).get("name", "")
-    if activation not in ("linear", "relu"):
-        raise ExportError(f"layer {layer.name!r}: activation {activation!r} cannot be emulated in integers.")
 
     def requantize(scale, zero_point):
-        multiplier = (acc_scale / scale).astype(np.float32)
+        multiplier = (constants.acc_scale / scale).astype(np.float32)
         return np.rint(acc.astype(np.float32) * multiplier).astype(np.int64) + zero_point
 
-    return Pending(requantize, relu=activation == "relu")
+    return Pending(requantize, relu=constants.relu)
 
 
 def _add(a, b):
@@ -305,16 +340,13 @@ def _pixel_shuffle(layer, features, lr):
     return dataclasses.replace(added, post=(shuffle,))
 
 
-def _layer(layer, args):
-    """One export-graph layer on emulated values."""
+def _layer(layer, args, convs):
+    """One export-graph layer on emulated values (``convs``: :class:`ConvConstants` by layer id)."""
     x = args[0]
-    if isinstance(layer, (ExportQuantizedConv2D, QuantizedDenseAsConv)):
-        return _conv(layer, x)
-    if isinstance(layer, RangeFakeQuant):
-        return store(x, *fake_quant_params(float(layer.lo.numpy()), float(layer.hi.numpy())))
-    if isinstance(layer, LearnedStepContainer):
-        lo, hi = container_range(layer.leader_layer())
-        return store(x, *fake_quant_params(float(lo), float(hi)))
+    if isinstance(layer, CONV_LAYERS):
+        return _conv(layer, x, convs[id(layer)])
+    if isinstance(layer, (RangeFakeQuant, LearnedStepContainer)):
+        return store(x, *_storage_params(layer))
     if isinstance(layer, keras.layers.Add):
         if len(args) != 2:
             raise ExportError(f"layer {layer.name!r}: only two-input Add is emulated.")
@@ -353,20 +385,6 @@ def _shape(value):
     raise ExportError("a reshape reads a tensor whose int8 values are not stored yet.")
 
 
-def _storage_params(layer):
-    """``(scale, zero_point)`` of the int8 tensor ``layer`` reads its input into, or None (not a quantizer)."""
-    if isinstance(layer, (ExportQuantizedConv2D, QuantizedDenseAsConv)) and layer.act_bits is not None:
-        step = np.float32(layer.input_step.numpy())
-        qmin8, qmax8 = integer_range(8, layer.input_signed)
-        return fake_quant_params(qmin8 * step, qmax8 * step)
-    if isinstance(layer, RangeFakeQuant):
-        return fake_quant_params(float(layer.lo.numpy()), float(layer.hi.numpy()))
-    if isinstance(layer, LearnedStepContainer):
-        lo, hi = container_range(layer.leader_layer())
-        return fake_quant_params(float(lo), float(hi))
-    return None
-
-
 def _shared_storage(steps):
     """``{tensor key: (scale, zero_point)}`` for tensors that several quantizers read with different scales.
 
@@ -382,26 +400,34 @@ def _shared_storage(steps):
     return {k: params[-1] for k, params in readers.items() if len(set(params)) > 1}
 
 
-def run(graph, x):
-    """Integer outputs of the export ``graph`` on float images ``x`` (N, H, W, C).
+class Program:
+    """The export ``graph`` prepared for integer runs, once: its layer order, the storage of
+    shared tensors and every conv's :class:`ConvConstants`. ``program(x)`` runs a batch."""
 
-    Returns :class:`Quantized` (the model output as int8 integers with scale and
-    zero point; ``.dequantize()`` for float values).
-    """
-    values = {}
-    for t in graph.inputs:
-        values[id(t)] = np.asarray(x, np.float32)
-    alias = {}
-    steps = flat_steps(graph, alias, [])
-    shared = _shared_storage(steps)
-    for layer, node, in_keys, out_keys in steps:
-        for k in in_keys:
-            if k in shared and not isinstance(values[k], Quantized):
-                values[k] = store(values[k], *shared[k])
-        outputs = _layer(layer, [values[k] for k in in_keys])
-        for k, out in zip(out_keys, outputs if isinstance(outputs, (list, tuple)) else [outputs]):
-            values[k] = out
-    (out,) = [values[alias.get(id(t), id(t))] for t in keras.tree.flatten(graph.outputs)]
-    if not isinstance(out, Quantized):
-        raise ExportError("the model output has no int8 range (the export places a RangeFakeQuant there).")
-    return out
+    def __init__(self, graph):
+        self.graph = graph
+        self.alias = {}
+        self.steps = flat_steps(graph, self.alias, [])
+        self.shared = _shared_storage(self.steps)
+        self.convs = {id(layer): ConvConstants.of(layer) for layer, *_ in self.steps if isinstance(layer, CONV_LAYERS)}
+
+    def __call__(self, x):
+        """Integer outputs on float images ``x`` (N, H, W, C): :class:`Quantized` (the model output's
+        int8 integers with scale and zero point; ``.dequantize()`` for float values)."""
+        values = {id(t): np.asarray(x, np.float32) for t in self.graph.inputs}
+        for layer, _, in_keys, out_keys in self.steps:
+            for k in in_keys:
+                if k in self.shared and not isinstance(values[k], Quantized):
+                    values[k] = store(values[k], *self.shared[k])
+            outputs = _layer(layer, [values[k] for k in in_keys], self.convs)
+            for k, out in zip(out_keys, outputs if isinstance(outputs, (list, tuple)) else [outputs]):
+                values[k] = out
+        (out,) = [values[self.alias.get(id(t), id(t))] for t in keras.tree.flatten(self.graph.outputs)]
+        if not isinstance(out, Quantized):
+            raise ExportError("the model output has no int8 range (the export places a RangeFakeQuant there).")
+        return out
+
+
+def run(graph, x):
+    """Integer outputs of the export ``graph`` on float images ``x`` (N, H, W, C); see :class:`Program`."""
+    return Program(graph)(x)

@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import tensorflow as tf
+from tqdm import tqdm
 
 from repq.metrics import PSNR, psnr_y
 
@@ -16,11 +17,12 @@ def training_metrics(task, scale=None):
     return [PSNR(scale)]
 
 
-def evaluate(model, dataset, task, scale=None, predict=None):
+def evaluate(model, dataset, task, scale=None, predict=None, progress=None):
     """Run ``model`` in inference on ``dataset`` of ``(x, y)`` batches.
 
     ``predict``: ``x batch -> outputs`` used instead of the model's own call (e.g.
-    ``repq.integer_predict``, the integer model's outputs).
+    ``repq.integer_predict``, the integer model's outputs); ``progress``: a description for a
+    progress bar over the batches (none by default).
     Returns ``{"top1": %}`` (classification, y int labels) or ``{"psnr": dB}``
     (super-resolution, y HR images in 0..255; mean of per-image PSNR-Y with a
     ``scale``-pixel shave, ECBSR convention).
@@ -29,7 +31,7 @@ def evaluate(model, dataset, task, scale=None, predict=None):
         raise ValueError(f"Invalid value for argument `task`. Expected one of {TASKS}. Received task={task!r}.")
     predict = predict or tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     values = []
-    for x, y in dataset:
+    for x, y in tqdm(dataset, desc=progress, unit="batch", disable=progress is None):
         out = np.asarray(predict(x))
         if task == "classification":
             values.append(np.argmax(out, axis=-1) == y.numpy())
