@@ -1,11 +1,14 @@
 """Export a QAT checkpoint: SavedModel and/or full-integer TFLite with a fidelity report.
 
     python export.py --checkpoint RUN_DIR_OR_FILE --format {savedmodel,tflite,both} --output DIR
-                     [--float_io] [--num_eval 256] [--num_calib 128] [--dataset mnist5k] [--scale S]
+                     [--overwrite] [--float_io] [--num_eval 256] [--num_calib 128] [--dataset mnist5k] [--scale S]
 
 Writes into DIR (atomically: a failed export leaves an existing DIR as it was): saved_model/
 (endpoints ``serve``, ``serve_uint8``), model_int8.tflite, model_int8_fidelity.{json,md}; with
-fp_model.keras in the run dir also fp_saved_model/ and fp_merged.tflite. Errors print one line
+fp_model.keras in the run dir also fp_saved_model/ and fp_merged.tflite. DIR must be new or
+empty, or an earlier export (replaced only with --overwrite); anything else (a file, another
+folder, the checkpoint's run directory, a special file) is refused before anything is read or
+written (repq.outputs, docs/robustness.md). Errors print one line
 on stderr (``--verbose_errors`` shows the traceback): exit code 2 for a bad command line, 1 for
 a checkpoint, data or export failure.
 """
@@ -34,7 +37,9 @@ def parse_args(argv=None):
     p = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="train.py run dir or a .keras QAT model")
     p.add_argument("--format", choices=("savedmodel", "tflite", "both"), default="both")
-    p.add_argument("--output", required=True, help="output directory (replaced atomically)")
+    p.add_argument("--output", required=True, help="output directory: new, empty, or an earlier export with "
+                   "--overwrite (replaced atomically)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export at --output")
     p.add_argument("--float_io", action="store_true", help="float32 TFLite input/output")
     p.add_argument("--num_eval", type=int, default=256, help="test images for the fidelity report")
     p.add_argument("--num_calib", type=int, default=128, help="train images calibrating unlearned ranges")
@@ -48,10 +53,18 @@ def parse_args(argv=None):
     return args
 
 
-def check_output(path):
-    """Raise UsageError unless files can be created next to ``path`` (where the export is assembled)."""
+def check_output(path, checkpoint, overwrite):
+    """Raise UsageError unless ``path`` may receive the export (``repq.outputs.check_export_dir``:
+    new, empty, or an earlier export with ``overwrite``; never ``checkpoint`` or a folder holding
+    it) and files can be created next to it (where the export is assembled)."""
     import tempfile
 
+    from repq.outputs import OutputError, check_export_dir
+
+    try:
+        check_export_dir(path, overwrite, checkpoint, flag="--output")
+    except OutputError as err:
+        raise UsageError(str(err)) from err
     parent = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(parent, exist_ok=True)
@@ -90,7 +103,7 @@ def export(args):
     from repq.export import export_all
     from repq.export.files import load_checkpoint
 
-    check_output(args.output)
+    check_output(args.output, args.checkpoint, args.overwrite)
     model = load_checkpoint(args.checkpoint)
     fp_path = os.path.join(args.checkpoint, "fp_model.keras")
     fp_model = load_checkpoint(fp_path) if os.path.isfile(fp_path) else None

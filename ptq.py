@@ -8,7 +8,8 @@ and saved as fp_model.keras. Writes results.json, unit_losses.json and unit_loss
 --output_dir (atomically). Resumable: the calibrated model and every reconstructed unit are
 checkpointed in --output_dir/checkpoints (repq.ptq.checkpoint); rerunning the same command
 after a crash or SIGTERM/SIGINT resumes after the last finished unit and ends with the same
-results; run_config.json refuses a rerun with other settings. Errors print one line on
+results; run_config.json refuses a rerun with other settings once the run has results there.
+--output_dir must be new, empty or a ptq.py run directory (repq.outputs). Errors print one line on
 stderr: exit code 2 for bad input, 1 for failures, 128+N for signal N. See docs/robustness.md.
 """
 
@@ -87,15 +88,23 @@ def check_flags():
 
 
 def prepare_output_dir(output_dir):
-    """Record the settings in ``output_dir/run_config.json`` (refusing other settings of an earlier
-    run there); an output directory that cannot be written is a UsageError."""
+    """Check that ``output_dir`` may hold this run (``repq.outputs.check_run_dir``: new, empty or a
+    ptq.py run directory), create it with its marker and record the settings in
+    ``run_config.json`` (refusing other settings of an earlier run that left results there); an
+    output directory that cannot be written is a UsageError."""
+    from repq.outputs import OutputError, prepare_run_dir
     from repq.training import check_run_config
 
     try:
-        check_run_config(output_dir, {key: getattr(FLAGS, key) for key in RUN_KEYS})
+        prepare_run_dir(output_dir, "ptq")
+        note = check_run_config(output_dir, {key: getattr(FLAGS, key) for key in RUN_KEYS})
+    except OutputError as err:
+        raise UsageError(str(err)) from err
     except OSError as err:
         raise UsageError(f"output directory {output_dir!r} is not writable ({err.strerror or err}); "
                          "pass a writable --output_dir.") from err
+    if note:
+        print(f"ptq.py: {note}", file=sys.stderr)
 
 
 def check_model(model, info):

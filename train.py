@@ -184,13 +184,19 @@ def check_fp_checkpoint(model, reference, path):
 
 
 def check_writable(output_dir):
-    """Create ``output_dir`` and check that files can be written there, before any training."""
+    """Check that ``output_dir`` may hold this run (``repq.outputs.check_run_dir``: new, empty or a
+    train.py run directory), create it with its marker and check that files can be written there,
+    before any training."""
+    from repq.outputs import OutputError, prepare_run_dir
+
     try:
-        os.makedirs(output_dir, exist_ok=True)
+        prepare_run_dir(output_dir, "train")
         probe = os.path.join(output_dir, f".write_probe.{os.getpid()}")
         with open(probe, "w") as f:
             f.write("ok")
         os.remove(probe)
+    except OutputError as err:
+        raise UsageError(str(err)) from err
     except OSError as err:
         raise UsageError(f"output directory {output_dir!r} is not writable ({err.strerror or err}); "
                          "pass a writable --output_dir.") from err
@@ -200,12 +206,15 @@ RUN_KEYS = ("model", "method", "bnest", "seed", "fp_checkpoint")
 
 
 def check_run_config(output_dir, w_bits, a_bits, recipe, write):
-    """Refuse to resume into a run directory made with other settings; record them otherwise."""
+    """Refuse to resume into a run directory holding results made with other settings; record
+    the settings otherwise (a directory without results takes the new ones, with a note)."""
     from repq.training import check_run_config as guard
 
     config = {key: getattr(FLAGS, key) for key in RUN_KEYS}
     config.update(weight_bits=w_bits, act_bits=a_bits, recipe=recipe.to_dict())
-    guard(output_dir, config, write)
+    note = guard(output_dir, config, write)
+    if note:
+        print(f"train.py: {note}", file=sys.stderr)
 
 
 def run_tfmot8(fp_model, recipe, output_dir):

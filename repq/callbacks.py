@@ -168,16 +168,17 @@ def non_finite_variables(model):
 
 
 class NaNGuard(keras.callbacks.Callback):
-    """Stop training at the first non-finite loss or LSQ step, naming the culprit layer.
+    """Stop training at the first non-finite LSQ step or loss, naming the culprit layer.
 
-    After every training batch the loss in the logs and every LSQ step size are checked
-    (cheap: steps are small vectors). A NaN/Inf step must be caught explicitly: the forward
-    pass uses ``max(|step|, eps)``, which keeps steps positive but maps NaN to eps, so the
-    loss can stay finite while the layer is broken. When the loss is NaN/Inf, every variable
-    is checked: the message names the first non-finite LSQ step or weight (its layer path),
-    else says the weights are finite (the inputs, a too-high LR or an overflow in the
-    forward pass are then the cause). Raises :class:`NonFiniteError`, with ``checkpoint`` (a
-    path, or a callable returning one) as the last good state to resume from.
+    After every training batch every LSQ step size is checked first (cheap: steps are small
+    vectors), then the loss in the logs. A NaN/Inf step is reported as such whatever the loss
+    is: the forward pass reads a non-finite step as eps (``LSQQuantizer.positive_step``), so the
+    loss can stay finite while the layer is broken, and the result does not depend on how an
+    op propagates NaN. When the loss is NaN/Inf with finite steps, every variable is checked:
+    the message names the first non-finite weight (its layer path), else says the weights are
+    finite (the inputs, a too-high LR or an overflow in the forward pass are then the cause).
+    Raises :class:`NonFiniteError`, with ``checkpoint`` (a path, or a callable returning one) as
+    the last good state to resume from.
 
     Args:
       checkpoint: description of the last good checkpoint for the message (or None).
@@ -208,11 +209,11 @@ class NaNGuard(keras.callbacks.Callback):
         raise NonFiniteError(f"{what} at epoch {self._epoch + 1}, batch {batch + 1}: {where}{last}")
 
     def on_train_batch_end(self, batch, logs=None):
+        bad = sorted(v.path for v in self._steps if not np.all(np.isfinite(ops.convert_to_numpy(v))))
+        if bad:
+            self._fail(batch, "an LSQ step size is NaN/Inf", bad)
         value = (logs or {}).get(self.monitor)
         if value is not None:
             value = float(ops.convert_to_numpy(value))
             if not np.isfinite(value):
                 self._fail(batch, f"{self.monitor} is {value}", non_finite_variables(self.model))
-        bad = [v.path for v in self._steps if not np.all(np.isfinite(ops.convert_to_numpy(v)))]
-        if bad:
-            self._fail(batch, "an LSQ step size is NaN/Inf", bad)

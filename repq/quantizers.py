@@ -186,8 +186,15 @@ class LSQQuantizer(keras.layers.Layer):
                                            trainable=False)
 
     def positive_step(self):
-        """The step in use: ``max(|step|, eps)``, so it stays positive."""
-        return ops.maximum(ops.abs(self.step), STEP_EPS)
+        """The step in use: ``max(|step|, eps)``, so it stays positive; a NaN/Inf step reads as eps.
+
+        How ``maximum`` (and the ops after it) treat NaN is unspecified and differs between CPU
+        code paths, so a non-finite step is replaced by an explicit select, whose semantics are
+        defined; finite steps, their values and gradients, are exactly those of
+        ``max(|step|, eps)``. A non-finite step stays non-finite in the variable (any update keeps
+        it NaN/Inf), where :class:`repq.callbacks.NaNGuard` reports it.
+        """
+        return ops.where(ops.isfinite(self.step), ops.maximum(ops.abs(self.step), STEP_EPS), STEP_EPS)
 
     def initial_step(self, x):
         """The data-driven step for ``x`` (``init``: "mse" search or LSQ's formula)."""

@@ -237,17 +237,19 @@ def test_export_api_rejects_bad_images(tmp_path, images, error, message):
 
 def test_atomic_directory_replaces_an_old_export_and_keeps_it_on_error(tmp_path):
     from repq.export.files import atomic_directory
+    from repq.outputs import MARKER, write_marker
     out = tmp_path / "out"
     out.mkdir()
+    write_marker(str(out), "export")  # an earlier export: the only non-empty folder it replaces
     (out / "old.txt").write_text("old")
     with pytest.raises(RuntimeError):
         with atomic_directory(str(out)) as tmp:
             open(os.path.join(tmp, "new.txt"), "w").close()
             raise RuntimeError("disk full")
-    assert os.listdir(out) == ["old.txt"] and os.listdir(tmp_path) == ["out"]
+    assert sorted(os.listdir(out)) == [MARKER, "old.txt"] and os.listdir(tmp_path) == ["out"]
     with atomic_directory(str(out)) as tmp:
         open(os.path.join(tmp, "new.txt"), "w").close()
-    assert os.listdir(out) == ["new.txt"] and os.listdir(tmp_path) == ["out"]  # no temp or .old- left
+    assert sorted(os.listdir(out)) == [MARKER, "new.txt"] and os.listdir(tmp_path) == ["out"]  # no temp or .old- left
 
 
 def test_export_of_a_model_loaded_in_a_fresh_session(tmp_path):

@@ -5,6 +5,7 @@ train.py, ptq.py and export.py are driven in-process (``train.cli`` with parsed 
 """
 
 import errno
+import json
 import os
 import warnings
 
@@ -19,6 +20,7 @@ import train
 from repq.callbacks import NaNGuard, NonFiniteError
 from repq.export import api as export_api
 from repq.layers import RepVGGBlock
+from repq.outputs import MARKER, write_marker
 from repq.ptq import quantize_ptq
 from repq.qat import calibrate, quantize_model
 from repq.training import CheckpointError, load_model, save_model, write_json, write_text
@@ -107,6 +109,7 @@ def test_fp_checkpoint_of_another_architecture(capsys, tmp_path):
 def test_corrupt_stage_artefact_in_run_dir_is_not_used(capsys, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
+    write_marker(str(out), "train")  # a train.py run directory
     (out / "fp_model.keras").write_bytes(b"garbage")
     args = ["--model=ecbsr_m4c16", "--limit=2", f"--output_dir={out}"]
     code, err = run_train(capsys, *args)
@@ -118,13 +121,38 @@ def test_corrupt_stage_artefact_in_run_dir_is_not_used(capsys, tmp_path):
 def test_rerun_with_other_settings_into_the_same_run_dir_is_refused(capsys, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    (out / "fp_model.keras").write_bytes(b"garbage")  # stops the first run right after its checks
+    write_marker(str(out), "train")
+    (out / "fp_model.keras").write_bytes(b"garbage")  # a result; stops the first run right after its checks
     run_train(capsys, "--model=ecbsr_m4c16", "--limit=2", f"--output_dir={out}")
     saved = (out / "run_config.json").read_text()
     code, err = run_train(capsys, "--model=ecbsr_m4c16", "--limit=2", "--bits=8", f"--output_dir={out}")
     assert code == 2
-    assert_one_line_error(err, "holds a run with other settings", "weight_bits")
+    assert_one_line_error(err, "holds a run with other settings (differs in: act_bits, weight_bits) and its "
+                               "results (fp_model.keras)")
     assert (out / "run_config.json").read_text() == saved
+
+
+def test_failed_run_without_results_does_not_block_its_fix(capsys, tmp_path, monkeypatch):
+    """A run that failed before producing anything (here: an --fp_checkpoint of another
+    architecture) leaves only its settings: the corrected command takes the directory over."""
+    import repq.training
+    from repq.training import SimulatedCrash
+
+    def stop(*args, **kwargs):
+        raise SimulatedCrash("stopped by the test where training would start")
+    out = tmp_path / "run"
+    wrong = str(tmp_path / "ecbsr_x2.keras")
+    models.create_model("ecbsr_m4c16", scale=2).save(wrong)
+    code, err = run_train(capsys, "--model=ecbsr_m4c16_x4", "--limit=2", f"--fp_checkpoint={wrong}",
+                          f"--output_dir={out}")
+    assert code == 2 and "is not a ecbsr_m4c16_x4 model" in err
+    assert sorted(os.listdir(out)) == [MARKER, "run_config.json"]
+    monkeypatch.setattr(repq.training, "fit_model", stop)  # the fix, stopped where FP training starts
+    code, err = run_train(capsys, "--model=ecbsr_m4c16_x4", "--limit=2", f"--output_dir={out}")
+    assert code == 1 and "stopped by the test" in err, err[-2000:]
+    notes = [line for line in err.splitlines() if "left no results" in line]
+    assert len(notes) == 1 and "differs in: fp_checkpoint" in notes[0] and "starting afresh" in notes[0], err[-2000:]
+    assert json.loads((out / "run_config.json").read_text())["fp_checkpoint"] is None
 
 
 def test_disk_full_mid_write_keeps_earlier_outputs_and_no_temp_files(tmp_path, monkeypatch):
@@ -188,29 +216,83 @@ def test_corrupt_image_among_good_ones_is_skipped_with_a_warning(tmp_path):
     assert sum(int(x.shape[0]) for x, _ in ds) == info.num_train == 8
 
 
-def test_nan_guard_names_the_layer_and_the_checkpoint():
+def _nan_guard_model():
+    """A calibrated W4A4 QAT model of one RepVGG block ("blk") and a dense "head", with its data."""
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.GlobalAveragePooling2D()(RepVGGBlock(4, name="blk")(inputs))
-    qat = quantize_model(keras.Model(inputs, keras.layers.Dense(2)(x)), 4, 4)
+    qat = quantize_model(keras.Model(inputs, keras.layers.Dense(2, name="head")(x)), 4, 4)
     data = np.random.default_rng(0).normal(size=(8, 8, 8, 3)).astype("float32")
     calibrate(qat, data)
+    qat.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return qat, data
+
+
+def test_nan_guard_names_the_layer_and_the_checkpoint():
+    qat, data = _nan_guard_model()
     step = next(v for v in qat.variables if v.path.endswith("/step") and "weight" in v.path)
     step.assign(np.full(step.shape, np.nan, np.float32))
-    qat.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     with pytest.raises(NonFiniteError) as info:
         qat.fit(data, np.zeros(8, np.int32), batch_size=4, epochs=2, verbose=0,
                 callbacks=[NaNGuard(checkpoint="runs/x/backup/qat/state.json")])
     message = str(info.value)
-    # max(|step|, eps) keeps the forward pass finite: the guard checks the steps themselves
-    assert "step size is NaN/Inf at epoch 1, batch 1" in message and step.path in message
+    # The guard checks the steps before the loss: a NaN step is reported as such whether or not
+    # it made the loss NaN (no dependence on how max/clip propagate NaN on this CPU). A NaN step
+    # stays NaN after any update (NaN - lr * g), so batch 1 is where it is seen.
+    assert "an LSQ step size is NaN/Inf at epoch 1, batch 1: first non-finite variable: blk/" in message
+    assert step.path in message
     assert "runs/x/backup/qat/state.json" in message and "\n" not in message
-    kernel = next(v for v in qat.trainable_variables if "kernel" in v.path)
-    for variable in qat.variables:
-        if variable.path.endswith("/step"):
-            variable.assign(np.ones(variable.shape, np.float32))
+
+
+def test_non_finite_step_reads_as_eps_with_defined_semantics():
+    """positive_step replaces NaN/Inf by an explicit select (not through max): the forward pass
+    is finite, and finite steps keep max(|s|, eps)'s values and gradients exactly."""
+    import tensorflow as tf
+
+    from repq.quantizers import STEP_EPS, WeightQuantizer
+    q = WeightQuantizer(4)
+    q.build((3, 3, 2, 6))
+    values = np.array([np.nan, np.inf, -np.inf, -0.3, 1e-12, 0.25], np.float32)
+    q.step.assign(values)
+    with tf.GradientTape() as tape:
+        used = q.positive_step()
+        loss = tf.reduce_sum(used * np.arange(1, 7, dtype=np.float32))
+    np.testing.assert_array_equal(used.numpy(), np.float32([STEP_EPS, STEP_EPS, STEP_EPS, 0.3, STEP_EPS, 0.25]))
+    grad = tape.gradient(loss, q.step).numpy()
+    np.testing.assert_array_equal(grad[3:], [-4.0, 0.0, 6.0])  # d max(|s|, eps)/ds: -1, 0 below eps, +1
+    x = np.random.default_rng(0).normal(size=(3, 3, 2, 6)).astype(np.float32)
+    assert np.isfinite(q(x).numpy()).all()
+
+
+def test_nan_guard_names_the_non_finite_weight_when_the_loss_is_not_finite():
+    """Called as Keras calls it after a batch, so nothing depends on how the forward or backward
+    pass propagates NaN/Inf: finite steps and a non-finite loss -> the first non-finite weight."""
+    qat, _ = _nan_guard_model()
+    guard = NaNGuard(checkpoint=lambda: "runs/x/backup/qat/state.json")
+    guard.set_model(qat)
+    guard.on_train_begin()
+    guard.on_epoch_begin(2)
+    with pytest.raises(NonFiniteError, match=r"^loss is nan at epoch 3, batch 5: all variables are finite \(check "):
+        guard.on_train_batch_end(4, {"loss": np.float32(np.nan)})
+    kernel = next(v for v in qat.trainable_variables if v.path == "blk/kernel_3x3")
     kernel.assign(np.full(kernel.shape, np.inf, np.float32))
-    # an Inf kernel is clipped by the fake-quantizer (finite loss), but its NaN gradient reaches the steps
+    with pytest.raises(NonFiniteError) as info:
+        guard.on_train_batch_end(4, {"loss": np.float32(np.inf)})
+    assert str(info.value) == ("loss is inf at epoch 3, batch 5: first non-finite variable: blk/kernel_3x3 (layer blk; "
+                               "1 in all: blk/kernel_3x3); last good checkpoint: runs/x/backup/qat/state.json")
+    step = next(v for v in qat.variables if v.path == "head/input_quantizer/step")
+    step.assign(np.inf)
+    with pytest.raises(NonFiniteError, match=r"^an LSQ step size is NaN/Inf at epoch 3, batch 5: first non-finite "
+                                             r"variable: head/input_quantizer/step \(layer head/input_quantizer; 1 in"):
+        guard.on_train_batch_end(4, {"loss": np.float32(0.5)})  # a finite loss does not hide it
+
+
+def test_nan_guard_stops_fit_on_an_inf_kernel():
+    """End to end: an Inf kernel stops training at batch 1 whatever this CPU's NaN semantics
+    (x / s = Inf gives the step an Inf/NaN gradient, and the loss is finite or NaN)."""
+    qat, data = _nan_guard_model()
+    kernel = next(v for v in qat.trainable_variables if v.path == "blk/kernel_3x3")
+    kernel.assign(np.full(kernel.shape, np.inf, np.float32))
     with pytest.raises(NonFiniteError, match="at epoch 1, batch 1: first non-finite variable: blk/"):
         qat.fit(data, np.zeros(8, np.int32), batch_size=4, epochs=1, verbose=0, callbacks=[NaNGuard()])
 
@@ -273,6 +355,28 @@ def test_ptq_corrupt_and_mismatched_fp_checkpoints(capsys, tmp_path):
     code, err = run_ptq(capsys, *ptq_args(five, tmp_path / "o3"))
     assert code == 2
     assert_ptq_error(err, "outputs (5,), --dataset mnist5k needs 10 class logits")
+
+
+def test_ptq_failed_run_without_results_does_not_block_its_fix(capsys, tmp_path, ptq_fp_checkpoint, monkeypatch):
+    """A wrong --fp_checkpoint fails after run_config.json is written; rerunning with the right
+    one is accepted (the directory holds no results), with a note saying so."""
+    import repq.ptq
+    from repq.training import SimulatedCrash
+
+    def stop(*args, **kwargs):
+        raise SimulatedCrash("stopped by the test where the reconstruction would start")
+    out = tmp_path / "out"
+    five = str(tmp_path / "five.keras")
+    residual_model((32, 32, 3), 5, stem_stride=4).save(five)
+    code, err = run_ptq(capsys, *ptq_args(five, out))
+    assert code == 2
+    assert_ptq_error(err, "needs 10 class logits")
+    assert sorted(os.listdir(out)) == [MARKER, "run_config.json"]
+    monkeypatch.setattr(repq.ptq, "quantize_ptq", stop)
+    code, err = run_ptq(capsys, *ptq_args(ptq_fp_checkpoint, out))
+    assert code == 1 and "stopped by the test" in err, err[-2000:]
+    assert "ptq.py: " in err and "(other settings, differs in: fp_checkpoint) left no results" in err
+    assert json.loads((out / "run_config.json").read_text())["fp_checkpoint"] == ptq_fp_checkpoint
 
 
 def test_ptq_unwritable_output_dir(capsys, tmp_path, ptq_fp_checkpoint):
@@ -353,8 +457,9 @@ def assert_export_error(err, *needles):
 def test_export_usage_and_input_errors(capsys, tmp_path, sr_checkpoint):
     out = tmp_path / "out"
     out.mkdir()
+    write_marker(str(out), "export")  # an earlier export
     (out / "model_int8.tflite").write_bytes(b"previous export")
-    common = ["--output", str(out), "--num_eval", "2", "--num_calib", "4"]
+    common = ["--output", str(out), "--overwrite", "--num_eval", "2", "--num_calib", "4"]
     cases = [
         (["--checkpoint", sr_checkpoint, "--output", str(out), "--format", "onnx"], 2, "invalid choice: 'onnx'"),
         (["--output", str(out)], 2, "the following arguments are required: --checkpoint"),
@@ -378,7 +483,8 @@ def test_export_usage_and_input_errors(capsys, tmp_path, sr_checkpoint):
     got, err = run_export(capsys, "--checkpoint", float_model, *common, "--format", "tflite")
     assert got == 1
     assert_export_error(err, "has no quantizers")
-    assert os.listdir(out) == ["model_int8.tflite"] and (out / "model_int8.tflite").read_bytes() == b"previous export"
+    assert sorted(os.listdir(out)) == [MARKER, "model_int8.tflite"]
+    assert (out / "model_int8.tflite").read_bytes() == b"previous export"
     assert sorted(os.listdir(tmp_path)) == ["bad.keras", "float.keras", "out"]  # no temporary folders left
 
 
@@ -394,6 +500,7 @@ def test_export_unwritable_output(capsys, tmp_path, sr_checkpoint):
 def test_export_disk_full_mid_export_keeps_the_existing_export(capsys, tmp_path, sr_checkpoint, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
+    write_marker(str(out), "export")  # an earlier export
     (out / "saved_model").mkdir()
     (out / "saved_model" / "saved_model.pb").write_bytes(b"previous export")
 
@@ -403,9 +510,9 @@ def test_export_disk_full_mid_export_keeps_the_existing_export(capsys, tmp_path,
             f.write(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device", path)
     monkeypatch.setattr(export_api, "export_savedmodel", full)
-    code, err = run_export(capsys, "--checkpoint", sr_checkpoint, "--output", str(out), "--format", "savedmodel",
-                           "--num_eval", "2", "--num_calib", "4")
+    code, err = run_export(capsys, "--checkpoint", sr_checkpoint, "--output", str(out), "--overwrite",
+                           "--format", "savedmodel", "--num_eval", "2", "--num_calib", "4")
     assert code == 1
     assert_export_error(err, "No space left on device", "an existing --output is intact")
     assert (out / "saved_model" / "saved_model.pb").read_bytes() == b"previous export"
-    assert sorted(os.listdir(tmp_path)) == ["out"] and os.listdir(out) == ["saved_model"]
+    assert sorted(os.listdir(tmp_path)) == ["out"] and sorted(os.listdir(out)) == [MARKER, "saved_model"]

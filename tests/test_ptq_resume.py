@@ -176,8 +176,8 @@ def test_cli_rerun_with_other_settings_is_refused(capsys, tmp_path, fp_checkpoin
     saved = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     code, err = run_ptq(capsys, *ptq_args(fp_checkpoint, out, "--iters=5", "--seed=2"))
     assert code == 2 and "Traceback" not in err
-    assert err.strip() == (f"ptq.py: error: {out} holds a run with other settings (differs in: iters, seed); "
-                           "use another --output_dir, or delete that one.")
+    assert err.strip() == (f"ptq.py: error: {out} holds a run with other settings (differs in: iters, seed) and its "
+                           "results (checkpoints); use another --output_dir, or delete that one.")
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == saved
 
 

@@ -1,19 +1,20 @@
 """Convert an official PyTorch checkpoint into a repq ``.keras`` model.
 
     python -m repq.convert --model repvgg_a0 --torch_checkpoint RepVGG-A0-train.pth \
-        --output repvgg_a0.keras [--num_classes N] [--input_size 224] [--deploy]
+        --output repvgg_a0.keras [--num_classes N] [--input_size 224] [--deploy] [--overwrite]
 
-Exits with status 1 and a one-line ``error: ...`` on bad input.
+Exits with status 1 and a one-line ``error: ...`` on bad input, 2 for an --output it must not
+write (repq.outputs: an existing directory or special file; an existing file without --overwrite),
+checked before anything is converted.
 """
 
-import os
 import sys
-import tempfile
 
 from absl import app, flags
 
 from repq.convert.api import from_torch_checkpoint
 from repq.convert.networks import architecture_of
+from repq.outputs import OutputError, atomic_file, check_output_file
 
 flags.DEFINE_string("model", None, "repq model name, e.g. repvgg_a0, orepa_resnet18, ecbsr_m4c16_x2.")
 flags.DEFINE_string("torch_checkpoint", None, "Official checkpoint: .pth/.pt (needs torch), .npz or .safetensors.")
@@ -21,20 +22,15 @@ flags.DEFINE_string("output", None, "Path of the .keras file to write.")
 flags.DEFINE_integer("num_classes", None, "Classifier outputs (default: the model's, 1000).")
 flags.DEFINE_integer("input_size", None, "Square input size (default: the model's; 224 for classifiers).")
 flags.DEFINE_bool("deploy", False, "Write the re-parametrized single-conv model.")
+flags.DEFINE_bool("overwrite", False, "Replace an existing --output file.")
 flags.mark_flags_as_required(["model", "torch_checkpoint", "output"])
 FLAGS = flags.FLAGS
 
 
-def save_atomically(model, path):
-    """Save to a temporary file next to ``path``, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(suffix=".keras", dir=os.path.dirname(os.path.abspath(path)))
-    os.close(fd)
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+def save_atomically(model, path, overwrite=False):
+    """Save to a temporary file next to ``path``, then rename it into place (``repq.outputs.atomic_file``:
+    mode ``0666 & ~umask``; an existing file is replaced only when ``overwrite``)."""
+    atomic_file(path, model.save, suffix=".keras", overwrite=overwrite, flag="--output")
 
 
 def convert():
@@ -47,8 +43,9 @@ def convert():
     if FLAGS.input_size is not None:
         channels = architecture_of(FLAGS.model).input_channels
         kwargs["input_shape"] = (FLAGS.input_size, FLAGS.input_size, channels)
+    check_output_file(FLAGS.output, FLAGS.overwrite)
     model = from_torch_checkpoint(FLAGS.model, FLAGS.torch_checkpoint, deploy=FLAGS.deploy, **kwargs)
-    save_atomically(model, FLAGS.output)
+    save_atomically(model, FLAGS.output, FLAGS.overwrite)
     return model
 
 
@@ -57,6 +54,9 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
         model = convert()
+    except OutputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     except (OSError, ValueError, ImportError) as err:
         sys.exit(f"error: {err}")
     print(f"wrote {FLAGS.output}: {model.name}, {model.count_params():,} parameters")

@@ -1,7 +1,6 @@
 """Public export API: ``export_savedmodel`` and ``export_tflite`` (with its fidelity report)."""
 
 import os
-import tempfile
 
 import keras
 import numpy as np
@@ -13,6 +12,7 @@ from repq.qat import range_placement as ranges
 from repq.export.errors import ExportError
 from repq.export.files import atomic_directory
 from repq.export.graph import export_model, graph_layers, is_quantized
+from repq.outputs import atomic_file
 from repq.qat.deploy import QuantizedConv2D, QuantizedDense
 from repq.qat.quant_layers import QuantWrapper
 from repq.qat.transform import range_quantizers
@@ -59,11 +59,12 @@ def export_savedmodel(model, path, dataset=None):
 
 
 def _write_bytes(path, data):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=os.path.dirname(os.path.abspath(path)))
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    """Write ``data`` to the file ``path`` (``repq.outputs.atomic_file``: atomically, mode
+    ``0666 & ~umask``; a regular file is replaced, a directory or special file refused)."""
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+    atomic_file(path, write)
 
 
 def export_graph(model, representative_data=None):

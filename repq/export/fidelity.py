@@ -12,6 +12,7 @@ import numpy as np
 from repq.export import tflite_graph
 from repq.export.graph import container_factor
 from repq.metrics import psnr_y
+from repq.outputs import atomic_file
 from repq.quantizers import integer_range
 
 
@@ -94,9 +95,8 @@ def _fmt(value):
 
 
 def write_report(report, stem):
-    """Write ``stem.json`` and ``stem.md``; returns the two paths."""
-    with open(stem + ".json", "w") as f:
-        json.dump(report, f, indent=2)
+    """Write ``stem.json`` and ``stem.md`` (``repq.outputs.atomic_file``); returns the two paths."""
+    _write_text(stem + ".json", json.dumps(report, indent=2))
     lines = [f"# TFLite fidelity: {report.get('model', '')}", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in report.items() if not isinstance(v, (list, dict))]
     sections = {"integer_emulation": "The QAT model computed in integers (`repq.integer_predict`: the runtime's "
@@ -114,6 +114,13 @@ def write_report(report, stem):
         lines += [f"| {c['layer'] or c['name']} | {c['op']} | {c['integer']} | {c.get('weight_bits', '')} | "
                   f"[{c['weight_min']}, {c['weight_max']}] | {c.get('on_grid', '')} | "
                   f"{c.get('input_scale_learned', '')} | {c.get('input_container') or ''} |" for c in convs]
-    with open(stem + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
+    _write_text(stem + ".md", "\n".join(lines) + "\n")
     return stem + ".json", stem + ".md"
+
+
+def _write_text(path, text):
+    """Write ``text`` to ``path`` atomically (an ordinary file mode; never into a special file)."""
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+    atomic_file(path, write)

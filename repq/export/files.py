@@ -8,24 +8,33 @@ import tempfile
 import keras
 
 from repq.export.errors import ExportError
+from repq.outputs import check_export_dir, ordinary_mode, write_marker
 
 RUN_DIR_FILES = ("qat_model.keras", "deploy_model.keras")
 
 
 @contextlib.contextmanager
-def atomic_directory(path):
+def atomic_directory(path, tool="export"):
     """Yield a temp dir next to ``path``; on success it replaces ``path``, on error it is removed.
 
-    An existing ``path`` is first renamed aside and deleted only once the new one is in place,
-    so a crash at any point leaves either the old or the new export at ``path`` (or, between
-    the two renames, the old one in ``.<name>.old-*`` next to it).
+    ``path`` may be new, an empty directory or an earlier export (``repq.outputs`` rules,
+    checked before and again right before the swap): anything else raises
+    ``repq.outputs.OutputError`` and is left as it is. The new directory gets ``tool``'s marker
+    and an ordinary mode (``0777 & ~umask``). An existing ``path`` is first renamed aside and
+    deleted only once the new one is in place, so a crash at any point leaves either the old or
+    the new export at ``path`` (or, between the two renames, the old one in ``.<name>.old-*``
+    next to it).
     """
     path = os.path.abspath(path)
+    check_export_dir(path, overwrite=True)
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
     try:
         yield tmp
+        write_marker(tmp, tool)
+        ordinary_mode(tmp)
+        check_export_dir(path, overwrite=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -95,27 +95,53 @@ def load_arrays(path, hint="delete it and rerun"):
         raise CheckpointError(f"{path} is corrupt ({type(err).__name__}: {reason}); {hint}.") from err
 
 
+# a run directory's entries that are not results: its settings (and any hidden file: the repq.outputs
+# marker, temporary files)
+_NOT_RESULTS = ("run_config.json",)
+
+
+def run_results(output_dir):
+    """The entries of ``output_dir`` that a run produced (sorted): everything but run_config.json,
+    the repq.outputs marker and hidden temporary files."""
+    try:
+        names = os.listdir(output_dir)
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names if n not in _NOT_RESULTS and not n.startswith("."))
+
+
 def check_run_config(output_dir, config, write=True):
     """Settings guard of a resumable run directory (``<output_dir>/run_config.json``).
 
-    If the file exists and records other settings than ``config`` (a JSON-able dict), raise
-    :class:`CheckpointError` naming the differing keys; if it is absent and ``write``, record
-    ``config`` (atomically). A corrupt file is a :class:`CheckpointError` too.
+    If the file records other settings than ``config`` (a JSON-able dict) and the directory
+    holds results of that run (:func:`run_results`: checkpoints, models, logs), raise
+    :class:`CheckpointError` naming the differing keys and those results. If it holds none
+    (the earlier run failed before producing anything, e.g. on a wrong flag), the new settings
+    replace the old ones and a one-line note saying so is returned (else None). An absent file
+    is written (atomically) when ``write``. A corrupt file is a :class:`CheckpointError` too.
     """
     config = json.loads(json.dumps(config, default=str, sort_keys=True))
     path = os.path.join(output_dir, "run_config.json")
+    note = None
     if os.path.exists(path):
         try:
             with open(path) as f:
                 saved = json.load(f)
         except (OSError, ValueError) as err:
             raise CheckpointError(f"{path} is corrupt ({err}); delete it (or the run directory) and rerun.") from err
-        if saved != config:
-            keys = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
-            raise CheckpointError(f"{output_dir} holds a run with other settings (differs in: {', '.join(keys)}); "
-                                  "use another --output_dir, or delete that one.")
-    elif write:
+        if saved == config:
+            return None
+        keys = ", ".join(sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k)))
+        results = run_results(output_dir)
+        if results:
+            shown = ", ".join(results[:4]) + (", ..." if len(results) > 4 else "")
+            raise CheckpointError(f"{output_dir} holds a run with other settings (differs in: {keys}) and its "
+                                  f"results ({shown}); use another --output_dir, or delete that one.")
+        note = (f"{output_dir}: the earlier run there (other settings, differs in: {keys}) left no results: "
+                "its run_config.json is replaced, starting afresh with these settings.")
+    if write:
         write_json(path, config)
+    return note
 
 
 def check_keras_file(path, hint="delete it and rerun"):
