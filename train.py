@@ -160,7 +160,7 @@ def create_zoo_model(recipe, info):
         kwargs = {} if FLAGS.model.endswith(("_x2", "_x4")) else dict(scale=recipe.data.scale)
         return models.create_model(FLAGS.model, **kwargs)
     return models.create_model(FLAGS.model, num_classes=info.num_classes, input_shape=info.image_shape,
-                               norm_mode="bnest" if FLAGS.bnest else "bn")
+                               norm_mode="bnest" if FLAGS.bnest else "bn", stem=recipe.stem)
 
 
 def weight_shapes(model):
@@ -259,6 +259,25 @@ def results_markdown(results):
     return "\n".join(lines) + "\n"
 
 
+def stage(message):
+    """One progress line on stderr (stage headers of a long run)."""
+    print(f"train.py: {message}", file=sys.stderr, flush=True)
+
+
+# How far below FP a quantized model may land and still have "kept the FP accuracy": the RepQ
+# claims (8-bit almost lossless, within 0.3 pt; lower bit widths within 1 pt); for SR, in dB.
+KEEP_TOLERANCE = {"top1": {8: 0.3, "low": 1.0}, "psnr": {8: 0.05, "low": 0.1}}
+
+
+def verdict(metric, fp, quantized, bits):
+    """-> (kept, one line) saying whether the quantized model kept the FP metric within the claim's tolerance."""
+    tolerance = KEEP_TOLERANCE[metric][8 if bits >= 8 else "low"]
+    unit = " pt" if metric == "top1" else " dB"
+    kept = quantized >= fp - tolerance
+    return kept, (f"{bits}-bit model {'KEPT' if kept else 'did NOT keep'} the FP {metric}: {quantized:.2f} vs FP "
+                  f"{fp:.2f} ({quantized - fp:+.2f}{unit}; tolerance {tolerance}{unit}).")
+
+
 def run(w_bits, a_bits):
     from repq.distribute import StrategyError, check_global_batch, get_strategy, is_chief
 
@@ -275,6 +294,7 @@ def run(w_bits, a_bits):
     from repq.callbacks import NaNGuard
     from repq.qat import calibrate, quantize_model
     from repq.training import evaluate, fit_model, load_model, save_model, write_json, write_text
+    from repq.training.evaluation import bicubic_upscale
 
     keras.utils.set_random_seed(FLAGS.seed)
     recipe = load_recipe()
@@ -284,9 +304,11 @@ def run(w_bits, a_bits):
         raise UsageError(str(err)) from err
     multi_worker = FLAGS.strategy == "multi_worker"
     chief = is_chief(strategy)
-    make_train, test_ds, info = load_data(recipe, shard=multi_worker)
     output_dir = FLAGS.output_dir or os.path.join(
         "runs", f"{FLAGS.model}_{FLAGS.method}_w{w_bits}a{a_bits}{'_bnest' if FLAGS.bnest else ''}")
+    stage(f"run directory {output_dir}")
+    stage(f"loading {recipe.data.name}")
+    make_train, test_ds, info = load_data(recipe, shard=multi_worker)
     if chief:
         check_writable(output_dir)
     check_run_config(output_dir, w_bits, a_bits, recipe, write=chief)
@@ -330,7 +352,7 @@ def run(w_bits, a_bits):
 
     fit_kwargs = dict(output_dir=output_dir, write_checkpoints=chief, crash_after_steps=FLAGS.crash_after_steps)
     times = {}
-    start = time.time()
+    run_start = start = time.time()
     if FLAGS.fp_checkpoint:
         with strategy.scope():
             fp_model = load_model(FLAGS.fp_checkpoint, hint="pass a complete .keras file saved by train.py")
@@ -338,21 +360,27 @@ def run(w_bits, a_bits):
     else:
         fp_model = finished("fp_model.keras")
         if fp_model is None:
+            stage(f"FP training: {recipe.fp_epochs} epochs")
             with strategy.scope():
                 fp_model = create_zoo_model(recipe, info)
                 fit_model(fp_model, make_train(), test_ds, recipe, "fp", callbacks=[guard("fp")], **fit_kwargs)
             save(fp_model, "fp_model.keras")
     times["fp_s"] = time.time() - start
+    stage("evaluating the FP model")
     results = dict(model=FLAGS.model, method=FLAGS.method, weight_bits=w_bits, act_bits=a_bits, bnest=FLAGS.bnest,
                    dataset=recipe.data.name, task=recipe.task, metric=metric, recipe=recipe.to_dict(),
                    strategy=FLAGS.strategy, replicas=int(strategy.num_replicas_in_sync),
                    metrics={"fp": score(fp_model)})
+    if recipe.task == "super_resolution":  # the baseline the FP model must beat, on the same images
+        results["metrics"]["bicubic"] = evaluate(None, test_ds, recipe.task, recipe.data.scale,
+                                                 predict=bicubic_upscale(recipe.data.scale))[metric]
     start = time.time()
     if FLAGS.method == "tfmot8":
         results["metrics"]["tfmot8"] = run_tfmot8(fp_model, recipe, output_dir)[metric]
     elif FLAGS.method != "fp":
         qat = finished("qat_model.keras")
         if qat is None:
+            stage(f"QAT ({FLAGS.method}, W{w_bits}A{a_bits}): calibration, then {recipe.qat_epochs} epochs")
             with strategy.scope():
                 if FLAGS.method == "repq":
                     qat = quantize_model(fp_model, w_bits, a_bits, bn="bnest" if FLAGS.bnest else "repq")
@@ -364,6 +392,7 @@ def run(w_bits, a_bits):
                 fit_model(qat, make_train(), test_ds, recipe, "qat", weight_bits=w_bits,
                           callbacks=[guard("qat")], **fit_kwargs)
             save(qat, "qat_model.keras")
+        stage("merging the deploy model; evaluating QAT, deploy and integer models")
         deploy = repq.reparametrize(qat)
         save(deploy, "deploy_model.keras")
         results["metrics"].update(qat=score(qat), deploy=score(deploy))
@@ -375,12 +404,20 @@ def run(w_bits, a_bits):
         results.update(deploy_max_abs_diff=diff,
                        deploy_matches_qat=results["metrics"]["qat"] == results["metrics"]["deploy"])
     times["qat_s"] = time.time() - start
+    times["total_s"] = time.time() - run_start
     results["times"] = times
+    quantized = results["metrics"].get("qat", results["metrics"].get("tfmot8"))
+    if quantized is not None:
+        results["kept_fp_accuracy"], results["verdict"] = verdict(
+            metric, results["metrics"]["fp"], quantized, min(w_bits, a_bits))
     table = results_markdown(results)
     if chief:
         write_json(os.path.join(output_dir, "results.json"), results)
         write_text(os.path.join(output_dir, "results.md"), table)
     print(table)
+    if "verdict" in results:
+        print(results["verdict"])
+    print(f"train.py: done in {times['total_s']:.0f} s; results in {os.path.join(output_dir, 'results.md')}")
     return results
 
 

@@ -1,10 +1,15 @@
-"""The RepQ results table on the embedded data (mnist5k, skimage_sr) with the embedded recipes.
+"""The RepQ results table on the embedded data (mnist5k, skimage_sr), over several seeds.
 
-Runs ``train.py`` once per configuration (FP models are trained once and shared through
-``--fp_checkpoint``; RepQ-BNEst trains its own BNEst FP model) and collects every
-``results.json`` into ``benchmarks/results/qat_results.{json,md}``.
+For every seed: ``train.py`` trains the FP model once (``--method=fp``); every quantized row
+starts from that checkpoint (``--fp_checkpoint``), except RepQ-BNEst, which trains its own BNEst
+FP model. Each row is reported as mean +- std over the seeds, and the RepQ claims are tested:
+8-bit within 0.3 pt of FP, 4-bit within 1 pt, RepQ >= merged LSQ, RepQ-BNEst >= merged LSQ
+("beyond noise": the difference of the means exceeds twice its standard error).
 
-  python benchmarks/qat_results.py [--runs_dir runs/qat_results] [--tfmot8]
+  python benchmarks/qat_results.py --models repvgg_a0 --seeds 0 1 2 [--tfmot8] [--low_bits]
+
+Writes benchmarks/results/qat_results.{json,md} (rows of other models are kept), with the
+commit and the command; per-run artefacts stay under --runs_dir.
 """
 
 import argparse
@@ -14,79 +19,149 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 sys.path.insert(0, ROOT)
 
+from benchmarks.provenance import markdown_header, provenance  # noqa: E402
 from repq.training.artifacts import write_json, write_text  # noqa: E402
 
-# (model, label, train.py flags); "fp" rows produce the checkpoint the next rows load.
-CONFIGS = {
-    "repvgg_a0": [("FP", ["--method=fp"]),
-                  ("RepQ W8A8", ["--method=repq", "--bits=8"]),
-                  ("RepQ W4A4", ["--method=repq", "--bits=4"]),
-                  ("Merged LSQ W4A4", ["--method=merged_lsq", "--bits=4"]),
-                  ("RepQ-BNEst W4A4", ["--method=repq", "--bits=4", "--bnest"])],
-    "ecbsr_m4c16_x2": [("FP", ["--method=fp"]),
-                       ("RepQ W8A8", ["--method=repq", "--bits=8"]),
-                       ("RepQ W4A4", ["--method=repq", "--bits=4"]),
-                       ("Merged LSQ W4A4", ["--method=merged_lsq", "--bits=4"])],
-}
-TFMOT8 = ("Merged 8-bit (tfmot) W8A8", ["--method=tfmot8", "--bits=8"])
+CLASSIFIERS = ("repvgg_a0", "ac_resnet18", "orepa_resnet18")
+MODELS = CLASSIFIERS + ("ecbsr_m4c16_x2",)
+# (label, train.py flags); "FP" and "BNEst FP" produce the checkpoints the other rows load.
+ROWS = [("FP", ["--method=fp"]),
+        ("RepQ W8A8", ["--method=repq", "--bits=8"]),
+        ("RepQ W4A4", ["--method=repq", "--bits=4"]),
+        ("Merged LSQ W4A4", ["--method=merged_lsq", "--bits=4"]),
+        ("RepQ-BNEst W4A4", ["--method=repq", "--bits=4", "--bnest"])]
+TFMOT8 = [("Merged 8-bit (tfmot) W8A8", ["--method=tfmot8", "--bits=8"])]
+LOW_BITS = [("RepQ W3A3", ["--method=repq", "--bits=3"]), ("Merged LSQ W3A3", ["--method=merged_lsq", "--bits=3"]),
+            ("RepQ W2A4", ["--method=repq", "--weight_bits=2", "--act_bits=4"]),
+            ("Merged LSQ W2A4", ["--method=merged_lsq", "--weight_bits=2", "--act_bits=4"])]
 
 
-def run(model, label, flags, runs_dir):
-    name = label.lower().replace(" ", "_").replace("(", "").replace(")", "")
-    out = os.path.join(runs_dir, f"{model}_{name}")
-    cmd = [sys.executable, os.path.join(ROOT, "train.py"), f"--model={model}", f"--output_dir={out}", *flags]
+def slug(label):
+    return label.lower().replace(" ", "_").replace("(", "").replace(")", "")
+
+
+def run(model, label, flags, seed, runs_dir):
+    """One train.py run -> its results.json (plus the command and wall time)."""
+    out = os.path.join(runs_dir, f"{model}_s{seed}_{slug(label)}")
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), f"--model={model}", f"--seed={seed}",
+           f"--output_dir={out}", *flags]
     if "--method=fp" not in flags and "--bnest" not in flags:
-        cmd.append(f"--fp_checkpoint={os.path.join(runs_dir, f'{model}_fp', 'fp_model.keras')}")
+        cmd.append(f"--fp_checkpoint={os.path.join(runs_dir, f'{model}_s{seed}_fp', 'fp_model.keras')}")
     start = time.time()
     subprocess.run(cmd, check=True, cwd=ROOT)
     with open(os.path.join(out, "results.json")) as f:
         result = json.load(f)
-    result["wall_s"] = time.time() - start
-    result["command"] = " ".join(["python train.py", *cmd[2:]]).replace(ROOT + os.sep, "")  # repo-relative
+    result.update(label=label, seed=seed, wall_s=time.time() - start,
+                  command=" ".join(["python train.py", *cmd[2:]]).replace(ROOT + os.sep, ""))
     return result
 
 
-def load_rows():
-    """Rows of an earlier run (other models keep their results when one model is rerun)."""
+def quantized_metric(result):
+    metrics = result["metrics"]
+    return metrics.get("qat", metrics.get("tfmot8"))
+
+
+def summarize(runs):
+    """Runs of one (model, label) -> a row: mean/std of FP and quantized metric over the seeds."""
+    fp = np.array([r["metrics"]["fp"] for r in runs])
+    q = [quantized_metric(r) for r in runs]
+    q = np.array(q, dtype=float) if None not in q else None
+    std = lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0  # noqa: E731
+    row = dict(model=runs[0]["model"], label=runs[0]["label"], metric=runs[0]["metric"], seeds=[r["seed"] for r in runs],
+               fp_mean=float(fp.mean()), fp_std=std(fp), fp=fp.tolist(),
+               deploy_equals_qat=all(r.get("deploy_matches_qat", True) for r in runs),
+               integer_equals_qat=all(r["metrics"].get("integer", r["metrics"].get("qat")) == r["metrics"].get("qat")
+                                      for r in runs),
+               wall_s_mean=float(np.mean([r["wall_s"] for r in runs])))
+    if q is not None:
+        row.update(q_mean=float(q.mean()), q_std=std(q), q=q.tolist(), drop_mean=float((q - fp).mean()),
+                   drop_std=std(q - fp))
+    return row
+
+
+def beyond_noise(a, b):
+    """Whether mean(a) - mean(b) exceeds twice the standard error of that difference."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    se = np.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b)) if min(len(a), len(b)) > 1 else np.inf
+    return bool(abs(a.mean() - b.mean()) > 2 * se)
+
+
+def claims(rows):
+    """The RepQ claims per model, each ``{claim, holds, beyond_noise, detail}``."""
+    out = []
+    for model in sorted({r["model"] for r in rows}):
+        by = {r["label"]: r for r in rows if r["model"] == model}
+        unit = "pt" if by.get("FP", {}).get("metric", "top1") == "top1" else "dB"
+        tol8, tol4 = (0.3, 1.0) if unit == "pt" else (0.05, 0.1)
+        for label, tol in (("RepQ W8A8", tol8), ("RepQ W4A4", tol4), ("RepQ-BNEst W4A4", tol4)):
+            if label in by and "q" in by[label]:
+                r = by[label]
+                out.append(dict(model=model, claim=f"{label} within {tol} {unit} of its FP",
+                                holds=r["drop_mean"] >= -tol,
+                                detail=f"drop {r['drop_mean']:+.2f} +- {r['drop_std']:.2f} {unit}"))
+        for label in ("RepQ W4A4", "RepQ-BNEst W4A4", "RepQ W3A3", "RepQ W2A4"):
+            base = label.replace("RepQ-BNEst", "RepQ").replace("RepQ", "Merged LSQ")
+            if label in by and base in by and "q" in by[label] and "q" in by[base]:
+                a, b = by[label]["q"], by[base]["q"]
+                out.append(dict(model=model, claim=f"{label} >= {base}", holds=float(np.mean(a)) >= float(np.mean(b)),
+                                beyond_noise=beyond_noise(a, b),
+                                detail=f"{np.mean(a):.2f} vs {np.mean(b):.2f} {unit}"))
+    return out
+
+
+def markdown(rows, claim_rows, info):
+    pm = lambda m, s: f"{m:.2f} ± {s:.2f}"  # noqa: E731
+    lines = [markdown_header(info), "| model | method | metric | seeds | FP | quantized | quantized − FP | "
+             "deploy == QAT | integer == QAT | wall (s/run) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        q = pm(r["q_mean"], r["q_std"]) if "q_mean" in r else "-"
+        d = pm(r["drop_mean"], r["drop_std"]) if "drop_mean" in r else "-"
+        lines.append(f"| {r['model']} | {r['label']} | {r['metric']} | {len(r['seeds'])} | {pm(r['fp_mean'], r['fp_std'])} "
+                     f"| {q} | {d} | {r['deploy_equals_qat']} | {r['integer_equals_qat']} | {r['wall_s_mean']:.0f} |")
+    lines += ["", "| model | claim | holds | beyond noise | measured |", "|---|---|---|---|---|"]
+    for c in claim_rows:
+        lines.append(f"| {c['model']} | {c['claim']} | {c['holds']} | {c.get('beyond_noise', '-')} | {c['detail']} |")
+    return "\n".join(lines) + "\n"
+
+
+def load_runs():
     path = os.path.join(RESULTS, "qat_results.json")
     if not os.path.exists(path):
         return []
     with open(path) as f:
-        return json.load(f)
-
-
-def markdown(rows):
-    lines = ["| model | method | metric | FP | QAT | deploy | deploy == QAT | wall (s) |",
-             "|---|---|---|---|---|---|---|---|"]
-    for row in rows:
-        m = row["metrics"]
-        q = m.get("qat", m.get("tfmot8"))
-        fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
-        lines.append(f"| {row['model']} | {row['label']} | {row['metric']} | {fmt(m['fp'])} | {fmt(q)} | "
-                     f"{fmt(m.get('deploy'))} | {row.get('deploy_matches_qat', '-')} | {row['wall_s']:.0f} |")
-    return "\n".join(lines) + "\n"
+        data = json.load(f)
+    return data.get("runs", []) if isinstance(data, dict) else []  # a list: the single-seed format, superseded
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs_dir", default=os.path.join("runs", "qat_results"))
-    parser.add_argument("--models", nargs="*", default=list(CONFIGS))
-    parser.add_argument("--tfmot8", action="store_true", help="also run the tfmot 8-bit baseline")
+    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    parser.add_argument("--tfmot8", action="store_true", help="also the tfmot 8-bit baseline")
+    parser.add_argument("--low_bits", action="store_true", help="also W3A3 and W2A4 rows")
     args = parser.parse_args()
-    rows = load_rows()
+    info = provenance()
+    runs = [r for r in load_runs() if r["model"] not in args.models]  # other models keep their rows
     for model in args.models:
-        configs = CONFIGS[model] + ([TFMOT8] if args.tfmot8 else [])
-        for label, flags in configs:
-            result = run(model, label, flags, os.path.abspath(args.runs_dir))
-            result["label"] = label
-            rows = [r for r in rows if (r["model"], r["label"]) != (model, label)] + [result]
-            write_json(os.path.join(RESULTS, "qat_results.json"), rows)
-            write_text(os.path.join(RESULTS, "qat_results.md"), markdown(rows))
-    print(markdown(rows))
+        rows = [r for r in ROWS if not (model.startswith("ecbsr") and "--bnest" in r[1])]
+        rows += (TFMOT8 if args.tfmot8 else []) + (LOW_BITS if args.low_bits else [])
+        for seed in args.seeds:
+            for label, flags in rows:
+                runs.append(run(model, label, flags, seed, os.path.abspath(args.runs_dir)))
+    order = [label for label, _ in ROWS + TFMOT8 + LOW_BITS]
+    keys = sorted({(r["model"], r["label"]) for r in runs}, key=lambda key: (key[0], order.index(key[1])))
+    table = [summarize([r for r in runs if (r["model"], r["label"]) == key]) for key in keys]
+    claim_rows = claims(table)
+    write_json(os.path.join(RESULTS, "qat_results.json"), dict(provenance=info, rows=table, claims=claim_rows, runs=runs))
+    write_text(os.path.join(RESULTS, "qat_results.md"), markdown(table, claim_rows, info))
+    print(markdown(table, claim_rows, info))
 
 
 if __name__ == "__main__":

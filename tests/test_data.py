@@ -57,6 +57,16 @@ def test_mnist5k_split_shapes_and_ranges():
     assert not _hashes(x_train) & _hashes(x)  # disjoint splits
 
 
+def test_mnist5k_test_prefixes_span_the_classes():
+    """Any first N test digits (--limit, --num_eval) are class-balanced, not all zeros."""
+    _, y = _first_batch(data.get_dataset("mnist5k", "test", 1000)[0])
+    for n in (10, 100, 256):
+        counts = np.bincount(y[:n], minlength=10)
+        assert counts.min() >= n // 10 and counts.max() <= -(-n // 10), (n, counts)
+    _, y_limited = _first_batch(data.get_dataset("mnist5k", "test", 64, limit=20)[0])
+    np.testing.assert_array_equal(np.bincount(y_limited, minlength=10), [2] * 10)
+
+
 def test_mnist5k_deterministic_under_seed():
     a, b, c = (_first_batch(data.get_dataset("mnist5k", "train", 32, seed=seed)[0])
                for seed in (1, 1, 2))

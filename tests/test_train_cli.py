@@ -28,15 +28,39 @@ def test_usage_errors_exit_2_with_one_line(args, message, tmp_path):
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.slow
-def test_smoke_run_writes_artefacts_and_deploy_equals_qat(tmp_path):
-    result = train("--model=repvgg_a0", "--bits=4", "--limit=16", "--batch_size=16", "--fp_epochs=1",
-                   "--epochs=1", f"--output_dir={tmp_path}")
+def export_cli(*args, timeout=900):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, os.path.join(ROOT, "export.py"), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_main_job_end_to_end_at_tiny_size_then_export(tmp_path):
+    """The README's main job (RepVGG-A0, 4-bit RepQ-BNEst) at a handful of steps, then export.py on its run dir."""
+    run_dir = tmp_path / "run"
+    result = train("--model=repvgg_a0", "--bits=4", "--bnest", "--limit=16", "--batch_size=16", "--fp_epochs=1",
+                   "--epochs=1", f"--output_dir={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
+    assert f"run directory {run_dir}" in result.stderr.splitlines()[0]
     for name in ("fp_model.keras", "qat_model.keras", "deploy_model.keras", "results.json", "results.md",
                  "tensorboard"):
-        assert (tmp_path / name).exists(), name
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert results["metrics"]["deploy"] == results["metrics"]["qat"]
+        assert (run_dir / name).exists(), name
+    results = json.loads((run_dir / "results.json").read_text())
+    assert (results["model"], results["method"], results["bnest"]) == ("repvgg_a0", "repq", True)
+    assert (results["weight_bits"], results["act_bits"], results["metric"]) == (4, 4, "top1")
+    metrics = results["metrics"]
+    assert set(metrics) == {"fp", "qat", "deploy", "integer"}
+    assert all(0.0 <= value <= 100.0 for value in metrics.values())
+    assert metrics["deploy"] == metrics["qat"]
     assert results["deploy_matches_qat"] and results["deploy_max_abs_diff"] == 0.0
-    assert 0.0 <= results["metrics"]["integer"] <= 100.0  # the int8 TFLite model, via repq.integer_predict
+    assert results["kept_fp_accuracy"] == (metrics["qat"] >= metrics["fp"] - 1.0)
+    assert results["verdict"] in result.stdout and results["times"]["total_s"] > 0
+
+    run_files = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*"))
+    out = tmp_path / "export"
+    exported = export_cli(f"--checkpoint={run_dir}", "--format=tflite", f"--output={out}", "--num_eval=16",
+                          "--num_calib=16")
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    report = json.loads((out / "model_int8_fidelity.json").read_text())
+    assert report["integer_only"] and report["weights_on_grid"]
+    assert report["integer_emulation"]["bit_exact_fraction"] == 1.0
+    assert sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")) == run_files  # run dir untouched

@@ -137,6 +137,17 @@ def test_embedded_recipes_load_and_unknown_variant_fails(model):
         module.get_config("cifar100")
 
 
+@pytest.mark.parametrize("model", ["repvgg_a0", "ac_resnet18", "orepa_resnet18", "mobilenetv2"])
+def test_embedded_recipes_keep_table_s1_lr_ratios(model):
+    """The embedded recipe swaps the optimizer and FP LR; QAT, merged 8-bit and step LRs keep Table S1's ratios."""
+    module = importlib.import_module(f"configs.{model}")
+    paper, embedded = module.get_config("imagenet"), module.get_config()
+    assert embedded.data.name == "mnist5k" and embedded.lr.fp != paper.lr.fp
+    for key in ("qat", "merged8", "step_8bit", "step_4bit"):
+        np.testing.assert_allclose(embedded.lr[key] / embedded.lr.fp, paper.lr[key] / paper.lr.fp, rtol=1e-12)
+    assert embedded.warmup_epochs == min(paper.warmup_epochs, 1)
+
+
 def _variables():
     return (keras.Variable(np.array([1.0, -2.0], "float32"), name="kernel"),
             keras.Variable(np.array([0.5], "float32"), name="step"),

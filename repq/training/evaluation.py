@@ -17,6 +17,14 @@ def training_metrics(task, scale=None):
     return [PSNR(scale)]
 
 
+def bicubic_upscale(scale):
+    """``x (N, h, w, C) -> (N, h*scale, w*scale, C)`` by bicubic interpolation: the baseline an SR model must beat."""
+    def upscale(x):
+        height, width = int(x.shape[1]), int(x.shape[2])
+        return tf.image.resize(x, (height * scale, width * scale), method="bicubic")
+    return upscale
+
+
 def evaluate(model, dataset, task, scale=None, predict=None, progress=None):
     """Run ``model`` in inference on ``dataset`` of ``(x, y)`` batches.
 

@@ -1,0 +1,31 @@
+"""Where a benchmark artefact came from: the commit, whether the tree was dirty, the command."""
+
+import datetime
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _git(*args):
+    try:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def provenance(argv=None):
+    """``{commit, dirty, command, date}`` of this process (command repo-relative, as typed)."""
+    argv = sys.argv if argv is None else argv
+    script = os.path.relpath(os.path.abspath(argv[0]), ROOT)
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return dict(commit=_git("rev-parse", "HEAD"), dirty=bool(status) if status is not None else None,
+                command=" ".join(["python", script, *argv[1:]]),
+                date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+
+
+def markdown_header(info):
+    """Two Markdown lines naming the command and the commit of an artefact."""
+    dirty = " (with uncommitted changes)" if info["dirty"] else ""
+    return f"Command: `{info['command']}`  \nCommit: `{info['commit']}`{dirty}, {info['date']}\n"
