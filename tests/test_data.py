@@ -1,4 +1,4 @@
-"""Datasets (mnist5k, skimage_sr, tfds via mocks, folders) and the PSNR metric."""
+"""Datasets (mnist5k, skimage_sr, tfds via mocks incl. div2k, folder, srfolder), PSNR metric."""
 
 import hashlib
 
@@ -24,7 +24,7 @@ def _hashes(images):
 # ---------------------------------------------------------------------------- names
 @pytest.mark.parametrize("call", [
     lambda: data.get_dataset("mnist", "train", 8),
-    lambda: data.dataset_info("div2k"),
+    lambda: data.dataset_info("set5"),
     lambda: data.preprocess_images(np.zeros((1, 4, 4, 3)), "imagenet"),
 ])
 def test_unknown_name_lists_known_datasets(call):
@@ -32,6 +32,7 @@ def test_unknown_name_lists_known_datasets(call):
         call()
     for name in data.list_datasets():
         assert name in str(error.value)
+    assert {"div2k", "srfolder:<path>", "folder:<path>"} <= set(data.list_datasets())
 
 
 def test_bad_split():
@@ -177,11 +178,124 @@ def test_imagenet_pipeline_with_mock_data(tmp_path):
 
 
 @pytest.mark.parametrize("name, hint", [("cifar10", "tfds build cifar10"),
-                                        ("imagenet2012", "ILSVRC2012_img_train.tar")])
+                                        ("imagenet2012", "ILSVRC2012_img_train.tar"),
+                                        ("div2k", "tfds build div2k/bicubic_x2")])
 def test_unprepared_tfds_fails_fast_with_instructions(tmp_path, name, hint):
     with pytest.raises(FileNotFoundError, match="not prepared") as error:
         data.get_dataset(name, "train", 8, data_dir=str(tmp_path))
     assert hint in str(error.value) and str(tmp_path) in str(error.value)
+
+
+# ---------------------------------------------------------------------------- div2k (tfds)
+def _div2k_pairs(scale, split):
+    """Raw DIV2K-like examples: random HR RGB, LR = its rounded s x s block means (a linear
+    downsampling, so the LR Y is the block mean of the HR Y up to the rounding)."""
+    rng = np.random.default_rng(0 if split == "train" else 1)
+    pairs = []
+    for h, w in ((6, 7), (8, 5), (7, 9))[:3 if split == "train" else 2]:
+        hr = rng.integers(0, 256, (h * scale + 1, w * scale, 3), np.uint8)  # one extra HR row
+        blocks = hr[:h * scale].astype(np.float64).reshape(h, scale, w, scale, 3)
+        pairs.append({"lr": blocks.mean((1, 3)).round().astype(np.uint8), "hr": hr})
+    return pairs
+
+
+def _block_mean(hr, scale):
+    h, w = hr.shape[0] // scale, hr.shape[1] // scale
+    return hr.reshape(h, scale, w, scale, *hr.shape[2:]).mean((1, 3))
+
+
+@pytest.fixture
+def mock_div2k():
+    """tfds mocked to serve _div2k_pairs; yields the list of tfds configs asked for."""
+    import tensorflow_datasets as tfds
+
+    asked = []
+
+    def as_dataset(self, split, **kwargs):
+        scale = int(self.builder_config.name.rsplit("x", 1)[1])
+        asked.append((f"{self.name}/{self.builder_config.name}", str(split)))
+        pairs = _div2k_pairs(scale, str(split))
+        spec = tf.TensorSpec((None, None, 3), tf.uint8)
+        return tf.data.Dataset.from_generator(lambda: iter(pairs),
+                                              output_signature={"lr": spec, "hr": spec})
+
+    with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+        yield asked
+
+
+@pytest.mark.parametrize("name, scale", [("div2k", 2), ("div2k", 4), ("div2k/bicubic_x2", 2)])
+def test_div2k_with_mock_data(tmp_path, mock_div2k, name, scale):
+    info = data.dataset_info(name, scale=scale)
+    assert (info.task, info.image_shape, info.scale) == ("super_resolution", (None, None, 1), scale)
+    assert (info.num_train, info.num_test) == (800, 100)
+    patch = 4 * scale  # LR patch 4 fits in every 6x5 .. 8x9 LR image
+    ds, _ = data.get_dataset(name, "train", 8, scale=scale, patch_size=patch, repeat_patches=5,
+                             data_dir=str(tmp_path))
+    assert mock_div2k[-1] == (f"div2k/bicubic_x{scale}", "train")
+    assert ds.element_spec[0].shape[1:] == (4, 4, 1)
+    assert ds.element_spec[1].shape[1:] == (patch, patch, 1)
+    lr, hr = map(np.concatenate, zip(*[(x.numpy(), y.numpy()) for x, y in ds]))
+    assert len(lr) == 3 * 5 and lr.dtype == hr.dtype == np.float32
+    assert hr.min() >= 16 and hr.max() <= 235 and lr.min() >= 16 and lr.max() <= 235
+    for low, high in zip(lr, hr):  # aligned (also when flipped): LR = block means of the HR
+        np.testing.assert_allclose(_block_mean(high, scale), low, atol=0.5)
+    assert len(_hashes(lr)) > 3  # several patches per image
+
+    test, _ = data.get_dataset(name, "test", 16, scale=scale, data_dir=str(tmp_path))
+    assert mock_div2k[-1] == (f"div2k/bicubic_x{scale}", "validation")
+    served = [(x.numpy(), y.numpy()) for x, y in test]
+    raw = _div2k_pairs(scale, "validation")
+    assert len(served) == len(raw)  # whole images of different sizes: one per batch
+    for (x, y), pair in zip(served, raw):
+        h, w = pair["lr"].shape[:2]
+        assert x.shape == (1, h, w, 1) and y.shape == (1, h * scale, w * scale, 1)
+        np.testing.assert_allclose(x[0, ..., 0], skimage_sr.rgb_to_y(pair["lr"]), atol=1e-4)
+        np.testing.assert_allclose(y[0, ..., 0], skimage_sr.rgb_to_y(pair["hr"][:h * scale]),
+                                   atol=1e-4)  # the extra HR row is cropped away
+    np.testing.assert_array_equal(data.preprocess_images(served[0][0], name).numpy(),
+                                  served[0][0])
+
+
+def test_div2k_deterministic_under_seed(tmp_path, mock_div2k):
+    def first(seed):
+        ds, _ = data.get_dataset("div2k", "train", 15, patch_size=8, repeat_patches=5, seed=seed,
+                                 data_dir=str(tmp_path))
+        return _first_batch(ds)[1]
+
+    a, b, c = first(1), first(1), first(2)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_div2k_patch_larger_than_an_image_fails_with_its_sizes(tmp_path, mock_div2k):
+    ds, _ = data.get_dataset("div2k", "train", 8, patch_size=40, data_dir=str(tmp_path))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="smaller than the LR patch 20"):
+        next(iter(ds))
+
+
+def test_rgb_to_y_tf_matches_numpy():
+    rgb = np.random.default_rng(0).integers(0, 256, (5, 7, 3), np.uint8)
+    np.testing.assert_allclose(skimage_sr.rgb_to_y_tf(rgb).numpy(), skimage_sr.rgb_to_y(rgb),
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: data.dataset_info("div2k/bicubic_x4", scale=2), "upscales by 4, but scale=2"),
+    (lambda: data.dataset_info("div2k/unknown_x2"), "Unknown DIV2K config"),
+    (lambda: data.dataset_info("div2k", scale=5), "scale must be one of"),
+    (lambda: data.dataset_info("div2k", image_size=64), "image_size=64 is not supported"),
+])
+def test_div2k_bad_arguments(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_div2k_unprepared_error_names_the_config_and_data_dir(tmp_path):
+    with pytest.raises(FileNotFoundError) as error:
+        data.get_dataset("div2k", "test", 1, scale=4, data_dir=str(tmp_path))
+    message = str(error.value)
+    assert "div2k/bicubic_x4 is not prepared in " + str(tmp_path) in message
+    assert "tfds build div2k/bicubic_x4 --data_dir=DIR" in message and "network" in message
 
 
 # ---------------------------------------------------------------------------- folder
@@ -234,6 +348,103 @@ def test_folder_errors(tmp_path):
     (tmp_path / "flat" / "0.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     with pytest.raises(ValueError, match="no class subfolders"):
         data.dataset_info(f"folder:{tmp_path / 'flat'}")
+
+
+# ---------------------------------------------------------------------------- srfolder
+def _write_sr_images(directory, shapes, seed=0):
+    """Random uint8 PNGs of the given (H, W, C) shapes -> {file name: array}."""
+    directory.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    images = {}
+    for i, shape in enumerate(shapes):
+        images[f"{i}.png"] = rng.integers(0, 256, shape, np.uint8)
+        (directory / f"{i}.png").write_bytes(tf.io.encode_png(images[f"{i}.png"]).numpy())
+    return images
+
+
+def _expected_pair(image, scale):
+    """skimage_sr's conversion of one uint8 image -> (LR Y, HR Y)."""
+    y = skimage_sr.rgb_to_y(image[..., :3]) if image.shape[-1] >= 3 else skimage_sr.gray_to_y(
+        image[..., 0])
+    hr = skimage_sr.crop_to_multiple(y, scale)
+    return skimage_sr.downsample(hr, scale), hr
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_srfolder_test_set_matches_skimage_sr_conversion(tmp_path, scale):
+    images = _write_sr_images(tmp_path / "Set3", [(23, 26, 3), (20, 24, 3), (22, 21, 1),
+                                                  (21, 22, 4)])
+    name = f"srfolder:{tmp_path / 'Set3'}"
+    info = data.dataset_info(name, scale=scale)
+    assert (info.task, info.image_shape, info.scale) == ("super_resolution", (None, None, 1), scale)
+    assert (info.num_train, info.num_test) == (0, 4)
+    ds, _ = data.get_dataset(name, "test", 16, scale=scale)
+    served = [(x.numpy(), y.numpy()) for x, y in ds]
+    assert len(served) == 4  # whole images of different sizes: one per batch
+    for (x, y), image in zip(served, images.values()):  # sorted file order
+        lr, hr = _expected_pair(image, scale)
+        h, w = image.shape[0] // scale, image.shape[1] // scale
+        assert x.shape == (1, h, w, 1) and y.shape == (1, h * scale, w * scale, 1)
+        np.testing.assert_array_equal(y[0, ..., 0], hr)
+        np.testing.assert_allclose(x[0, ..., 0], lr, atol=1e-4)
+        assert hr.min() >= 16 and hr.max() <= 235
+    np.testing.assert_array_equal(data.preprocess_images(served[0][0], name).numpy(),
+                                  served[0][0])
+    with pytest.raises(ValueError, match="no train/ subfolder.*test set"):
+        data.get_dataset(name, "train", 4, scale=scale)
+
+
+def test_srfolder_train_test_layout(tmp_path):
+    train = _write_sr_images(tmp_path / "train", [(24, 20, 3), (21, 30, 3)])
+    _write_sr_images(tmp_path / "test", [(24, 20, 3)], seed=1)
+    name = f"srfolder:{tmp_path}"
+    info = data.dataset_info(name, scale=2)
+    assert (info.num_train, info.num_test) == (2, 1)
+    ds, _ = data.get_dataset(name, "train", 8, scale=2, patch_size=16, repeat_patches=3)
+    assert ds.element_spec[0].shape[1:] == (8, 8, 1) and ds.element_spec[1].shape[1:] == (16, 16, 1)
+    lr, hr = map(np.concatenate, zip(*[(x.numpy(), y.numpy()) for x, y in ds]))
+    assert len(lr) == 2 * 3
+    for low, high in zip(lr, hr):  # the LR patch is the downsampled HR patch (interior)
+        np.testing.assert_allclose(skimage_sr.downsample(high[..., 0], 2)[2:-2, 2:-2],
+                                   low[2:-2, 2:-2, 0], atol=1e-3)
+    plain, _ = data.get_dataset(name, "train", 8, scale=2, patch_size=16, repeat_patches=3,
+                                augment=False)
+    train_hrs = [_expected_pair(image, 2)[1] for image in train.values()]
+    for patch in np.concatenate([y.numpy() for _, y in plain])[..., 0]:  # windows of train HRs
+        assert any(np.array_equal(hr[i:i + 16, j:j + 16], patch) for hr in train_hrs
+                   for i in range(0, hr.shape[0] - 15, 2) for j in range(0, hr.shape[1] - 15, 2))
+    batches = data.calibration_batches(name, 5, 4, scale=2, patch_size=16)
+    assert [b.shape for b in batches] == [(4, 8, 8, 1), (1, 8, 8, 1)]
+    with pytest.raises(ValueError, match="patch_size=32 must be a multiple of scale=2 and at "
+                                         "most 20"):
+        data.get_dataset(name, "train", 8, scale=2, patch_size=32)
+
+
+def test_srfolder_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        data.dataset_info(f"srfolder:{tmp_path / 'missing'}")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no image files.*it is empty"):
+        data.dataset_info(f"srfolder:{tmp_path / 'empty'}")
+    _write_sr_images(tmp_path / "nested" / "image_SRF_2", [(8, 8, 3)])
+    with pytest.raises(ValueError, match="no image files directly in it.*'image_SRF_2'"):
+        data.dataset_info(f"srfolder:{tmp_path / 'nested'}")
+    _write_sr_images(tmp_path / "half" / "train", [(8, 8, 3)])
+    with pytest.raises(ValueError, match="only one of train/ and test/"):
+        data.dataset_info(f"srfolder:{tmp_path / 'half'}")
+    _write_sr_images(tmp_path / "bad", [(8, 8, 3)])
+    (tmp_path / "bad" / "notes.png").write_bytes(b"not an image at all")
+    with pytest.warns(UserWarning, match="notes.png"):
+        assert data.dataset_info(f"srfolder:{tmp_path / 'bad'}").num_test == 1
+    good = (tmp_path / "bad" / "0.png").read_bytes()
+    _write_sr_images(tmp_path / "truncated", [])
+    (tmp_path / "truncated" / "cut.png").write_bytes(good[:len(good) // 2])  # valid header
+    with pytest.raises(ValueError, match="Cannot decode .*cut.png"):
+        data.get_dataset(f"srfolder:{tmp_path / 'truncated'}", "test", 1)
+    with pytest.raises(ValueError, match="image_size=8 is not supported"):
+        data.dataset_info(f"srfolder:{tmp_path / 'bad'}", image_size=8)
+    with pytest.raises(ValueError, match="scale must be >= 2"):
+        data.dataset_info(f"srfolder:{tmp_path / 'bad'}", scale=1)
 
 
 # ---------------------------------------------------------------------------- PSNR

@@ -10,6 +10,9 @@ Split by image. Train: random aligned patches of the whole images (HR side `patc
 default 32 * scale -> LR 32), `repeat_patches` per image per epoch, with hflip, vflip and
 transpose each p=0.5. Test: the center HR crop of `image_size` x `image_size` (default 240,
 a multiple of 2, 3 and 4) of every test image, so test batches can hold several images.
+
+The conversions, the flat image layout with its patch sampler and the flips are shared with
+div2k and srfolder (the public functions below).
 """
 
 import functools
@@ -41,6 +44,12 @@ def info(scale):
 def rgb_to_y(rgb):
     """uint8 (H, W, 3) RGB -> float32 (H, W) Y in [16, 235] (ECBSR / skimage rgb2ycbcr)."""
     return (16.0 + (rgb.astype(np.float64) / 255.0) @ np.array(RGB_TO_Y)).astype(np.float32)
+
+
+def rgb_to_y_tf(rgb):
+    """uint8 (..., 3) RGB tensor -> float32 (...) Y: rgb_to_y in TF (same float64 arithmetic)."""
+    rgb = tf.cast(rgb, tf.float64) / 255.0
+    return tf.cast(16.0 + tf.tensordot(rgb, tf.constant(RGB_TO_Y, tf.float64), 1), tf.float32)
 
 
 def gray_to_y(gray):
@@ -75,14 +84,19 @@ def downsample(hr, scale):
     return lr[0, :, :, 0].numpy()
 
 
-@functools.lru_cache(maxsize=None)
-def _train_arrays(scale):
-    """All training images flattened: (lr, hr, lr_offsets, hr_offsets, lr_shapes (N, 2))."""
-    hrs = [crop_to_multiple(load_y(name), scale) for name in TRAIN_IMAGES]
+def flatten(hrs, scale):
+    """Y images (H, W), H and W multiples of scale -> their flat layout for patch_sampler and
+    image_getter: (lr, hr, lr_offsets, hr_offsets, lr_shapes (N, 2)), LR = downsample(HR)."""
     lrs = [downsample(hr, scale) for hr in hrs]
     offsets = [np.cumsum([0] + [im.size for im in images[:-1]]) for images in (lrs, hrs)]
     return (np.concatenate([lr.ravel() for lr in lrs]), np.concatenate([hr.ravel() for hr in hrs]),
             *offsets, np.array([lr.shape for lr in lrs], np.int64))
+
+
+@functools.lru_cache(maxsize=None)
+def _train_arrays(scale):
+    """All training images flattened (see flatten)."""
+    return flatten([crop_to_multiple(load_y(name), scale) for name in TRAIN_IMAGES], scale)
 
 
 def _test_arrays(scale, size):
@@ -96,10 +110,10 @@ def _test_arrays(scale, size):
     return np.stack(lrs)[..., None], np.stack(hrs)[..., None]
 
 
-def _patch_sampler(scale, patch_size):
-    """(image index, seed) -> aligned random (LR (p/s, p/s, 1), HR (p, p, 1)) patch pair."""
-    flat_lr, flat_hr, lr_offsets, hr_offsets, lr_shapes = (
-        tf.constant(a) for a in _train_arrays(scale))
+def patch_sampler(arrays, scale, patch_size):
+    """flatten() arrays -> (image index, seed) -> aligned random (LR (p/s, p/s, 1), HR (p, p, 1))
+    patch pair."""
+    flat_lr, flat_hr, lr_offsets, hr_offsets, lr_shapes = (tf.constant(a) for a in arrays)
     lr_patch = patch_size // scale
     lr_range = tf.range(lr_patch, dtype=tf.int64)
     hr_range = tf.range(patch_size, dtype=tf.int64)
@@ -119,22 +133,76 @@ def _patch_sampler(scale, patch_size):
     return sample
 
 
-def _dihedral(image, flips):
+def image_getter(arrays, scale):
+    """flatten() arrays -> image index -> the whole (LR (h, w, 1), HR (h*s, w*s, 1)) pair."""
+    flat_lr, flat_hr, lr_offsets, hr_offsets, lr_shapes = (tf.constant(a) for a in arrays)
+
+    def get(index):
+        h, w = lr_shapes[index][0], lr_shapes[index][1]
+        lr = flat_lr[lr_offsets[index]:lr_offsets[index] + h * w]
+        hr = flat_hr[hr_offsets[index]:hr_offsets[index] + h * w * scale * scale]
+        return tf.reshape(lr, [h, w, 1]), tf.reshape(hr, [h * scale, w * scale, 1])
+
+    return get
+
+
+def dihedral(image, flips):
     """Apply hflip, vflip, transpose of (H, H, C) `image` where the bools `flips` (3,) say."""
     image = tf.where(flips[0], image[:, ::-1], image)
     image = tf.where(flips[1], image[::-1], image)
     return tf.where(flips[2], tf.transpose(image, [1, 0, 2]), image)
 
 
+def random_flips(lr, hr, seed):
+    """The train augmentation: the same hflip, vflip, transpose (each p=0.5) of both patches."""
+    flips = tf.random.stateless_uniform([3], seed) < 0.5
+    return dihedral(lr, flips), dihedral(hr, flips)
+
+
+def check_scale(name, scale):
+    """Raise ValueError unless scale >= 2."""
+    if scale < 2:
+        raise ValueError(f"{name}: scale must be >= 2, got {scale}")
+
+
+def check_no_image_size(name, image_size):
+    """Raise ValueError when image_size is given to a whole-image SR set (div2k, srfolder)."""
+    if image_size is not None:
+        raise ValueError(f"{name}: image_size={image_size} is not supported: its test images "
+                         "are served whole (one per batch) and train patches are sized by "
+                         "patch_size")
+
+
+def check_patch_size(name, scale, patch_size, smallest):
+    """Raise ValueError unless patch_size is a multiple of scale in [scale, smallest]."""
+    if patch_size % scale or not scale <= patch_size <= smallest:
+        raise ValueError(f"{name}: patch_size={patch_size} must be a multiple of scale={scale} "
+                         f"and at most {smallest}")
+
+
+def patch_elements(arrays, *, scale, patch_size, repeat_patches, shuffle, augment, seed):
+    """Unbatched aligned random (LR, HR) patches of the flatten()ed images, `repeat_patches`
+    per image per epoch, flipped when `augment`."""
+    num_images = len(arrays[-1])
+    ds = tf.data.Dataset.range(num_images).repeat(repeat_patches)
+    if shuffle:
+        ds = ds.shuffle(num_images * repeat_patches, seed=seed, reshuffle_each_iteration=True)
+    sample = patch_sampler(arrays, scale, patch_size)
+
+    def transform(index, element_seed):
+        patch_seed, flip_seed = common.split_seed(element_seed, 2)
+        lr, hr = sample(index, patch_seed)
+        return random_flips(lr, hr, flip_seed) if augment else (lr, hr)
+
+    return common.with_element_seeds(ds, seed).map(transform, num_parallel_calls=common.AUTOTUNE)
+
+
 def _check(scale, patch_size, test_size):
     """Raise ValueError for sizes the images cannot serve."""
-    if scale < 2:
-        raise ValueError(f"{NAME}: scale must be >= 2, got {scale}")
+    check_scale(NAME, scale)
     smallest_train = min(min(crop_to_multiple(load_y(n), scale).shape) for n in TRAIN_IMAGES)
     smallest_test = min(min(load_y(n).shape) for n in TEST_IMAGES)
-    if patch_size % scale or not scale <= patch_size <= smallest_train:
-        raise ValueError(f"{NAME}: patch_size={patch_size} must be a multiple of scale={scale} "
-                         f"and at most {smallest_train}")
+    check_patch_size(NAME, scale, patch_size, smallest_train)
     if test_size % scale or not scale <= test_size <= smallest_test:
         raise ValueError(f"{NAME}: image_size={test_size} (test HR crop) must be a multiple of "
                          f"scale={scale} and at most {smallest_test}")
@@ -149,19 +217,6 @@ def elements(split, *, scale, patch_size, repeat_patches, image_size, shuffle, a
     if split == "test":
         ds = tf.data.Dataset.from_tensor_slices(_test_arrays(scale, test_size))
         return ds.shuffle(len(TEST_IMAGES), seed=seed) if shuffle else ds
-
-    ds = tf.data.Dataset.range(len(TRAIN_IMAGES)).repeat(repeat_patches)
-    if shuffle:
-        ds = ds.shuffle(len(TRAIN_IMAGES) * repeat_patches, seed=seed,
-                        reshuffle_each_iteration=True)
-    sample = _patch_sampler(scale, patch_size)
-
-    def transform(index, element_seed):
-        patch_seed, flip_seed = common.split_seed(element_seed, 2)
-        lr, hr = sample(index, patch_seed)
-        if augment:
-            flips = tf.random.stateless_uniform([3], flip_seed) < 0.5
-            lr, hr = _dihedral(lr, flips), _dihedral(hr, flips)
-        return lr, hr
-
-    return common.with_element_seeds(ds, seed).map(transform, num_parallel_calls=common.AUTOTUNE)
+    return patch_elements(_train_arrays(scale), scale=scale, patch_size=patch_size,
+                          repeat_patches=repeat_patches, shuffle=shuffle, augment=augment,
+                          seed=seed)

@@ -51,7 +51,7 @@ def _data_dir(data_dir):
     return data_dir or tfds.core.constants.DATA_DIR
 
 
-def _not_prepared(name, data_dir):
+def not_prepared(name, data_dir):
     """FileNotFoundError telling how to prepare `name` in `data_dir`."""
     where = _data_dir(data_dir)
     if name == "imagenet2012":
@@ -92,7 +92,7 @@ def _load(name, split, *, data_dir, shuffle, seed):
                        as_supervised=True, shuffle_files=shuffle,
                        read_config=tfds.ReadConfig(shuffle_seed=seed))
     except AssertionError as error:  # tfds: "could not find data in ..."
-        raise _not_prepared(name, data_dir) from error
+        raise not_prepared(name, data_dir) from error
     return ds.map(lambda image, label: (image, tf.cast(label, tf.int32)),
                   num_parallel_calls=common.AUTOTUNE)
 
