@@ -154,7 +154,8 @@ def main():
         rows += (TFMOT8 if args.tfmot8 else []) + (LOW_BITS if args.low_bits else [])
         for seed in args.seeds:
             for label, flags in rows:
-                runs.append(run(model, label, flags, seed, os.path.abspath(args.runs_dir)))
+                runs.append({**run(model, label, flags, seed, os.path.abspath(args.runs_dir)),
+                             "commit": info["commit"], "dirty": info["dirty"]})
     order = [label for label, _ in ROWS + TFMOT8 + LOW_BITS]
     keys = sorted({(r["model"], r["label"]) for r in runs}, key=lambda key: (key[0], order.index(key[1])))
     table = [summarize([r for r in runs if (r["model"], r["label"]) == key]) for key in keys]

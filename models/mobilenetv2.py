@@ -2,7 +2,7 @@
 
 import keras
 
-from models.registry import is_small_input, register_model
+from models.registry import stride_layout, register_model
 from repq.layers import ConvBN
 
 # (expansion t, output channels c, repeats n, first stride s), as in the paper.
@@ -34,13 +34,14 @@ def _inverted_residual(x, out, stride, expansion, name, norm_mode):
 def mobilenetv2(num_classes=1000, input_shape=(224, 224, 3), width_multiplier=1.0, stem="auto",
                 norm_mode="bn", dropout=0.2):
     """MobileNetV2; small-image layout (< 64 px) keeps stride 1 in the stem and the
-    first stride-2 stage, so 32x32 ends at 4x4."""
-    small = is_small_input(input_shape, stem)
+    first stride-2 stage, so 32x32 ends at 4x4; ``stem="half"`` keeps only the
+    latter (``models.registry.stride_layout``)."""
+    layout = stride_layout(input_shape, stem)
     inputs = keras.Input(input_shape, name="image")
-    x = ConvBN(make_divisible(32 * width_multiplier), 3, strides=1 if small else 2, activation="relu6",
+    x = ConvBN(make_divisible(32 * width_multiplier), 3, strides=1 if layout == "small" else 2, activation="relu6",
                norm_mode=norm_mode, name="stem")(inputs)
     for stage, (t, c, n, s) in enumerate(INVERTED_RESIDUAL_SETTING):
-        if small and stage == 1:
+        if layout != "imagenet" and stage == 1:
             s = 1
         for i in range(n):
             x = _inverted_residual(x, make_divisible(c * width_multiplier), s if i == 0 else 1, t,

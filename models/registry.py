@@ -25,14 +25,23 @@ def create_model(name, **kwargs):
     return _MODELS[name](**kwargs)
 
 
-def is_small_input(input_shape, stem):
-    """Whether to use the small-image (CIFAR-style) stride pattern.
+LAYOUTS = ("imagenet", "small", "half")
 
-    ``stem="auto"`` picks it for inputs below 64 pixels; "imagenet"/"small" force one.
+
+def stride_layout(input_shape, stem="auto"):
+    """The stride pattern of a zoo classifier: ``"imagenet"``, ``"small"`` or ``"half"``.
+
+    * ``"imagenet"``: the paper layout, total stride 32 (a stride-2 stem and, for ResNets, a max pool);
+    * ``"small"`` (CIFAR-style): the stem and the first stage keep full resolution, total stride 8;
+    * ``"half"``: the small-image layout behind a stride-2 stem, total stride 16 (32 px ends at 2x2):
+      4x fewer FLOPs than ``"small"``, but not the 1x1 maps of ``"imagenet"`` at 32 px.
+
+    ``stem="auto"`` picks ``"small"`` for inputs below 64 pixels and ``"imagenet"`` otherwise.
     """
-    if stem not in ("auto", "imagenet", "small"):
-        raise ValueError(f"stem must be 'auto', 'imagenet' or 'small', got {stem!r}.")
+    if stem not in ("auto",) + LAYOUTS:
+        raise ValueError(f"Invalid value for argument stem. Expected one of {('auto',) + LAYOUTS}. "
+                         f"Received: stem={stem!r}")
     if stem != "auto":
-        return stem == "small"
+        return stem
     size = input_shape[0]
-    return size is not None and size < 64
+    return "small" if size is not None and size < 64 else "imagenet"

@@ -2,7 +2,7 @@
 
 import keras
 
-from models.registry import is_small_input, register_model
+from models.registry import register_model, stride_layout
 from repq.layers import RepVGGBlock
 
 
@@ -12,22 +12,23 @@ def repvgg(num_blocks, width_multiplier, num_classes=1000, input_shape=(224, 224
 
     ImageNet layout: stage0 (one block, stride 2) and four stages whose first
     block has stride 2 (/32). Small-image layout (inputs < 64 px, e.g. 32x32):
-    stage0 and stage1 keep stride 1, so 32x32 ends at 4x4.
+    stage0 and stage1 keep stride 1, so 32x32 ends at 4x4. ``stem="half"``:
+    stage0 stride 2, stage1 stride 1 (32x32 ends at 2x2); see ``stride_layout``.
 
     Args:
       num_blocks: blocks per stage 1..4.
       width_multiplier: (a, a, a, b) as in the paper.
       norm_mode: "bn" or "bnest" for every block.
     """
-    small = is_small_input(input_shape, stem)
+    layout = stride_layout(input_shape, stem)
     a, b = width_multiplier[0], width_multiplier[3]
     widths = [int(64 * a), int(128 * a), int(256 * a), int(512 * b)]
     inputs = keras.Input(input_shape, name="image")
-    x = RepVGGBlock(min(64, int(64 * a)), strides=1 if small else 2, norm_mode=norm_mode,
+    x = RepVGGBlock(min(64, int(64 * a)), strides=1 if layout == "small" else 2, norm_mode=norm_mode,
                     name="stage0")(inputs)
     for stage, (width, blocks) in enumerate(zip(widths, num_blocks), start=1):
         for i in range(blocks):
-            stride = 2 if i == 0 and not (small and stage == 1) else 1
+            stride = 2 if i == 0 and not (layout != "imagenet" and stage == 1) else 1
             x = RepVGGBlock(width, strides=stride, norm_mode=norm_mode,
                             name=f"stage{stage}_block{i}")(x)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)

@@ -2,7 +2,7 @@
 
 import keras
 
-from models.registry import is_small_input, register_model
+from models.registry import stride_layout, register_model
 from repq.layers import ACBlock, ConvBN, OREPABlock, OREPALargeConv
 from repq.layers.padded_conv import symmetric_pad
 
@@ -35,14 +35,14 @@ class PaddedMaxPool(keras.layers.MaxPooling2D):
         return config
 
 
-def _stem(variant, x, small, norm_mode):
-    if small:  # CIFAR-style: one 3x3 conv, stride 1, no max pool.
+def _stem(variant, x, layout, norm_mode):
+    if layout == "small":  # CIFAR-style: one 3x3 conv, stride 1, no max pool.
         return CONV3X3[variant](64, 3, activation="relu", norm_mode=norm_mode, name="stem")(x)
     if variant == "orepa":
         x = OREPALargeConv(64, 7, strides=2, activation="relu", norm_mode=norm_mode, name="stem")(x)
     else:  # ACNet keeps the 7x7 stem plain.
         x = ConvBN(64, 7, strides=2, activation="relu", norm_mode=norm_mode, name="stem")(x)
-    return PaddedMaxPool(name="stem_pool")(x)
+    return PaddedMaxPool(name="stem_pool")(x) if layout == "imagenet" else x  # "half": no max pool
 
 
 def _basic_block(variant, x, filters, stride, name, mode):
@@ -63,10 +63,11 @@ def resnet18_variant(variant, num_classes=1000, input_shape=(224, 224, 3), stem=
     """ResNet-18 whose 3x3 convs are ``variant`` blocks ("plain", "acnet", "orepa").
 
     Small-image layout (inputs < 64 px): 3x3 stride-1 stem and no max pool, so
-    32x32 ends at 4x4. ``bn_layers``: names of layers that keep true BatchNorm
+    32x32 ends at 4x4; ``stem="half"``: the 7x7 stride-2 stem without max pool
+    (``models.registry.stride_layout``). ``bn_layers``: names of layers that keep true BatchNorm
     when ``norm_mode="bnest"`` (default: the last two 3x3 convs, as in RepQ).
     """
-    small = is_small_input(input_shape, stem)
+    layout = stride_layout(input_shape, stem)
     if bn_layers is None:
         bn_layers = ("stage4_block1_conv1", "stage4_block1_conv2")
 
@@ -74,7 +75,7 @@ def resnet18_variant(variant, num_classes=1000, input_shape=(224, 224, 3), stem=
         return "bn" if layer_name in bn_layers else norm_mode
 
     inputs = keras.Input(input_shape, name="image")
-    x = _stem(variant, inputs, small, mode("stem"))
+    x = _stem(variant, inputs, layout, mode("stem"))
     for stage, (width, first_stride) in enumerate(zip((64, 128, 256, 512), (1, 2, 2, 2)), start=1):
         for i in range(2):
             x = _basic_block(variant, x, width, first_stride if i == 0 else 1,

@@ -8,6 +8,8 @@ augmentations each epoch.
 
 import dataclasses
 
+import math
+
 import tensorflow as tf
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -65,6 +67,31 @@ def pad_random_crop(image, pad, seed):
     """Random translation: zero-pad `pad` pixels on each side, crop back to (H, W, C)."""
     padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
     return tf.image.stateless_random_crop(padded, tf.shape(image), seed)
+
+
+def affine_transform(image, degrees, zoom, tx, ty):
+    """Rotate by ``degrees``, zoom by ``zoom`` and translate by ``(tx, ty)`` pixels about the image
+    centre; bilinear, zero fill. (H, W, C) -> float32 (H, W, C). Scalars may be tensors."""
+    angle = tf.cast(degrees, tf.float32) * (math.pi / 180.0)
+    zoom, tx, ty = (tf.cast(v, tf.float32) for v in (zoom, tx, ty))
+    height, width = tf.unstack(tf.cast(tf.shape(image)[:2], tf.float32))
+    cx, cy = (width - 1.0) / 2.0, (height - 1.0) / 2.0
+    cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom
+    # output pixel (x, y) reads input (cos*dx + sin*dy + cx, -sin*dx + cos*dy + cy), d = (x, y) - centre - shift
+    transform = tf.stack([cos, sin, cx - cos * (cx + tx) - sin * (cy + ty),
+                          -sin, cos, cy + sin * (cx + tx) - cos * (cy + ty), 0.0, 0.0])
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.cast(image, tf.float32)[None], transforms=transform[None], output_shape=tf.shape(image)[:2],
+        fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")[0]
+
+
+def random_affine(image, seed, degrees, scale, shift):
+    """:func:`affine_transform` with a rotation uniform in +-``degrees``, a zoom in ``[1 - scale, 1 + scale]``
+    and a translation uniform in +-``shift`` pixels per axis, drawn from the (2,) ``seed``."""
+    angle_seed, zoom_seed, shift_seed = split_seed(seed, 3)
+    tx, ty = tf.unstack(tf.random.stateless_uniform((2,), shift_seed, -shift, shift))
+    return affine_transform(image, tf.random.stateless_uniform((), angle_seed, -degrees, degrees),
+                            tf.random.stateless_uniform((), zoom_seed, 1.0 - scale, 1.0 + scale), tx, ty)
 
 
 def resize(image, size):
