@@ -65,7 +65,8 @@ def markdown(rows, info):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs_dir", default=os.path.join("runs", "zoo_fp"))
-    parser.add_argument("--models", nargs="*", default=sorted({m for m, _ in RUNS}))
+    parser.add_argument("--models", nargs="*", default=list(dict.fromkeys(m for m, _ in RUNS)),
+                        help="run in this order")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no_bnest", action="store_true", help="skip the BNEst variants")
     args = parser.parse_args()
@@ -75,8 +76,9 @@ def main():
         with open(path) as f:
             rows = json.load(f)["rows"]
     info = provenance()
-    for model, flags in RUNS:
-        if model in args.models and not (flags and args.no_bnest):
+    runs = [(model, flags) for wanted in args.models for model, flags in RUNS if model == wanted]  # in --models order
+    for model, flags in runs:
+        if not (flags and args.no_bnest):
             row = run(model, flags, args.seed, os.path.abspath(args.runs_dir))
             row.update(commit=info["commit"], dirty=info["dirty"])
             rows = [r for r in rows if (r["model"], r["bnest"], r["seed"]) != (model, row["bnest"], args.seed)] + [row]

@@ -26,6 +26,19 @@ def prepare(model, x):
     randomize_norms(model)
 
 
+@pytest.mark.parametrize("name", CLASSIFIERS)
+def test_stride_layouts_end_at_the_documented_map_size(name):
+    """At 32 px: "small" ends at 4x4 (stride 8), "half" at 2x2 (stride 16), "imagenet" at 1x1 (stride 32)."""
+    for stem, size in (("small", 4), ("half", 2), ("imagenet", 1)):
+        model = build(name, 32, stem)
+        gap = next(layer for layer in model.layers if isinstance(layer, keras.layers.GlobalAveragePooling2D))
+        assert tuple(gap.input.shape[1:3]) == (size, size), (stem, gap.input.shape)
+    assert models.registry.stride_layout((32, 32, 3)) == "small"
+    assert models.registry.stride_layout((224, 224, 3)) == "imagenet"
+    with pytest.raises(ValueError, match="Invalid value for argument stem"):
+        build(name, 32, "tiny")
+
+
 def test_registry_lists_every_issue_model():
     names = set(models.list_models())
     assert set(CLASSIFIERS) | {"ecbsr_m4c16"} | set(SR_MODELS) <= names

@@ -1,0 +1,98 @@
+"""BNEst's estimation error on a trained model's own feature maps, per layer.
+
+For every rep block of a trained model, on test batches: the true per-channel batch mean and
+variance of each normalized branch output, against BNEst's estimate from the block input
+(``E[X]·ΣW``, ``V[X]·ΣW²``, SPEC B). Reported per layer: the feature-map size, the median over
+channels of ``|est − true| / std_true`` for the mean and of ``est / true`` for the variance.
+
+  python benchmarks/bnest_error.py --checkpoint runs/main_job/fp_model.keras [--batches 4]
+
+Writes benchmarks/results/bnest_error.{json,md,png} with the commit and the command.
+"""
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+sys.path.insert(0, ROOT)
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import models  # noqa: E402,F401  (registers the zoo's layers)
+from benchmarks.provenance import markdown_header, provenance  # noqa: E402
+from repq.data import get_dataset  # noqa: E402
+from repq.layers.base import RepConvBlock  # noqa: E402
+from repq.layers.norm_stats import batch_moments, estimate_output_moments  # noqa: E402
+
+
+def block_inputs(model, x):
+    """``{block name: its input tensor}`` for every rep block of a functional ``model`` on batch ``x``."""
+    blocks = [layer for layer in model.layers if isinstance(layer, RepConvBlock)]
+    probe = keras.Model(model.inputs, [block.input for block in blocks])
+    outputs = probe(x, training=False)
+    return dict(zip([b.name for b in blocks], outputs if isinstance(outputs, (list, tuple)) else [outputs]))
+
+
+def layer_errors(block, inputs):
+    """Per normalized branch: (median |mean error| / true std, median est var / true var) over channels."""
+    rows = []
+    for (kernel, bias), output, norm in zip(block.branch_kernels(), block.branch_outputs(inputs), block.norms):
+        if norm is None:
+            continue
+        est_mean, est_var = (np.asarray(v) for v in estimate_output_moments(inputs, kernel, bias, block.groups))
+        true_mean, true_var = (np.asarray(v) for v in batch_moments(output))
+        std = np.sqrt(true_var + 1e-8)
+        rows.append((float(np.median(np.abs(est_mean - true_mean) / std)), float(np.median(est_var / (true_var + 1e-8)))))
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", default=os.path.join("runs", "main_job", "fp_model.keras"))
+    parser.add_argument("--batches", type=int, default=4, help="test batches of 64")
+    args = parser.parse_args()
+    model = keras.saving.load_model(args.checkpoint, compile=False)
+    test = get_dataset("mnist5k", "test", 64)[0].take(args.batches)
+    per_layer = {}
+    for x, _ in test:
+        for name, inputs in block_inputs(model, x).items():
+            block = model.get_layer(name)
+            per_layer.setdefault(name, dict(size=int(inputs.shape[1]), norm_mode=block.norm_mode, values=[]))
+            per_layer[name]["values"].append(layer_errors(block, inputs))
+    rows = []
+    for name, entry in per_layer.items():
+        values = np.array(entry["values"])  # (batches, branches, 2)
+        rows.append(dict(layer=name, map_size=entry["size"], norm_mode=entry["norm_mode"],
+                         mean_error_over_std=float(values[..., 0].mean()), var_ratio=float(values[..., 1].mean()),
+                         worst_branch_var_ratio=float(values[..., 1].mean(0).max())))
+    info = provenance()
+    lines = [markdown_header(info), f"Checkpoint: `{args.checkpoint}`; {args.batches} test batches of 64.", "",
+             "| layer | map | norm | mean error / std | var est / true (mean over branches) | worst branch var ratio |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['layer']} | {r['map_size']}x{r['map_size']} | {r['norm_mode']} | {r['mean_error_over_std']:.3f} | "
+              f"{r['var_ratio']:.2f} | {r['worst_branch_var_ratio']:.2f} |" for r in rows]
+    from repq.training import write_json, write_text
+
+    write_json(os.path.join(RESULTS, "bnest_error.json"), dict(provenance=info, checkpoint=args.checkpoint, rows=rows))
+    write_text(os.path.join(RESULTS, "bnest_error.md"), "\n".join(lines) + "\n")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.plot([r["var_ratio"] for r in rows], "o-", label="variance: estimated / true")
+    ax.plot([r["mean_error_over_std"] for r in rows], "s-", label="|mean error| / true std")
+    ax.axhline(1.0, color="gray", lw=0.5)
+    ax.set_xticks(range(len(rows)), [f"{r['layer']}\\n{r['map_size']}px" for r in rows], rotation=90, fontsize=6)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(RESULTS, "bnest_error.png"), dpi=100)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
