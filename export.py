@@ -10,7 +10,9 @@ empty, or an earlier export (replaced only with --overwrite); anything else (a f
 folder, the checkpoint's run directory, a special file) is refused before anything is read or
 written (repq.outputs, docs/robustness.md). Errors print one line
 on stderr (``--verbose_errors`` shows the traceback): exit code 2 for a bad command line, 1 for
-a checkpoint, data or export failure.
+a checkpoint, data or export failure. Stage lines on stderr say what is running. --num_eval takes
+the first test images, a class-stratified sample, and --num_calib a seeded random sample of the
+train split; the fidelity report says how many classes they cover (classes_covered).
 """
 
 import argparse
@@ -97,6 +99,21 @@ def check_data(model, dataset, is_sr, scale):
                           "or pass the model's factor.")
 
 
+def stage(message):
+    """One progress line on stderr (the stages of an export, like train.py's)."""
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+
+def describe(what, batches, is_sr):
+    """'N train images (...)' for a stage line: how many images, and the classes they cover."""
+    from repq.data.subsets import classes_covered
+
+    count = sum(len(x) for x, _ in batches)
+    if is_sr:
+        return f"{count} {what}"
+    return f"{count} {what}, {classes_covered([y for _, y in batches])} classes"
+
+
 def export(args):
     """Load, check and export as ``args`` say -> the fidelity report (None without TFLite)."""
     from repq.data import calibration_batches, get_dataset
@@ -104,6 +121,7 @@ def export(args):
     from repq.export.files import load_checkpoint
 
     check_output(args.output, args.checkpoint, args.overwrite)
+    stage(f"loading {args.checkpoint}")
     model = load_checkpoint(args.checkpoint)
     fp_path = os.path.join(args.checkpoint, "fp_model.keras")
     fp_model = load_checkpoint(fp_path) if os.path.isfile(fp_path) else None
@@ -112,11 +130,14 @@ def export(args):
     check_data(model, dataset, is_sr, args.scale)
     scale = (args.scale or sr_scale(model)) if is_sr else None
     extra = dict(scale=scale) if is_sr else {}
-    calib = calibration_batches(dataset, args.num_calib, 16, **extra)
+    calib = calibration_batches(dataset, args.num_calib, 16, labels=True, **extra)
     test, _ = get_dataset(dataset, "test", 16, limit=args.num_eval, **extra)
+    test = [(x.numpy(), y.numpy()) for x, y in test]
     formats = ("savedmodel", "tflite") if args.format == "both" else (args.format,)
-    return export_all(model, args.output, calib, [(x.numpy(), y.numpy()) for x, y in test], formats,
-                      args.float_io, dataset, scale, fp_model)
+    if "tflite" in formats:
+        stage(f"data ({dataset}): calibration {describe('train images (seeded random sample)', calib, is_sr)}; "
+              f"fidelity {describe('test images (class-stratified)' if not is_sr else 'test images', test, is_sr)}")
+    return export_all(model, args.output, calib, test, formats, args.float_io, dataset, scale, fp_model, log=stage)
 
 
 def one_line(err):
@@ -134,6 +155,9 @@ def main(argv=None):
     except UsageError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
+    from repq.cli_env import setup  # first import of TF: quiet (repq.cli_env)
+
+    setup()
     from repq.export import ExportError
 
     try:
@@ -155,8 +179,8 @@ def main(argv=None):
               "for the traceback.", file=sys.stderr)
         return 1
     if report:
-        keys = ("top1_agreement", "psnr_keras", "psnr_tflite", "max_abs_diff_steps", "integer_only", "all_convs_integer",
-                "weights_on_grid", "scales_match_learned", "size_bytes")
+        keys = ("num_images", "classes_covered", "top1_agreement", "psnr_keras", "psnr_tflite", "max_abs_diff_steps",
+                "integer_only", "all_convs_integer", "weights_on_grid", "scales_match_learned", "size_bytes")
         print(", ".join(f"{k}={report[k]}" for k in keys if k in report))
         emulated = report["integer_emulation"]
         print(f"integer-exact Keras inference vs TFLite: max_abs_diff_steps={emulated['max_abs_diff_steps']}, "

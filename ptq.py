@@ -1,10 +1,13 @@
 """Post-training quantization of a classifier: FP vs quantized top-1, per-unit losses.
 
-    python ptq.py --model resnet18 --weight_bits 4 --act_bits 4 --method qdrop \
-        --calib_size 1024 --iters 20000 --fp_checkpoint fp.keras --dataset mnist5k --output_dir out
+    python ptq.py --model resnet18 --weight_bits 4 --act_bits 4 --method qdrop
+    python ptq.py ... --calib_size 1024 --iters 20000 --fp_checkpoint fp.keras   # the papers' protocol
 
-Without --fp_checkpoint a small FP model is trained first (repq.ptq.fp_baseline, 3 epochs Adam)
-and saved as fp_model.keras. Writes results.json, unit_losses.json and unit_losses.png to
+The defaults (256 calibration images, 100 iterations per unit) are a CPU budget that finishes in
+minutes on the embedded data; the papers reconstruct with 1,024 images and 20,000 iterations
+(docs/ptq.md). Without --fp_checkpoint a small FP model is trained first (repq.ptq.fp_baseline,
+3 epochs Adam) and saved as fp_model.keras. Stage lines go to stderr, the progress bars and
+per-unit lines to stdout. Writes results.json, unit_losses.json and unit_losses.png to
 --output_dir (atomically). Resumable: the calibrated model and every reconstructed unit are
 checkpointed in --output_dir/checkpoints (repq.ptq.checkpoint); rerunning the same command
 after a crash or SIGTERM/SIGINT resumes after the last finished unit and ends with the same
@@ -26,9 +29,11 @@ flags.DEFINE_string("method", "qdrop", "PTQ method (repq.ptq.METHODS): rtn, adar
                     "mrecg_modcap or mrecg_loss", flag_values=FLAGS)
 flags.DEFINE_integer("weight_bits", 4, "weight bits (2..8)", flag_values=FLAGS)
 flags.DEFINE_integer("act_bits", 4, "activation bits (2..8)", flag_values=FLAGS)
-flags.DEFINE_integer("calib_size", 1024, "calibration images from the train split", flag_values=FLAGS)
+flags.DEFINE_integer("calib_size", 256, "calibration images from the train split (a seeded random sample; "
+                     "the papers use 1024)", flag_values=FLAGS)
 flags.DEFINE_integer("batch_size", 32, "samples per reconstruction step", flag_values=FLAGS)
-flags.DEFINE_integer("iters", 20000, "reconstruction steps per unit", flag_values=FLAGS)
+flags.DEFINE_integer("iters", 100, "reconstruction steps per unit (a CPU budget; the papers' protocol is 20000)",
+                     flag_values=FLAGS)
 flags.DEFINE_string("fp_checkpoint", None, "trained FP model (.keras); trained briefly if omitted",
                     flag_values=FLAGS)
 flags.DEFINE_string("dataset", "mnist5k", "dataset name (repq.data)", flag_values=FLAGS)
@@ -145,18 +150,27 @@ def plot_losses(report, path):
         plt.close(fig)
 
 
+def stage(message):
+    """One progress line on stderr (the stages of a run, like train.py's)."""
+    print(f"ptq.py: {message}", file=sys.stderr, flush=True)
+
+
 def fp_model(output_dir):
     """The --fp_checkpoint, or an FP model trained once and kept as ``output_dir/fp_model.keras``."""
-    from repq.ptq.fp_baseline import train_fp_model
+    from repq.ptq.fp_baseline import DEFAULT_EPOCHS, train_fp_model
     from repq.training import load_model, save_model
 
     if FLAGS.fp_checkpoint:
+        stage(f"loading the FP model {FLAGS.fp_checkpoint}")
         return load_model(FLAGS.fp_checkpoint, hint="pass a complete .keras file")
     path = os.path.join(output_dir, "fp_model.keras")
     if os.path.exists(path):
+        stage(f"loading the FP model trained by an earlier run, {path}")
         return load_model(path, hint="delete it to retrain the FP model")
+    stage(f"FP baseline (no --fp_checkpoint): training {FLAGS.model} on {FLAGS.dataset} for {DEFAULT_EPOCHS} "
+          f"epochs, kept as {path}")
     kwargs = {"width_multiplier": FLAGS.width_multiplier} if FLAGS.width_multiplier else {}
-    model = train_fp_model(FLAGS.model, FLAGS.dataset, seed=FLAGS.seed, **kwargs)
+    model = train_fp_model(FLAGS.model, FLAGS.dataset, seed=FLAGS.seed, verbose=1, **kwargs)
     save_model(model, path)
     return model
 
@@ -178,21 +192,31 @@ def run(info):
     from repq.ptq import quantize_ptq
     from repq.ptq.fp_baseline import top1_accuracy
     from repq.ptq.units import parse_scheme
+    from repq.data.subsets import classes_covered
 
     scheme = parse_scheme(FLAGS.scheme) if FLAGS.scheme else None
     output_dir = FLAGS.output_dir
     prepare_output_dir(output_dir)
+    stage(f"output directory {output_dir}")
     model = fp_model(output_dir)
     check_model(model, info)
-    test, _ = get_dataset(FLAGS.dataset, "test", 250)
-    calib = calibration_batches(FLAGS.dataset, FLAGS.calib_size, FLAGS.batch_size, seed=FLAGS.seed)
-    qmodel, report = quantize_ptq(model, calib, FLAGS.method, FLAGS.weight_bits, FLAGS.act_bits,
+    test, _ = get_dataset(FLAGS.dataset, "test", 250)  # the whole test split
+    calib = calibration_batches(FLAGS.dataset, FLAGS.calib_size, FLAGS.batch_size, seed=FLAGS.seed, labels=True)
+    calib_classes = classes_covered([y for _, y in calib])
+    stage(f"PTQ {FLAGS.method} W{FLAGS.weight_bits}A{FLAGS.act_bits}: {sum(len(x) for x, _ in calib)} calibration "
+          f"images ({FLAGS.dataset} train, seeded random sample, {calib_classes} of {info.num_classes} classes)"
+          + ("" if FLAGS.method == "rtn" else f", {FLAGS.iters} iterations per unit"))
+    qmodel, report = quantize_ptq(model, [x for x, _ in calib], FLAGS.method, FLAGS.weight_bits, FLAGS.act_bits,
                                   iters=FLAGS.iters, batch_size=FLAGS.batch_size, scheme=scheme,
                                   topk=FLAGS.topk, seed=FLAGS.seed,
                                   checkpoint_dir=os.path.join(output_dir, CHECKPOINTS),
                                   crash_after_units=FLAGS.crash_after_units)
-    fp_top1, q_top1 = top1_accuracy(model, test), top1_accuracy(qmodel, test)
+    stage(f"evaluating the FP and PTQ models on the {info.num_test} {FLAGS.dataset} test images")
+    labels = []
+    fp_top1, q_top1 = top1_accuracy(model, test, labels), top1_accuracy(qmodel, test)
     results = {"model": FLAGS.model, "dataset": FLAGS.dataset, "fp_top1": fp_top1, "ptq_top1": q_top1,
+               "eval_images": len(labels), "classes_covered": classes_covered(labels),
+               "num_classes": info.num_classes, "calib_classes_covered": calib_classes,
                **{k: v for k, v in report.items() if k not in ("unit_losses", "unit_losses_init")}}
     results["scheme"] = str(report["scheme"]) if report["scheme"] else None
     write_outputs(output_dir, results, report)
@@ -223,6 +247,9 @@ def parse_flags(argv):
 def cli(argv):
     """Run ptq.py with ``argv``; every error becomes one line on stderr and an exit code."""
     parse_flags(argv)
+    from repq.cli_env import setup  # first import of TF: quiet (repq.cli_env)
+
+    setup()
     from repq.training import CheckpointError, SimulatedCrash, TrainingInterrupted, os_error_line
 
     try:

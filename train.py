@@ -15,6 +15,7 @@ print one line on stderr: exit code 2 for bad input, 1 for failures, 128+N for s
 See docs/robustness.md.
 """
 
+import repq.cli_env; repq.cli_env.setup()  # noqa: E702,I001 - first: quiet TF import, harmless Keras warnings off
 import importlib
 import os
 import subprocess

@@ -16,8 +16,11 @@ import os
 import sys
 import tempfile
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from repq.cli_env import setup  # noqa: E402  (quiet TensorFlow import)
+
+setup()
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -46,6 +49,8 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         _, report = repq.export_tflite(qat, os.path.join(tmp, "model.tflite"), [x], [(x, labels)])
     emulated = report["integer_emulation"]
+    print(f"{len(labels)} test digits (the first of the test split, stored class-interleaved) "
+          f"covering {len(np.unique(labels))} of 10 classes")
     print(f"integer model top-1 (Python): {100 * np.mean(integer.argmax(-1) == labels):.1f} %, "
           f"TFLite top-1: {100 * report['accuracy_tflite']:.1f} %")
     print(f"TFLite vs integer_predict: max {emulated['max_abs_diff_steps']:.0f} output steps, "

@@ -4,6 +4,11 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from repq import cli_env as _cli_env  # noqa: E402
+
+# TensorFlow's absl start-up lines ignore TF_CPP_MIN_LOG_LEVEL; apply it to them (repq.cli_env)
+_cli_env.import_tensorflow()
+
 # Importing these registers every serializable class (layers, quantizers, QAT wrappers,
 # optimizers, schedules, metrics), so ``keras.models.load_model`` works after ``import repq``.
 from repq import layers, metrics, qat, quantizers  # noqa: E402,F401

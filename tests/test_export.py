@@ -201,7 +201,9 @@ def test_cli_one_line_error(tmp_path, capsys):
     import export
     assert export.main(["--checkpoint", str(tmp_path / "missing"), "--output", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "does not exist" in err
+    # one error line; the stage lines before it ("export.py: loading ...") are progress
+    errors = [line for line in err.splitlines() if not line.startswith("export.py: ") or "error:" in line]
+    assert len(errors) == 1 and "does not exist" in errors[0] and "Traceback" not in err
     assert not os.path.exists(tmp_path / "out")
 
 

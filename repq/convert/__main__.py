@@ -12,9 +12,12 @@ import sys
 
 from absl import app, flags
 
-from repq.convert.api import from_torch_checkpoint
-from repq.convert.networks import architecture_of
-from repq.outputs import OutputError, atomic_file, check_output_file
+from repq.cli_env import setup
+
+setup()  # before TF is imported: quiet (repq.cli_env)
+from repq.convert.api import from_torch_checkpoint  # noqa: E402
+from repq.convert.networks import architecture_of  # noqa: E402
+from repq.outputs import OutputError, atomic_file, check_output_file  # noqa: E402
 
 flags.DEFINE_string("model", None, "repq model name, e.g. repvgg_a0, orepa_resnet18, ecbsr_m4c16_x2.")
 flags.DEFINE_string("torch_checkpoint", None, "Official checkpoint: .pth/.pt (needs torch), .npz or .safetensors.")

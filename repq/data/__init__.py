@@ -14,12 +14,13 @@ Classification batches are (x float32 (B, H, W, 3) normalised, y int32 (B,)).
 Super-resolution batches are (LR Y float32 (B, h, w, 1), HR Y float32 (B, h*s, w*s, 1)) in
 0..255 (ECBSR convention, not rescaled); the test images of div2k and srfolder are whole
 images of different sizes, served one per batch. All pipelines are deterministic under
-`seed`, and draw fresh shuffles/augmentations every epoch.
+`seed`, and draw fresh shuffles/augmentations every epoch. Unshuffled classification splits
+come in a class-stratified order, so a "first N" spans the classes (`repq.data.subsets`).
 """
 
 import tensorflow as tf
 
-from repq.data import common, div2k, folder, mnist5k, skimage_sr, srfolder, tfds_sets
+from repq.data import common, div2k, folder, mnist5k, skimage_sr, srfolder, subsets, tfds_sets
 from repq.data.common import DatasetInfo
 
 __all__ = ["DatasetInfo", "calibration_batches", "dataset_info", "get_dataset",
@@ -103,7 +104,12 @@ def get_dataset(name, split, batch_size, *, shuffle=None, augment=None, data_dir
     data_dir: tensorflow_datasets data_dir (cifar10, imagenet2012, div2k).
     scale, patch_size (HR side, default 32 * scale), repeat_patches (patches per image per
       epoch, default 64): super-resolution only.
-    limit: take at most this many examples (after shuffling and augmentation).
+    limit: take at most this many examples (after shuffling and augmentation). Unshuffled, the
+      first examples are a fixed class-stratified sample, never "the first classes": mnist5k's
+      test split is stored class-interleaved, its train split and folder: datasets are served
+      in ``subsets.stratified_order``; the tfds splits (cifar10, imagenet2012) keep the order tfds
+      stored them in, shuffled when the dataset was prepared, not sorted by class.
+      Super-resolution test images come in file order (there are no classes to cover).
     The last batch may be smaller than batch_size. Super-resolution examples of unknown
     static size (the whole test images of div2k and srfolder, whose sizes differ) come one
     per batch. DatasetInfo describes the full dataset, regardless of `limit`.
@@ -140,12 +146,16 @@ def preprocess_images(images, name):
     raise _unknown(name)
 
 
-def calibration_batches(name, num_samples, batch_size, seed=0, **kwargs):
-    """`num_samples` shuffled TRAIN examples without augmentation -> list of numpy x batches.
+def calibration_batches(name, num_samples, batch_size, seed=0, labels=False, **kwargs):
+    """`num_samples` TRAIN examples without augmentation, a random sample (shuffled with `seed`)
+    -> list of numpy x batches, or of (x, y) batches with ``labels=True`` (e.g. to count the
+    classes covered: ``subsets.classes_covered``).
 
     kwargs go to get_dataset (data_dir, image_size, scale, patch_size, ...). For the
     super-resolution sets the examples are random LR patches (not flipped).
     """
     ds, _ = get_dataset(name, "train", batch_size, shuffle=True, augment=False, seed=seed,
                         limit=num_samples, **kwargs)
+    if labels:
+        return [(x.numpy(), y.numpy()) for x, y in ds]
     return [x.numpy() for x, _ in ds]

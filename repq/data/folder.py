@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from repq.data import common
+from repq.data import common, subsets
 from repq.data.common import DatasetInfo
 
 PREFIX = "folder:"
@@ -126,13 +126,16 @@ def elements(name, split, *, image_size, shuffle, augment, seed):
     """Unbatched (x float32 (S, S, 3) ImageNet-normalised, y int32) elements.
 
     Train augmentation: random-resized-crop + h-flip; otherwise resize the shorter side to
-    S*256/224 and center-crop S.
+    S*256/224 and center-crop S. Unshuffled, the examples come in a fixed class-stratified
+    order (``subsets.stratified_order``), not sorted by class.
     """
     root = root_of(name)
     pairs = getattr(scan(root), split)
     if not pairs:
         raise ValueError(f"Dataset folder {root}: the {split} split has no images. {LAYOUT}")
     size = image_size or DEFAULT_IMAGE_SIZE
+    if not shuffle:  # class-stratified order: a first N (limit, --num_eval) spans the classes
+        pairs = [pairs[i] for i in subsets.stratified_order([label for _, label in pairs], SPLIT_SEED)]
     paths, labels = zip(*pairs)
     ds = tf.data.Dataset.from_tensor_slices((list(paths), np.array(labels, np.int32)))
     if shuffle:

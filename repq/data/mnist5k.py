@@ -3,7 +3,8 @@
 Split: stratified 4,000 train / 1,000 test (100 test digits per class) with a fixed seed,
 independent of the pipeline seed. The test split is stored class-interleaved (digits
 0..9 in a seeded order, then again), so any first N test digits (``limit``, ``--num_eval``)
-cover the classes evenly instead of being all zeros. Images are zero-padded 28 -> 32 and the gray channel is
+cover the classes evenly instead of being all zeros; the train split, stored by class, is served
+unshuffled in a class-stratified order (``subsets.stratified_order``). Images are zero-padded 28 -> 32 and the gray channel is
 replicated to 3 channels so 3-channel CIFAR/ImageNet-style models run unchanged.
 """
 
@@ -12,7 +13,7 @@ import functools
 import numpy as np
 import tensorflow as tf
 
-from repq.data import common
+from repq.data import common, subsets
 from repq.data.common import DatasetInfo
 
 NAME = "mnist5k"
@@ -56,6 +57,14 @@ def _split_indices():
     return train, test[np.lexsort((class_order, rank))]
 
 
+def pixels(split):
+    """Raw digits of ``split`` as the pipelines read them -> (uint8 images (N, 32, 32, 3), int32 labels (N,)),
+    in the split's stored order (the test split class-interleaved); ``repq.data.preprocess_images``
+    turns them into model inputs."""
+    images, labels = _arrays(split)
+    return images.copy(), labels.copy()
+
+
 @functools.lru_cache(maxsize=None)
 def _arrays(split):
     """split -> (uint8 images (N, 32, 32, 3), int32 labels (N,))."""
@@ -70,6 +79,9 @@ def _arrays(split):
 def elements(split, *, shuffle, augment, seed):
     """Unbatched (x float32 (32, 32, 3) normalised, y int32) elements of `split`."""
     images, labels = _arrays(split)
+    if split == "train" and not shuffle:  # stored by class: serve it in a class-stratified order
+        order = subsets.stratified_order(labels, SPLIT_SEED)
+        images, labels = images[order], labels[order]
     ds = tf.data.Dataset.from_tensor_slices((images, labels))
     if shuffle:
         ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from repq.data.subsets import classes_covered
 from repq.data.validate import check_images
 from repq.export import convert, fidelity, integer_emulation, tflite_graph
 from repq.qat import range_placement as ranges
@@ -115,7 +116,7 @@ def float_tflite(model, input_shape=None):
 
 
 def export_tflite(model, path, representative_data=None, eval_data=None, float_io=False,
-                  input_shape=None, sr_scale=None):
+                  input_shape=None, sr_scale=None, log=None):
     """Write a full-integer .tflite of a QAT model and a fidelity report next to it.
 
     Args:
@@ -127,21 +128,30 @@ def export_tflite(model, path, representative_data=None, eval_data=None, float_i
       float_io: float32 input/output instead of int8.
       input_shape: ``(H, W, C)`` for models with free spatial size (SR).
       sr_scale: upscaling factor when ``model`` is super-resolution (report uses PSNR).
-    Returns ``(path, fidelity_report)``.
+      log: optional ``log(message)`` called with a line before each long step (conversion,
+        fidelity); the CLI prints them as stage lines.
+    Returns ``(path, fidelity_report)``; with labels, the report's ``classes_covered`` says how
+    many of the model's ``num_classes`` classes the evaluated images span.
     """
+    log = log or (lambda message: None)
     if not is_quantized(model):
         raise ExportError(f"model {model.name!r} has no quantizers: run train.py or repq.qat.quantize_model "
                           "first, or use float_tflite for a float model.")
     data, shape = _eval_arrays(eval_data, representative_data, input_shape, model.inputs[0].shape[1:])
+    log("converting to integer TFLite (calibrating the unlearned 8-bit ranges first)")
     model_bytes, graph, out_step = integer_tflite(model, representative_data, float_io, shape)
     _write_bytes(path, model_bytes)
     x, y = data
+    log(f"fidelity: {len(x)} images through Keras, LiteRT (default and builtin kernels) and the "
+        "integer-exact emulation")
     reference = np.concatenate([np.asarray(model(x[i:i + 32], training=False)) for i in range(0, len(x), 32)])
     labels, hr = (None, y) if sr_scale else (y, None)
     tflite_out = fidelity.run_tflite(tflite_graph.interpreter(model_bytes, default_delegates=True), x)
     report = dict(model=model.name, tflite=os.path.basename(path), size_bytes=os.path.getsize(path),
                   io="float32" if float_io else "int8", runtime="LiteRT default CPU runtime (XNNPACK)",
                   **fidelity.compare(reference, tflite_out, out_step, labels, sr_scale, hr))
+    if labels is not None:
+        report.update(num_classes=int(reference.shape[-1]), classes_covered=classes_covered(labels))
     emulated = integer_predict(model, x, graph=graph)
     report["integer_emulation"] = fidelity.compare(emulated, tflite_out, out_step, labels, sr_scale, hr)
     report["integer_emulation"]["bit_exact_fraction"] = float(np.mean(np.abs(emulated - tflite_out) < out_step / 2))
@@ -175,22 +185,27 @@ def _eval_arrays(eval_data, representative_data, input_shape, model_shape):
 
 
 def export_all(model, output_dir, representative_data, eval_data=None, formats=("savedmodel", "tflite"),
-               float_io=False, dataset=None, sr_scale=None, fp_model=None):
+               float_io=False, dataset=None, sr_scale=None, fp_model=None, log=None):
     """The CLI's bundle, written atomically into ``output_dir``; returns the fidelity report (or None).
 
     ``output_dir`` gets ``saved_model/``, ``model_int8.tflite`` + ``model_int8_fidelity.{json,md}``,
     and with ``fp_model`` the merged float ``fp_merged.tflite`` / ``fp_saved_model/``.
+    ``log``: optional ``log(message)`` called before each long step (see :func:`export_tflite`).
     """
     report = None
+    say = log or (lambda message: None)
     with atomic_directory(output_dir) as tmp:
         if "savedmodel" in formats:
+            say("writing the SavedModel (deploy form: rep blocks merged)")
             export_savedmodel(model, os.path.join(tmp, "saved_model"), dataset)
             if fp_model is not None:
+                say("writing the FP SavedModel")
                 export_savedmodel(fp_model, os.path.join(tmp, "fp_saved_model"), dataset)
         if "tflite" in formats:
             _, report = export_tflite(model, os.path.join(tmp, "model_int8.tflite"), representative_data,
-                                      eval_data, float_io, sr_scale=sr_scale)
+                                      eval_data, float_io, sr_scale=sr_scale, log=log)
             if fp_model is not None:
+                say("converting the merged FP model to float TFLite")
                 x = _x_batches(representative_data)[0]
                 _write_bytes(os.path.join(tmp, "fp_merged.tflite"),
                              float_tflite(reparametrize(fp_model), x.shape[1:]))

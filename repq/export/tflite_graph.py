@@ -3,6 +3,8 @@
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
+from repq.cli_env import XNNPACK_NOTICE, filtered_stderr, without_lines
+
 CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
 
 
@@ -13,9 +15,10 @@ def interpreter(model_bytes, num_threads=1, preserve=False, default_delegates=Fa
     True: LiteRT's default CPU runtime, which hands the integer ops to XNNPACK.
     """
     resolver = OpResolverType.AUTO if default_delegates else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    it = Interpreter(model_content=model_bytes, num_threads=num_threads, experimental_op_resolver_type=resolver,
-                     experimental_preserve_all_tensors=preserve)
-    it.allocate_tensors()
+    with filtered_stderr(without_lines(XNNPACK_NOTICE)):  # LiteRT's "Created ... XNNPACK delegate" notice
+        it = Interpreter(model_content=model_bytes, num_threads=num_threads, experimental_op_resolver_type=resolver,
+                         experimental_preserve_all_tensors=preserve)
+        it.allocate_tensors()
     return it
 
 

@@ -71,16 +71,19 @@ class RunCheckpoint:
     def check_signal(self):
         self.signals.check_signal()
 
-    def calibrate(self, qmodel, batches):
-        """Run the observers of ``qmodel`` (a QuantModel) on ``batches``, or load their saved result."""
+    def calibrate(self, qmodel, batches, verbose=0):
+        """Run the observers of ``qmodel`` (a QuantModel) on ``batches``, or load their saved result
+        (``verbose``: QuantModel.calibrate's progress bar)."""
         if not self.directory:
-            qmodel.calibrate(batches)
+            qmodel.calibrate(batches, verbose)
             return
         path = os.path.join(self.directory, CALIBRATED)
         if os.path.exists(path):
             _set_weights(qmodel.model, path, self.hint)
+            if verbose:
+                print(f"observer calibration loaded from {path}", flush=True)
         else:
-            qmodel.calibrate(batches)
+            qmodel.calibrate(batches, verbose)
             save_arrays(path, qmodel.model.get_weights())
         self.check_signal()
 

@@ -103,7 +103,10 @@ def _quantize(model, batches, method, weight_bits, act_bits, iters, batch_size, 
     start = time.perf_counter()
     plain = repq.reparametrize(model)
     qm = QuantModel(plain, weight_bits, act_bits, seed=seed)
-    run.calibrate(qm, batches)
+    if verbose:
+        print(f"observer calibration: {sum(len(b) for b in batches)} images, {len(qm.act_quants)} activation and "
+              f"{len(qm.weight_layers)} weight quantizers", flush=True)
+    run.calibrate(qm, batches, verbose)
     lam = default_lambda(model.name) if reg_lambda is None else reg_lambda
     report = {"method": method, "weight_bits": weight_bits, "act_bits": act_bits, "iters": iters,
               "batch_size": batch_size, "calib_size": sum(len(b) for b in batches), "reg_lambda": lam,

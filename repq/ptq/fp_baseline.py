@@ -39,12 +39,15 @@ def train_fp_model(model_name, dataset="mnist5k", epochs=DEFAULT_EPOCHS, batch_s
     return model
 
 
-def top1_accuracy(model, dataset):
-    """Top-1 accuracy (%) of ``model`` (logits) over an (x, y) dataset."""
+def top1_accuracy(model, dataset, labels=None):
+    """Top-1 accuracy (%) of ``model`` (logits) over an (x, y) dataset; a list ``labels`` receives the
+    labels seen (e.g. to count the classes covered)."""
     predict = tf.function(lambda x: tf.argmax(model(x, training=False), axis=-1, output_type=tf.int32),
                           autograph=False)
     correct = total = 0
     for x, y in dataset:
         correct += int(tf.reduce_sum(tf.cast(predict(x) == tf.cast(y, tf.int32), tf.int32)))
         total += int(y.shape[0])
+        if labels is not None:
+            labels.extend(int(v) for v in y.numpy())
     return 100.0 * correct / max(total, 1)

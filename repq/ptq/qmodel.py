@@ -268,21 +268,25 @@ class QuantModel:
                                  name=f"{fp_model.name}_ptq")
 
     # ------------------------------------------------------------ calibration
-    def calibrate(self, batches):
+    def calibrate(self, batches, verbose=0):
         """Activation observers (EMA-MSE, fake-quant off) over ``batches``, then weight observers.
 
-        ``batches``: list of numpy input batches.
+        ``batches``: list of numpy input batches; ``verbose``: 1 shows a progress bar (batches,
+        then weight layers).
         """
         tids = list(self.act_quants)
         probe = self.fp_submodel(tids)
         observers = {t: EMAMSEObserver(self.act_quants[t].qmin, self.act_quants[t].qmax) for t in tids}
+        bar = keras.utils.Progbar(len(batches) + len(self.weight_layers), verbose=verbose, unit_name="step")
         for x in batches:
             for t, value in zip(tids, probe(x)):
                 observers[t].update(ops.convert_to_numpy(value))
+            bar.add(1)
         for t in tids:
             self.act_quants[t].set_qparams(*observers[t].qparams())
         for layer in self.weight_layers.values():
             layer.calibrate()
+            bar.add(1)
 
     def fp_submodel(self, tids):
         """``f(x) -> [FP value of each tensor id]`` (model inputs pass through)."""
