@@ -106,9 +106,9 @@ def main():
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--configs", nargs="*", default=list(DEFAULT_CONFIGS), help="layout:norm:optimizer")
     args = parser.parse_args()
+    info = provenance()  # before the runs: the code they ran
     test = get_dataset("mnist5k", "test", 250)[0]
     rows = [probe(config, args.steps, args.batch_size, test) for config in args.configs]
-    info = provenance()
     write_json(os.path.join(RESULTS, "convergence.json"), dict(provenance=info, rows=rows))
     write_text(os.path.join(RESULTS, "convergence.md"), markdown(rows, info))
     plot(rows, os.path.join(RESULTS, "convergence.png"))
