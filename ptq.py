@@ -17,6 +17,7 @@ stderr: exit code 2 for bad input, 1 for failures, 128+N for signal N. See docs/
 """
 
 import os
+import signal
 import sys
 
 from absl import flags
@@ -116,6 +117,12 @@ def check_model(model, info):
     """Raise UsageError unless ``model`` (the --fp_checkpoint) is a classifier for ``info`` (DatasetInfo)."""
     import models
 
+    from repq.checks import quantized_layer_names
+
+    if quantized_layer_names(model):
+        raise UsageError(f"--fp_checkpoint {FLAGS.fp_checkpoint} is a QAT model (quantized layers, e.g. "
+                         f"{quantized_layer_names(model)[0]}); PTQ starts from the floating-point model: pass "
+                         "train.py's fp_model.keras.")
     got, want = tuple(model.inputs[0].shape[1:]), tuple(info.image_shape)
     if len(got) != len(want) or any(g is not None and g != w for g, w in zip(got, want)):
         raise UsageError(f"--fp_checkpoint {FLAGS.fp_checkpoint} takes inputs {got}, --dataset {FLAGS.dataset} "
@@ -157,8 +164,8 @@ def stage(message):
 
 def fp_model(output_dir):
     """The --fp_checkpoint, or an FP model trained once and kept as ``output_dir/fp_model.keras``."""
-    from repq.ptq.fp_baseline import DEFAULT_EPOCHS, train_fp_model
-    from repq.training import load_model, save_model
+    from repq.ptq import fp_baseline
+    from repq.training import InterruptHandler, TrainingInterrupted, load_model, save_model
 
     if FLAGS.fp_checkpoint:
         stage(f"loading the FP model {FLAGS.fp_checkpoint}")
@@ -167,10 +174,18 @@ def fp_model(output_dir):
     if os.path.exists(path):
         stage(f"loading the FP model trained by an earlier run, {path}")
         return load_model(path, hint="delete it to retrain the FP model")
-    stage(f"FP baseline (no --fp_checkpoint): training {FLAGS.model} on {FLAGS.dataset} for {DEFAULT_EPOCHS} "
-          f"epochs, kept as {path}")
+    stage(f"FP baseline (no --fp_checkpoint): training {FLAGS.model} on {FLAGS.dataset} for "
+          f"{fp_baseline.DEFAULT_EPOCHS} epochs, kept as {path}")
     kwargs = {"width_multiplier": FLAGS.width_multiplier} if FLAGS.width_multiplier else {}
-    model = train_fp_model(FLAGS.model, FLAGS.dataset, seed=FLAGS.seed, verbose=1, **kwargs)
+    try:
+        model = fp_baseline.train_fp_model(FLAGS.model, FLAGS.dataset, seed=FLAGS.seed, verbose=1,
+                                           callbacks=[InterruptHandler()], **kwargs)
+    except (TrainingInterrupted, KeyboardInterrupt) as err:
+        if isinstance(err, KeyboardInterrupt):
+            err = TrainingInterrupted(signal.SIGINT)
+        err.lost = (f"the FP-baseline training was stopped and not kept ({path} not written, nothing else "
+                    "changed): rerun the same command to train it again, or pass --fp_checkpoint")
+        raise err from None
     save_model(model, path)
     return model
 
@@ -239,7 +254,9 @@ def parse_flags(argv):
     try:
         rest = FLAGS(argv)
     except flags.Error as err:
-        error_exit(str(err).strip().splitlines()[0], 2)
+        from repq.cli_env import flag_error_line
+
+        error_exit(flag_error_line(err, "ptq.py"), 2)
     if len(rest) > 1:
         error_exit(f"unexpected arguments: {' '.join(rest[1:])}", 2)
 
@@ -259,8 +276,11 @@ def cli(argv):
             raise
         error_exit(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__, 2)
     except TrainingInterrupted as err:
-        error_exit(f"interrupted ({err}); finished units are checkpointed: rerun the same command to resume.",
-                   128 + err.signum)
+        error_exit(f"interrupted ({err}); " + getattr(err, "lost", "finished units are checkpointed: rerun the "
+                                                      "same command to resume") + ".", 128 + err.signum)
+    except KeyboardInterrupt:
+        error_exit("interrupted (Ctrl-C); finished units are checkpointed, the unit in progress is not: rerun "
+                   "the same command to resume.", 130)
     except SimulatedCrash as err:
         error_exit(f"{err}. Rerun the same command to resume from the last checkpoint.", 1)
     except OSError as err:  # full disk, permissions, ... (earlier outputs are intact: writes are atomic)

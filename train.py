@@ -433,6 +433,21 @@ def error_exit(message, code):
     sys.exit(code)
 
 
+def parse_flags(argv):
+    """``app.run``'s flags parser: a bad flag (absl's errors included) is one line and exit code 2."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as err:
+        from repq.cli_env import flag_error_line
+
+        error_exit(flag_error_line(err, "train.py"), 2)
+    except (AttributeError, KeyError, TypeError, ValueError) as err:  # ml_collections on a --config.X override
+        overrides = [arg.split("=")[0] for arg in argv[1:] if arg.startswith("--config.")]
+        reason = str(err).strip().strip("\"'") or type(err).__name__
+        error_exit(f"bad recipe override {' '.join(overrides) or '--config'}: no field or wrong type ({reason}); "
+                   "the fields are the keys of the --config file's get_config().", 2)
+
+
 def cli(argv):
     from repq.callbacks import NonFiniteError
     from repq.training import CheckpointError, SimulatedCrash, TrainingInterrupted, os_error_line
@@ -446,6 +461,9 @@ def cli(argv):
     except TrainingInterrupted as err:
         error_exit(f"interrupted ({err}); the last epoch checkpoint is kept: rerun the same command to resume.",
                    128 + err.signum)
+    except KeyboardInterrupt:  # Ctrl-C outside a training stage (loading, evaluation, export)
+        error_exit("interrupted (Ctrl-C); finished stages and the last epoch checkpoint are kept: rerun the same "
+                   "command to resume.", 130)
     except (NonFiniteError, SimulatedCrash) as err:
         if FLAGS.verbose_errors:
             raise
@@ -456,4 +474,4 @@ def cli(argv):
         error_exit(os_error_line(err), 1)
 
 if __name__ == "__main__":
-    app.run(cli)
+    app.run(cli, flags_parser=parse_flags)

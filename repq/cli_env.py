@@ -175,3 +175,29 @@ def _write_fd2(text):
             data = data[os.write(2, data):]
     except OSError:
         pass
+
+
+def flag_error_line(err, prog):
+    """One line for an absl flag-parsing error ``err`` (``flags.Error``) of CLI ``prog``.
+
+    absl's own messages may span lines (ml_collections puts the config file's traceback in
+    them); the line kept names the flag and the last line of that traceback (the cause).
+    """
+    text = str(err).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return f"bad command line ({type(err).__name__}); {prog} --help lists the flags."
+    first = lines[0]
+    if len(lines) > 1 and "Traceback" in text:
+        cause = lines[-1]
+        first = first.rstrip(":")
+        first = first.replace("Error whilst parsing config file", "").rstrip(": ")
+        first = f"{first}: {cause}"
+    match = re.match(r"Unknown command line flag '([^']+)'", first)
+    if match:
+        name = match.group(1)
+        if name.startswith("config."):
+            return (f"unknown flag --{name}: the recipe (--config) has no field {name[len('config.'):]!r}; "
+                    "its fields are the keys of the --config file's get_config().")
+        return f"unknown flag --{name}{first[match.end():].rstrip('.')}; {prog} --help lists the flags."
+    return first

@@ -477,7 +477,7 @@ def test_export_usage_and_input_errors(capsys, tmp_path, sr_checkpoint):
     (tmp_path / "bad.keras").write_bytes(b"PK\x03\x04" + os.urandom(500))
     got, err = run_export(capsys, "--checkpoint", str(tmp_path / "bad.keras"), *common)
     assert got == 1
-    assert_export_error(err, "cannot load checkpoint")
+    assert_export_error(err, "bad.keras is not a valid .keras file (truncated, corrupt")
     float_model = str(tmp_path / "float.keras")
     models.create_model("ecbsr_m4c16_x2").save(float_model)
     got, err = run_export(capsys, "--checkpoint", float_model, *common, "--format", "tflite")
@@ -516,3 +516,188 @@ def test_export_disk_full_mid_export_keeps_the_existing_export(capsys, tmp_path,
     assert_export_error(err, "No space left on device", "an existing --output is intact")
     assert (out / "saved_model" / "saved_model.pb").read_bytes() == b"previous export"
     assert sorted(os.listdir(tmp_path)) == ["out"] and sorted(os.listdir(out)) == [MARKER, "saved_model"]
+
+
+# ------------------------------------------------- issue 17, item 4: traps, tracebacks, misleading messages
+
+
+def run_train_argv(capsys, *args):
+    """-> (exit code, stderr) of ``train.py ARGS``, flags parsed by train.parse_flags (app.run's parser)."""
+    flags.FLAGS.unparse_flags()
+    code = 0
+    try:
+        train.cli(train.parse_flags(["train.py", *args]))
+    except SystemExit as err:
+        code = err.code
+    finally:
+        flags.FLAGS.unparse_flags()
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config=configs/repvgg_a0.py:nope"], "unknown recipe variant 'nope'"),
+    (["--config=configs/repvgg_a0.py", "--config.lr.nope=1"], "unknown flag --config.lr.nope"),
+    (["--bits=four"], "flag --bits=four"),
+    (["--nope"], "unknown flag --nope; train.py --help"),
+])
+def test_absl_flag_errors_are_usage_errors(capsys, args, message):
+    code, err = run_train_argv(capsys, *args)
+    assert code == 2 and "FATAL" not in err
+    assert_one_line_error(err, message)
+
+
+def test_train_py_flag_errors_in_a_real_process_exit_2():
+    """app.run(cli, flags_parser=parse_flags): the path a user takes (config overrides resolve there)."""
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    done = subprocess.run([sys.executable, "train.py", "--config=configs/repvgg_a0.py", "--config.lr.nope=1"],
+                          cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert_one_line_error(done.stderr, "--config.lr.nope")
+    assert "FATAL" not in done.stderr
+
+
+def test_ptq_absl_unknown_flag(capsys, tmp_path, ptq_fp_checkpoint):
+    code, err = run_ptq(capsys, *ptq_args(ptq_fp_checkpoint, tmp_path / "o"), "--nope")
+    assert code == 2
+    assert_ptq_error(err, "unknown flag --nope")
+
+
+def test_one_class_folder_dataset_is_refused(capsys, tmp_path):
+    import tensorflow as tf
+
+    (tmp_path / "data" / "only").mkdir(parents=True)
+    for i in range(4):
+        png = tf.io.encode_png(np.full((8, 8, 3), 30 * i, np.uint8)).numpy()
+        (tmp_path / "data" / "only" / f"{i}.png").write_bytes(png)
+    code, err = run_train(capsys, f"--dataset=folder:{tmp_path / 'data'}", f"--output_dir={tmp_path / 'o'}")
+    assert code == 2
+    assert_one_line_error(err, "only one class ('only')", "at least 2 class subfolders")
+    assert not (tmp_path / "o" / "results.json").exists()
+
+
+def _ptq_args_without_checkpoint(output_dir):
+    return [a for a in ptq_args("unused", output_dir) if not a.startswith("--fp_checkpoint")]
+
+
+def test_ptq_sigterm_during_fp_baseline_training_says_what_was_lost(capsys, tmp_path, monkeypatch):
+    import signal
+
+    from repq.ptq import fp_baseline
+
+    def train_fp_model(*args, callbacks=None, **kwargs):
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+        model.compile("sgd", "mse")
+
+        class Term(keras.callbacks.Callback):
+            def on_train_batch_begin(self, batch, logs=None):
+                if batch == 0:
+                    os.kill(os.getpid(), signal.SIGTERM)
+
+        model.fit(np.zeros((8, 4)), np.zeros((8, 2)), batch_size=4, epochs=2, verbose=0,
+                  callbacks=[*callbacks, Term()])
+        raise AssertionError("training went on after SIGTERM")
+
+    monkeypatch.setattr(fp_baseline, "train_fp_model", train_fp_model)
+    code, err = run_ptq(capsys, *_ptq_args_without_checkpoint(tmp_path / "o"))
+    assert code == 128 + signal.SIGTERM
+    assert_ptq_error(err, "interrupted (received SIGTERM)", "FP-baseline training was stopped and not kept",
+                     "--fp_checkpoint")
+    assert not (tmp_path / "o" / "fp_model.keras").exists()
+
+
+def test_ptq_ctrl_c_during_fp_baseline_training_is_one_line(capsys, tmp_path, monkeypatch):
+    from repq.ptq import fp_baseline
+
+    def train_fp_model(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fp_baseline, "train_fp_model", train_fp_model)
+    code, err = run_ptq(capsys, *_ptq_args_without_checkpoint(tmp_path / "o"))
+    assert code == 130
+    assert_ptq_error(err, "interrupted (received SIGINT)", "not kept")
+
+
+def test_ptq_refuses_a_qat_model_as_fp_checkpoint(capsys, tmp_path):
+    qat = quantize_model(residual_model((32, 32, 3), 10, stem_stride=4), 4, 4)
+    path = str(tmp_path / "qat.keras")
+    qat.save(path)
+    code, err = run_ptq(capsys, *ptq_args(path, tmp_path / "o"))
+    assert code == 2
+    assert_ptq_error(err, "is a QAT model", "pass train.py's fp_model.keras")
+
+
+def test_empty_keras_file_is_called_empty_not_missing(capsys, tmp_path, sr_checkpoint):
+    empty = tmp_path / "empty.keras"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="is empty"):
+        load_model(str(empty))
+    code, err = run_export(capsys, f"--checkpoint={empty}", f"--output={tmp_path / 'e'}")
+    assert code == 1  # export.py: 2 for a bad command line, 1 for a bad input file
+    assert_export_error(err, "is empty (0 bytes, not a .keras archive)")
+    garbage = tmp_path / "garbage.keras"
+    garbage.write_bytes(os.urandom(1000))
+    code, err = run_export(capsys, f"--checkpoint={garbage}", f"--output={tmp_path / 'e'}")
+    assert code == 1
+    assert_export_error(err, "is not a valid .keras file (truncated, corrupt or another format")
+    assert "File not found" not in err
+
+
+def test_api_rejects_non_models_in_keras_form():
+    with pytest.raises(TypeError, match=r"Invalid value for argument model\. Expected a built keras\.Model\. "
+                                        r"Received: model='x'"):
+        quantize_model("x")
+    with pytest.raises(ValueError, match=r"Expected a built keras\.Model\. Received: model=<unbuilt Sequential"):
+        quantize_model(keras.Sequential([keras.layers.Dense(2)]))
+    with pytest.raises(TypeError, match="Expected a built keras.Model"):
+        quantize_ptq(None, [np.zeros((1, 4))], "rtn")
+
+
+def test_quantizing_a_qat_model_says_it_is_already_quantized():
+    qat = quantize_model(residual_model((32, 32, 3), 10, stem_stride=4), 4, 4)
+    with pytest.raises(ValueError, match="is already quantized"):
+        quantize_model(qat)
+    with pytest.raises(ValueError, match="is already quantized.*floating-point model"):
+        quantize_ptq(qat, [np.zeros((1, 32, 32, 3), np.float32)], "rtn")
+
+
+@pytest.mark.parametrize("suffix, content, message", [
+    (".safetensors", b"", "is empty (0 bytes)"),
+    (".safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all", "is not a valid .safetensors file"),
+    (".npz", b"", "is empty (0 bytes)"),
+    (".npz", b"PK\x03\x04" + b"\x00" * 64, "is not a valid .npz archive"),
+    (".npz", "pickled", "holds pickled objects, not plain arrays"),
+    (".pth", b"", "is empty (0 bytes)"),
+    (".pth", b"\x80\x02random bytes, not a torch file" * 10, "is not a PyTorch state_dict checkpoint"),
+])
+def test_convert_reports_unreadable_checkpoints_in_one_line(tmp_path, suffix, content, message):
+    from repq.convert import read_state_dict
+
+    pytest.importorskip({".pth": "torch", ".safetensors": "safetensors"}.get(suffix, "numpy"))
+    path = tmp_path / f"ckpt{suffix}"
+    if content == "pickled":
+        np.savez(path, x=np.array([{"a": 1}], dtype=object))
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ValueError) as info:
+        read_state_dict(path)
+    text = str(info.value)
+    assert message in text and "\n" not in text and len(text) < 400, text
+    assert "weights_only=False" not in text
+
+
+def test_wrong_architecture_state_dict_message_is_capped_and_names_the_layout():
+    from repq.convert import load_torch_state_dict
+
+    model = models.create_model("repvgg_a0", num_classes=10, input_shape=(32, 32, 3))
+    state = {f"layer{i}.conv.weight": np.zeros((2, 2, 3, 3), np.float32) for i in range(300)}
+    with pytest.raises(ValueError) as info:
+        load_torch_state_dict(model, state)
+    text = str(info.value)
+    assert "300 unknown keys: layer0.conv.weight" in text and "(295 more)" in text
+    assert "missing keys" in text and "more)" in text
+    assert "small-image stride layout" in text and "--input_size 224" in text
+    assert len(text) < 1200 and "\n" not in text, len(text)

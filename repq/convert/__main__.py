@@ -3,8 +3,9 @@
     python -m repq.convert --model repvgg_a0 --torch_checkpoint RepVGG-A0-train.pth \
         --output repvgg_a0.keras [--num_classes N] [--input_size 224] [--deploy] [--overwrite]
 
-Exits with status 1 and a one-line ``error: ...`` on bad input, 2 for an --output it must not
-write (repq.outputs: an existing directory or special file; an existing file without --overwrite),
+Exits with status 1 and a one-line ``error: ...`` on bad input (a checkpoint that is empty, truncated,
+of another kind or of another architecture), 2 for a bad command line (absl's flag errors included) or
+an --output it must not write (repq.outputs: an existing directory or special file; an existing file without --overwrite),
 checked before anything is converted.
 """
 
@@ -52,9 +53,22 @@ def convert():
     return model
 
 
+def parse_flags(argv):
+    """``app.run``'s flags parser: a bad or missing flag is one line ``error: ...`` and exit code 2."""
+    try:
+        rest = FLAGS(argv)
+    except flags.Error as err:
+        from repq.cli_env import flag_error_line
+
+        print(f"error: {flag_error_line(err, 'python -m repq.convert')}", file=sys.stderr)
+        sys.exit(2)
+    if len(rest) > 1:
+        print(f"error: unexpected arguments: {' '.join(rest[1:])}", file=sys.stderr)
+        sys.exit(2)
+    return rest
+
+
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
         model = convert()
     except OutputError as err:
@@ -66,4 +80,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -39,8 +39,23 @@ def load_torch_state_dict(model_or_layer, state_dict, strict=True, architecture=
     reader = StateDictReader(state_dict)
     for layer, loader, scope in plan:
         loader(layer, reader.scoped(scope))
-    reader.commit(repr(model_or_layer.name), strict)
+    try:
+        reader.commit(repr(model_or_layer.name), strict)
+    except ValueError as err:
+        raise ValueError(f"{err}{layout_hint(model_or_layer)}") from None
     return model_or_layer
+
+
+def layout_hint(model):
+    """Why a zoo classifier built for small inputs does not take an official (ImageNet) checkpoint."""
+    if not isinstance(model, keras.Model) or not model.inputs or model.name.startswith("ecbsr"):
+        return ""
+    size = model.inputs[0].shape[1]
+    if size is None or size >= 64:
+        return ""
+    return (f" The model was built for {size}x{size} inputs, which use the small-image stride layout "
+            "(stride-1 stem/first stage: other blocks have identity branches or downsampling); official "
+            "checkpoints have the ImageNet layout: build it with inputs of 64 px or more (--input_size 224).")
 
 
 def from_torch_checkpoint(model_name, path, deploy=False, strict=True, **model_kwargs):

@@ -29,13 +29,20 @@ def read_state_dict(path):
     if suffix in TORCH_SUFFIXES:
         state = read_torch(path)
     elif suffix == ".npz":
-        with np.load(path, allow_pickle=False) as archive:
-            state = {key: archive[key] for key in archive.files}
+        state = read_npz(path)
     elif suffix == ".safetensors":
         state = read_safetensors(path)
     else:
         raise ValueError(f"unsupported checkpoint {path!r}: use .pth/.pt, .npz or .safetensors.")
     return strip_data_parallel(state)
+
+
+def check_not_empty(path):
+    """Raise ValueError for a 0-byte file (a failed download) before a reader's own obscure error."""
+    if os.path.getsize(path) == 0:
+        suffix = os.path.splitext(path)[1].lower()
+        raise ValueError(f"{path!r} is empty (0 bytes), not a {suffix} checkpoint; pass the downloaded file "
+                         "(a download may have failed).")
 
 
 def read_torch(path):
@@ -44,10 +51,16 @@ def read_torch(path):
         import torch
     except ImportError as err:
         raise ImportError("reading PyTorch checkpoints needs torch: pip install .[torch]") from err
+    check_not_empty(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises pickling/zip errors of many types
-        raise ValueError(f"cannot read {path!r} as a weights-only PyTorch checkpoint: {err}") from err
+    except Exception as err:  # noqa: BLE001 - torch raises pickling/zip errors of many types
+        # torch's message advises weights_only=False (running the file's pickled code): not repeated here.
+        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
+        if reason.startswith("Weights only load failed"):
+            reason = "it holds pickled objects other than tensors"
+        raise ValueError(f"{path!r} is not a PyTorch state_dict checkpoint (torch.load(weights_only=True): "
+                         f"{type(err).__name__}: {reason}); pass the official .pth of the model.") from err
     state = unwrap(checkpoint)
     if not isinstance(state, dict):
         raise ValueError(f"{path!r} holds a {type(state).__name__}, not a state_dict.")
@@ -60,12 +73,32 @@ def read_torch(path):
     return arrays
 
 
+def read_npz(path):
+    """The arrays of an ``.npz`` (no pickled objects: those would run code)."""
+    import zipfile
+
+    check_not_empty(path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        what = ("holds pickled objects, not plain arrays" if "pickle" in str(err)
+                else f"is not a valid .npz archive ({type(err).__name__}: {str(err).strip()[:120]})")
+        raise ValueError(f"{path!r} {what}; pass an .npz of the state_dict's arrays (numpy.savez).") from err
+
+
 def read_safetensors(path):
     try:
         from safetensors.numpy import load_file
     except ImportError as err:
         raise ImportError("reading .safetensors needs safetensors: pip install .[safetensors]") from err
-    return load_file(path)
+    check_not_empty(path)
+    try:
+        return load_file(path)
+    except Exception as err:  # noqa: BLE001 - SafetensorError (not a ValueError) and friends
+        raise ValueError(f"{path!r} is not a valid .safetensors file ({type(err).__name__}: "
+                         f"{str(err).strip()[:120]}); pass the downloaded file (a download may have "
+                         "failed).") from err
 
 
 def unwrap(checkpoint):

@@ -99,11 +99,18 @@ class StateDictReader:
             lists = (("unknown", unknown), ("missing", self.missing)) + lists
         for kind, keys in lists:
             if keys:
-                problems.append(f"{len(keys)} {kind} key{'s' if len(keys) > 1 else ''}: {', '.join(keys)}")
+                problems.append(f"{len(keys)} {kind} key{'s' if len(keys) > 1 else ''}: {shortlist(keys)}")
         if problems:
             raise ValueError(f"state_dict does not match {target}: {'; '.join(problems)}.")
         for variable, value in self.updates:
             variable.assign(value)
+
+
+def shortlist(keys, first=5):
+    """The first ``first`` keys and how many more: a wrong-architecture state_dict stays one short line."""
+    keys = list(keys)
+    more = f", ... ({len(keys) - first} more)" if len(keys) > first else ""
+    return ", ".join(str(key) for key in keys[:first]) + more
 
 
 class ScopedReader:

@@ -82,6 +82,10 @@ def _class_files(directory):
     if not any(files.values()):
         raise ValueError(f"Dataset folder {directory} has class subfolders but no image files "
                          f"({', '.join(IMAGE_EXTENSIONS)}). {LAYOUT}")
+    with_images = [name for name, paths in files.items() if paths]
+    if len(with_images) < 2:  # one class: every prediction is right, training would report 100 %
+        raise ValueError(f"Dataset folder {directory} has images of only one class ({with_images[0]!r}); "
+                         f"a classification dataset needs at least 2 class subfolders. {LAYOUT}")
     return files
 
 

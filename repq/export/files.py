@@ -63,6 +63,12 @@ def load_checkpoint(path):
         path = os.path.join(path, names[0])
     if not os.path.isfile(path):
         raise ExportError(f"checkpoint {path!r} does not exist.")
+    from repq.training.artifacts import CheckpointError, check_keras_file
+
+    try:
+        check_keras_file(path, "pass a .keras file saved by train.py (or its run directory)")
+    except CheckpointError as err:  # empty, truncated or not a zip: say so (Keras says "File not found")
+        raise ExportError(str(err)) from err
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as err:  # noqa: BLE001  (Keras raises many types for a bad file)

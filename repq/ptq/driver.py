@@ -81,6 +81,10 @@ def quantize_ptq(model, calib_data, method, weight_bits=4, act_bits=4, iters=200
     scheme, search_time_s, baseline_unit_losses, ptq_time_s (this call only), resumed_units (units
     loaded from checkpoints; their times are those of the earlier call).
     """
+    from repq.checks import check_built_model, check_not_quantized
+
+    check_built_model(model)
+    check_not_quantized(model, fix="PTQ takes the floating-point model, e.g. train.py's fp_model.keras")
     if method not in METHODS:
         raise ValueError(f"unknown PTQ method {method!r}; choose one of {', '.join(METHODS)}.")
     affine_range(weight_bits), affine_range(act_bits)

@@ -21,10 +21,11 @@ def resized(ds, image_size):
 
 
 def train_fp_model(model_name, dataset="mnist5k", epochs=DEFAULT_EPOCHS, batch_size=64,
-                   learning_rate=1e-3, seed=0, verbose=2, image_size=None, **model_kwargs):
+                   learning_rate=1e-3, seed=0, verbose=2, image_size=None, callbacks=None, **model_kwargs):
     """Build ``model_name`` for ``dataset`` and train it briefly -> trained ``keras.Model``.
 
     ``image_size``: resize the inputs (e.g. 16 for fast CPU experiments); None keeps them.
+    ``callbacks``: passed to ``fit`` (ptq.py passes an InterruptHandler: SIGTERM/SIGINT stop it).
     """
     keras.utils.set_random_seed(seed)
     train, info = get_dataset(dataset, "train", batch_size, seed=seed)
@@ -35,7 +36,7 @@ def train_fp_model(model_name, dataset="mnist5k", epochs=DEFAULT_EPOCHS, batch_s
     model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
-    model.fit(train, epochs=epochs, verbose=verbose)
+    model.fit(train, epochs=epochs, verbose=verbose, callbacks=callbacks)
     return model
 
 

@@ -76,6 +76,11 @@ def quantize_model(model, weight_bits=4, act_bits=4, bn="repq", keep_bn=None, ru
         model name (RepVGG: only the first layer's input 8-bit; AC-ResNet-18:
         first layer 8-bit; OREPA-ResNet-18, ECBSR and others: first and last 8-bit).
     """
+    from repq.checks import check_built_model, check_not_quantized
+
+    check_built_model(model)
+    check_not_quantized(model, fix="quantize_model takes the floating-point model (the QAT model is already "
+                        "trainable; repq.reparametrize it for deployment)")
     integer_range(weight_bits, True)
     integer_range(act_bits, False)
     if bn not in BN_MODES:

@@ -148,12 +148,15 @@ def check_keras_file(path, hint="delete it and rerun"):
     """Raise :class:`CheckpointError` unless ``path`` is a complete ``.keras`` archive."""
     if not os.path.isfile(path):
         raise CheckpointError(f"{path} does not exist; {hint}.")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes, not a .keras archive); {hint}.")
     try:
         with zipfile.ZipFile(path) as archive:
             names = set(archive.namelist())
             bad = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError) as err:
-        raise CheckpointError(f"{path} is not a valid .keras file (truncated or corrupt: {err}); {hint}.") from err
+        raise CheckpointError(f"{path} is not a valid .keras file (truncated, corrupt or another format: "
+                              f"{err}); {hint}.") from err
     if bad is not None or not {"config.json", "model.weights.h5"} <= names:
         what = f"damaged member {bad}" if bad else "missing config.json/model.weights.h5"
         raise CheckpointError(f"{path} is not a valid .keras file ({what}); {hint}.")
