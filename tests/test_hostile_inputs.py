@@ -701,3 +701,17 @@ def test_wrong_architecture_state_dict_message_is_capped_and_names_the_layout():
     assert "missing keys" in text and "more)" in text
     assert "small-image stride layout" in text and "--input_size 224" in text
     assert len(text) < 1200 and "\n" not in text, len(text)
+
+
+@pytest.mark.parametrize("call", [
+    lambda m, tmp: export_api.export_tflite(m, str(tmp / "m.tflite")),
+    lambda m, tmp: export_api.export_savedmodel(m, str(tmp / "saved")),
+    lambda m, tmp: export_api.integer_predict(m, np.zeros((1, 4), np.float32)),
+    lambda m, tmp: calibrate(m, np.zeros((1, 4), np.float32)),
+], ids=["export_tflite", "export_savedmodel", "integer_predict", "calibrate"])
+def test_public_api_rejects_non_models_in_keras_form(tmp_path, call):
+    with pytest.raises(TypeError, match=r"Expected a built keras\.Model\. Received: model='x'"):
+        call("x", tmp_path)
+    with pytest.raises(ValueError, match=r"Expected a built keras\.Model\. Received: model=<unbuilt Sequential"):
+        call(keras.Sequential([keras.layers.Dense(2)]), tmp_path)
+    assert os.listdir(tmp_path) == []

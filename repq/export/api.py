@@ -44,6 +44,9 @@ def export_savedmodel(model, path, dataset=None):
         ``repq.data.preprocess_images(x, dataset)`` (only when ``dataset`` is given).
     Returns ``path``. Nothing is left at ``path`` if writing fails.
     """
+    from repq.checks import check_built_model
+
+    check_built_model(model)
     deploy = _deploy(model)
     shape = (None, *deploy.inputs[0].shape[1:])
     archive = keras.export.ExportArchive()
@@ -102,6 +105,9 @@ def integer_predict(model, x, representative_data=None, batch_size=32, graph=Non
     (dequantized int8). ``graph``: a prebuilt ``export_graph(model)[0]``, or an
     ``integer_emulation.Program`` of it to reuse across calls.
     """
+    from repq.checks import check_built_model
+
+    check_built_model(model)
     x = np.asarray(x)
     check_images(x, model.inputs[0].shape[1:])
     graph = graph if graph is not None else export_graph(model, _x_batches(representative_data))[0]
@@ -133,6 +139,9 @@ def export_tflite(model, path, representative_data=None, eval_data=None, float_i
     Returns ``(path, fidelity_report)``; with labels, the report's ``classes_covered`` says how
     many of the model's ``num_classes`` classes the evaluated images span.
     """
+    from repq.checks import check_built_model
+
+    check_built_model(model)
     log = log or (lambda message: None)
     if not is_quantized(model):
         raise ExportError(f"model {model.name!r} has no quantizers: run train.py or repq.qat.quantize_model "

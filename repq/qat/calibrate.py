@@ -11,6 +11,9 @@ def calibrate(model, batch):
     ``tf.distribute`` strategy, where the training step never writes steps.
     Returns ``model``.
     """
+    from repq.checks import check_built_model
+
+    check_built_model(model)
     quantizers = []
     for wrapper in quantized_layers(model):
         quantizers.append(wrapper.weight_quantizer)
