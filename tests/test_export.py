@@ -193,8 +193,11 @@ def test_bad_checkpoints(tmp_path):
     with pytest.raises(ExportError, match="run train.py"):
         load_checkpoint(str(tmp_path))
     (tmp_path / "bad.keras").write_bytes(b"not a zip")
-    with pytest.raises(ExportError, match="cannot load"):
+    with pytest.raises(ExportError, match="is not a valid .keras file"):
         load_checkpoint(str(tmp_path / "bad.keras"))
+    (tmp_path / "empty.keras").write_bytes(b"")
+    with pytest.raises(ExportError, match="is empty"):
+        load_checkpoint(str(tmp_path / "empty.keras"))
 
 
 def test_cli_one_line_error(tmp_path, capsys):
