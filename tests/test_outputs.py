@@ -23,6 +23,8 @@ import train
 from repq import outputs
 from repq.outputs import MARKER, OutputError, atomic_file, write_marker
 from repq.training import SimulatedCrash
+from tests.test_hostile_inputs import run_train
+from tests.test_ptq_resume import run_ptq
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -147,27 +149,7 @@ def test_export_api_does_not_write_into_a_fifo_or_a_folder(tmp_path):
 
 # ------------------------------------------------------------- train.py / ptq.py --output_dir
 
-def run_train(capsys, *args):
-    """-> (exit code, stderr) of ``train.py ARGS`` in this process."""
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(["train.py", *args])
-    code = 0
-    try:
-        train.cli(["train.py"])
-    except SystemExit as err:
-        code = err.code
-    finally:
-        flags.FLAGS.unparse_flags()
-    return code, capsys.readouterr().err
-
-
-def run_ptq(capsys, *args):
-    code = 0
-    try:
-        ptq.cli(["ptq.py", *args])
-    except SystemExit as err:
-        code = err.code
-    return code, capsys.readouterr().err
+# run_train / run_ptq: the in-process CLI drivers of tests/test_hostile_inputs.py and tests/test_ptq_resume.py
 
 
 def _stop(*args, **kwargs):
