@@ -156,13 +156,20 @@ def main():
             for label, flags in rows:
                 runs.append({**run(model, label, flags, seed, os.path.abspath(args.runs_dir)),
                              "commit": info["commit"], "dirty": info["dirty"]})
+            write_results(runs, info)  # after every seed: an interrupted run keeps the seeds it finished
+    print(write_results(runs, info))
+
+
+def write_results(runs, info):
+    """Summarize ``runs`` into qat_results.{json,md}; returns the Markdown."""
     order = [label for label, _ in ROWS + TFMOT8 + LOW_BITS]
     keys = sorted({(r["model"], r["label"]) for r in runs}, key=lambda key: (key[0], order.index(key[1])))
     table = [summarize([r for r in runs if (r["model"], r["label"]) == key]) for key in keys]
     claim_rows = claims(table)
+    text = markdown(table, claim_rows, info)
     write_json(os.path.join(RESULTS, "qat_results.json"), dict(provenance=info, rows=table, claims=claim_rows, runs=runs))
-    write_text(os.path.join(RESULTS, "qat_results.md"), markdown(table, claim_rows, info))
-    print(markdown(table, claim_rows, info))
+    write_text(os.path.join(RESULTS, "qat_results.md"), text)
+    return text
 
 
 if __name__ == "__main__":
