@@ -22,7 +22,7 @@ sys.path.insert(0, ROOT)
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-import models  # noqa: E402,F401  (registers the zoo's layers)
+from repq import models  # noqa: E402,F401  (registers the zoo's layers)
 from benchmarks.provenance import markdown_header, provenance  # noqa: E402
 from repq.data import get_dataset  # noqa: E402
 from repq.layers.base import RepConvBlock  # noqa: E402

@@ -23,8 +23,8 @@ sys.path.insert(0, ROOT)
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-import configs.repvgg_a0  # noqa: E402
-import models  # noqa: E402
+from repq.configs import repvgg_a0 as recipes  # noqa: E402
+from repq import models  # noqa: E402
 from benchmarks.provenance import markdown_header, provenance  # noqa: E402
 from repq.data import get_dataset  # noqa: E402
 from repq.training import build_loss, build_optimizer, evaluate, write_json, write_text  # noqa: E402
@@ -39,9 +39,9 @@ DEFAULT_CONFIGS = ("small:bnest:sgd", "small:bnest:adam", "half:bnest:adam", "ha
 def recipe_for(optimizer, steps):
     """The embedded recipe of RepVGG-A0 (``adam``) or the one it replaced (``sgd``), shaped like the
     old one: 3 epochs of ``steps // 3`` steps, the first a warmup (``--steps 72`` is the old recipe)."""
-    recipe = configs.repvgg_a0.get_config()
+    recipe = recipes.get_config()
     if optimizer == "sgd":
-        old = configs.repvgg_a0.get_config("imagenet")
+        old = recipes.get_config("imagenet")
         for key in ("optimizer", "label_smoothing", "weight_decay"):
             recipe[key] = old[key]
         for key in recipe.lr:

@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-import models  # noqa: E402
+from repq import models  # noqa: E402
 import repq  # noqa: E402
 from repq.data import get_dataset  # noqa: E402
 from repq.training.artifacts import atomic_write, write_json, write_text  # noqa: E402

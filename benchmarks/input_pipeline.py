@@ -34,7 +34,7 @@ sys.path.insert(0, ROOT)
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-import models  # noqa: E402
+from repq import models  # noqa: E402
 import repq  # noqa: E402
 from repq import data  # noqa: E402
 from repq.data import common  # noqa: E402

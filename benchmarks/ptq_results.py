@@ -94,7 +94,7 @@ def iters_for(bits):
 def load_or_train(model_name, size):
     import keras
 
-    import models  # noqa: F401  (registers the layers for loading)
+    from repq import models  # noqa: F401  (registers the layers for loading)
 
     path = os.path.join(FLAGS.fp_dir, f"{model_name}_{size}px_{FLAGS.epochs}ep.keras")
     if os.path.exists(path):

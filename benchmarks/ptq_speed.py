@@ -79,7 +79,7 @@ class PeakRSS:
 
 
 def build(name, size):
-    import models
+    from repq import models
 
     kwargs = {}
     if name.startswith("mobilenetv2_w"):

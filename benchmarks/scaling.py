@@ -48,7 +48,7 @@ def worker(args):
         strategy = get_strategy("mirrored", num_cpu_devices=args.worker)
     import keras
 
-    import models
+    from repq import models
     import repq
     keras.utils.set_random_seed(0)
     x = tf.random.normal((args.batch, 32, 32, 3), seed=1)

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 
-import models  # noqa: E402
+from repq import models  # noqa: E402
 import repq  # noqa: E402
 from repq.data import get_dataset  # noqa: E402
 from repq.export import float_tflite, integer_tflite  # noqa: E402

@@ -22,7 +22,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-import models  # noqa: E402
+from repq import models  # noqa: E402
 from repq.baselines import merged_lsq_model  # noqa: E402
 from repq.qat import quantize_model  # noqa: E402
 from repq.training.artifacts import atomic_write, write_json, write_text  # noqa: E402

@@ -1,20 +1,3 @@
-"""AC-ResNet-18 recipe. ``imagenet``: Table S1 (RepQ supplementary); ``embedded`` (default): mnist5k.
+"""``--config=configs/ac_resnet18.py[:variant]`` from a checkout: the recipe is :mod:`repq.configs.ac_resnet18`."""
 
-ACNet's ``do_acnet.py`` applies weight decay to biases and BN too (SPEC A.2.2), so only
-the LSQ step sizes are exempt.
-"""
-
-from configs import common
-
-MODEL = "ac_resnet18"
-
-
-def get_config(variant="embedded"):
-    common.check_variant(variant, ("imagenet", "embedded"))
-    config = common.recipe(
-        model=MODEL, task="classification", dataset="imagenet2012", epochs=100, batch_size=256, loss="ce",
-        label_smoothing=0.0, optimizer="sgd", schedule="cosine", warmup_epochs=0, weight_decay=1e-4,
-        no_decay=("step",), fp_lr=0.1, qat_lr=0.01, merged8_lr=0.001, step_8bit_lr=1e-4, step_4bit_lr=1e-3)
-    if variant == "embedded":
-        common.embedded_classification(config, **{**common.EMBEDDED_CLASSIFICATION, "stem": "imagenet"})
-    return config
+from repq.configs.ac_resnet18 import get_config  # noqa: F401

@@ -1,22 +1,3 @@
-"""MobileNetV2 FP recipe (the PTQ path's float model); not in Table S1.
+"""``--config=configs/mobilenetv2.py[:variant]`` from a checkout: the recipe is :mod:`repq.configs.mobilenetv2`."""
 
-``imagenet``: torchvision's reference (SGD 0.045 momentum 0.9, wd 4e-5, batch 256,
-300 epochs) with cosine decay in place of its per-epoch 0.98 step decay; QAT LRs are
-the FP LR / 10 (Table S1's rule). ``embedded`` (default): mnist5k.
-"""
-
-from configs import common
-
-MODEL = "mobilenetv2"
-
-
-def get_config(variant="embedded"):
-    common.check_variant(variant, ("imagenet", "embedded"))
-    config = common.recipe(
-        model=MODEL, task="classification", dataset="imagenet2012", epochs=300, batch_size=256, loss="ce",
-        label_smoothing=0.0, optimizer="sgd", schedule="cosine", warmup_epochs=0, weight_decay=4e-5,
-        no_decay=("step", "bias", "norm"), fp_lr=0.045, qat_lr=0.0045, merged8_lr=0.00045,
-        step_8bit_lr=0.0045, step_4bit_lr=0.0045)
-    if variant == "embedded":
-        common.embedded_classification(config, **common.EMBEDDED_CLASSIFICATION)
-    return config
+from repq.configs.mobilenetv2 import get_config  # noqa: F401

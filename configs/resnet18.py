@@ -1,14 +1,3 @@
-"""Plain ResNet-18 FP recipe (the PTQ path's float model): AC-ResNet-18's Table S1 column.
+"""``--config=configs/resnet18.py[:variant]`` from a checkout: the recipe is :mod:`repq.configs.resnet18`."""
 
-``imagenet``: 100 epochs, SGD 0.1 cosine, wd 1e-4; ``embedded`` (default): mnist5k.
-"""
-
-from configs import ac_resnet18
-
-MODEL = "resnet18"
-
-
-def get_config(variant="embedded"):
-    config = ac_resnet18.get_config(variant)
-    config.model = MODEL
-    return config
+from repq.configs.resnet18 import get_config  # noqa: F401

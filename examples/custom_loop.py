@@ -21,9 +21,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-import models  # noqa: E402
+from repq import models  # noqa: E402
 import repq  # noqa: E402
-from configs import repvgg_a0  # noqa: E402
+from repq.configs import repvgg_a0  # noqa: E402
 from repq.callbacks import initialize_step_sizes  # noqa: E402
 from repq.data import get_dataset  # noqa: E402
 from repq.qat import quantize_model  # noqa: E402

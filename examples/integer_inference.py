@@ -25,7 +25,7 @@ setup()
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-import models  # noqa: E402
+from repq import models  # noqa: E402
 import repq  # noqa: E402
 from repq.data import get_dataset  # noqa: E402
 

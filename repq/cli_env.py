@@ -201,3 +201,17 @@ def flag_error_line(err, prog):
                     "its fields are the keys of the --config file's get_config().")
         return f"unknown flag --{name}{first[match.end():].rstrip('.')}; {prog} --help lists the flags."
     return first
+
+
+def exit_on_help(argv, doc, flag_values, module):
+    """``--help``/``-h``/``--helpfull`` in ``argv``: print ``doc`` and the flags ``module`` defines, exit 0.
+
+    absl's own ``--help`` prints ``__main__``'s docstring and the flags of the script in
+    ``sys.argv[0]``: no flags at all when the tool runs as a console script (``repq-train``) or
+    through the checkout's ``train.py``. ``module``: the name the tool's flags are registered
+    under (``sys.argv[0]`` when it runs as ``__main__``, else its module name).
+    """
+    if {"--help", "-h", "--helpfull"} & set(argv[1:]):
+        print(doc.strip() + "\n\nflags:\n" + flag_values.module_help(module))
+        sys.exit(0)
+

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-import models
+from repq import models
 import repq
 from repq.baselines import flatten_model, merged_lsq_model
 from repq.layers import PaddedConv2D

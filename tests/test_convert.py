@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import pytest
 
-import models
+from repq import models
 import repq
 from repq.convert import from_torch_checkpoint, load_torch_state_dict, read_state_dict
 from repq.layers import ACBlock, ConvBN, ECBlock, OREPABlock, OREPALargeConv, RepConvBlock, RepVGGBlock

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import models
+from repq import models
 import repq
 from repq.data import get_dataset
 from repq.export import ExportError, fidelity, integer_emulation, tflite_graph
@@ -201,7 +201,7 @@ def test_bad_checkpoints(tmp_path):
 
 
 def test_cli_one_line_error(tmp_path, capsys):
-    import export
+    from repq.cli import export
     assert export.main(["--checkpoint", str(tmp_path / "missing"), "--output", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err.strip()
     # one error line; the stage lines before it ("export.py: loading ...") are progress
@@ -211,7 +211,7 @@ def test_cli_one_line_error(tmp_path, capsys):
 
 
 def test_cli_writes_bundle(tmp_path):
-    import export
+    from repq.cli import export
     qat, _, _ = _qat_model("ecbsr_m4c16_x2", 4)
     qat.save(str(tmp_path / "qat_model.keras"))
     out = tmp_path / "out"
@@ -271,3 +271,39 @@ def test_export_of_a_model_loaded_in_a_fresh_session(tmp_path):
     loaded = keras.models.load_model(str(tmp_path / "qat.keras"))
     _, report = repq.export_tflite(loaded, str(tmp_path / "m.tflite"), None, [(images, np.zeros(4))])
     assert report["all_convs_integer"] and report["top1_agreement"] == 1.0
+
+
+def _bias_free_qat():
+    """A QAT model of plain Keras layers without biases (``use_bias=False``), calibrated."""
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", use_bias=False)(inputs)
+    x = keras.layers.Dense(3, use_bias=False)(keras.layers.GlobalAveragePooling2D()(x))
+    qat = quantize_model(keras.Model(inputs, x), 8, 8)
+    images = np.random.default_rng(1).normal(size=(6, 8, 8, 1)).astype("float32")
+    qat(images, training=True)
+    return qat, images
+
+
+def test_bias_free_layers_deploy_and_export(tmp_path):
+    """``use_bias=False`` convs/denses deploy with a zero bias (regression: set_weights length 4 vs 3)."""
+    qat, images = _bias_free_qat()
+    deploy = repq.reparametrize(qat)
+    np.testing.assert_allclose(deploy(images, training=False), qat(images, training=False), atol=1e-5)
+    _, report = repq.export_tflite(qat, str(tmp_path / "m.tflite"), images, (images, np.zeros(6)))
+    assert report["all_convs_integer"] and report["top1_agreement"] == 1.0
+
+
+@pytest.mark.parametrize("form", ["numpy", "dataset", "list", "generator"])
+def test_export_takes_data_in_keras_forms(form, tmp_path):
+    """representative_data / eval_data as a numpy batch (N, H, W, C) or (x, y) arrays, a tf.data
+    dataset or an iterable of batches: the same calibration and the same report."""
+    qat, images = _bias_free_qat()
+    labels = np.arange(6) % 3
+    forms = {"numpy": (images, (images, labels)),
+             "dataset": (tf.data.Dataset.from_tensor_slices(images).batch(4),
+                         tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)),
+             "list": ([images[:4], images[4:]], [(images[:4], labels[:4]), (images[4:], labels[4:])]),
+             "generator": ((b for b in [images[:4], images[4:]]), ((images, labels) for _ in range(1)))}
+    rep, evaluation = forms[form]
+    _, report = repq.export_tflite(qat, str(tmp_path / "m.tflite"), rep, evaluation)
+    assert report["num_images"] == 6 and report["classes_covered"] == 3

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from absl import flags
 
-import export
-import models
-import train
+from repq.cli import export
+from repq import models
+from repq.cli import train
 from repq.callbacks import NaNGuard, NonFiniteError
 from repq.export import api as export_api
 from repq.layers import RepVGGBlock

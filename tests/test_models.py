@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import keras
-import models
+from repq import models
 import repq
 from tests.conftest import randomize_norms, rel_max_error
 

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from absl import flags
 
-import export
-import ptq
-import train
+from repq.cli import export
+from repq.cli import ptq
+from repq.cli import train
 from repq import outputs
 from repq.outputs import MARKER, OutputError, atomic_file, write_marker
 from repq.training import SimulatedCrash

@@ -129,7 +129,7 @@ def test_modcap_by_hand():
 
 def test_modcap_selection_resnet18_released_scheme():
     """ModCap (f = 1/stride) on ResNet-18 selects the released merges (stage1->2, stage2->3)."""
-    import models
+    from repq import models
     import repq
 
     model = repq.reparametrize(models.create_model("resnet18", num_classes=10, input_shape=(32, 32, 3)))

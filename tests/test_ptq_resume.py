@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import pytest
 
-import ptq
+from repq.cli import ptq
 from repq.ptq.checkpoint import RunCheckpoint
 from repq.ptq.driver import quantize_ptq
 from repq.training import CheckpointError, SimulatedCrash, TrainingInterrupted

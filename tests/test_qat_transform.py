@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import keras
-import models
+from repq import models
 import repq
 from repq.qat import PrecisionRule, QuantDense, QuantRepConv, quantize_model, quantized_layers
 from repq.qat.deploy import QuantizedConv2D

@@ -21,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _recipe(epochs=3):
-    recipe = importlib.import_module("configs.repvgg_a0").get_config()
+    recipe = importlib.import_module("repq.configs.repvgg_a0").get_config()
     recipe.fp_epochs = recipe.qat_epochs = epochs
     recipe.steps_per_epoch = None
     recipe.warmup_epochs = 1

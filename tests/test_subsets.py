@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import export
-import ptq
+from repq.cli import export
+from repq.cli import ptq
 from repq.data import calibration_batches, folder, get_dataset, subsets
 from repq.qat import quantize_model
 from tests.test_ptq_resume import residual_model, run_ptq

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import models
+from repq import models
 from repq.layers import RepVGGBlock
 from repq.qat import quantize_model, quantized_layers
 from repq.quantizers import ActivationQuantizer, WeightQuantizer, integer_range
@@ -121,7 +121,7 @@ TABLE_S1 = {  # model: (epochs, batch, loss, smoothing, optimizer, schedule, war
 @pytest.mark.parametrize("model", sorted(TABLE_S1))
 def test_paper_recipes_equal_table_s1(model):
     variant = "div2k" if model.startswith("ecbsr") else "imagenet"
-    c = importlib.import_module(f"configs.{model}").get_config(variant)
+    c = importlib.import_module(f"repq.configs.{model}").get_config(variant)
     got = (c.fp_epochs, c.batch_size, c.loss, c.label_smoothing, c.optimizer, c.schedule, c.warmup_epochs,
            c.weight_decay, c.lr.fp, c.lr.qat, c.lr.merged8, c.lr.step_8bit, c.lr.step_4bit)
     assert got == TABLE_S1[model]
@@ -131,7 +131,7 @@ def test_paper_recipes_equal_table_s1(model):
 @pytest.mark.parametrize("model", ["repvgg_a0", "repvgg_b0", "ac_resnet18", "orepa_resnet18", "resnet18",
                                    "mobilenetv2", "ecbsr_m4c16"])
 def test_embedded_recipes_load_and_unknown_variant_fails(model):
-    module = importlib.import_module(f"configs.{model}")
+    module = importlib.import_module(f"repq.configs.{model}")
     assert module.get_config().data.name in ("mnist5k", "skimage_sr")
     with pytest.raises(ValueError, match="unknown recipe variant"):
         module.get_config("cifar100")
@@ -140,7 +140,7 @@ def test_embedded_recipes_load_and_unknown_variant_fails(model):
 @pytest.mark.parametrize("model", ["repvgg_a0", "ac_resnet18", "orepa_resnet18", "mobilenetv2"])
 def test_embedded_recipes_keep_table_s1_lr_ratios(model):
     """The embedded recipe swaps the optimizer and FP LR; QAT, merged 8-bit and step LRs keep Table S1's ratios."""
-    module = importlib.import_module(f"configs.{model}")
+    module = importlib.import_module(f"repq.configs.{model}")
     paper, embedded = module.get_config("imagenet"), module.get_config()
     assert embedded.data.name == "mnist5k" and embedded.lr.fp != paper.lr.fp
     for key in ("qat", "merged8", "step_8bit", "step_4bit"):
@@ -176,7 +176,7 @@ def test_adam_step_size_lr_is_a_learning_rate_not_a_gradient_scale():
 
 
 def test_build_optimizer_picks_stage_and_bit_width_lrs():
-    recipe = importlib.import_module("configs.ac_resnet18").get_config("imagenet")
+    recipe = importlib.import_module("repq.configs.ac_resnet18").get_config("imagenet")
     opt4 = build_optimizer(recipe, "qat", steps_per_epoch=10, weight_bits=4)
     opt8 = build_optimizer(recipe, "qat", steps_per_epoch=10, weight_bits=8)
     assert float(opt4.learning_rate) == pytest.approx(0.01)  # cosine at iteration 0
@@ -206,7 +206,7 @@ def test_label_smoothing_cross_entropy():
 
 
 def _tiny_recipe():
-    recipe = importlib.import_module("configs.repvgg_a0").get_config()
+    recipe = importlib.import_module("repq.configs.repvgg_a0").get_config()
     recipe.fp_epochs = recipe.qat_epochs = 1
     recipe.steps_per_epoch = None
     recipe.warmup_epochs = 0

@@ -55,6 +55,9 @@ def convert():
 
 def parse_flags(argv):
     """``app.run``'s flags parser: a bad or missing flag is one line ``error: ...`` and exit code 2."""
+    from repq.cli_env import exit_on_help
+
+    exit_on_help(argv, __doc__, FLAGS, sys.argv[0] if __name__ == "__main__" else __name__)
     try:
         rest = FLAGS(argv)
     except flags.Error as err:
@@ -79,5 +82,10 @@ def main(argv):
     print(f"wrote {FLAGS.output}: {model.name}, {model.count_params():,} parameters")
 
 
-if __name__ == "__main__":
+def console_main():
+    """Entry point of ``repq-convert`` and ``python -m repq.convert``."""
     app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    console_main()

@@ -2,7 +2,7 @@
 
 import keras
 
-from models import create_model
+from repq.models import create_model
 from repq.convert.files import read_state_dict
 from repq.convert.layers import loader_for
 from repq.convert.networks import architecture_of, checkpoint_form, network_plan

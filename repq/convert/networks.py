@@ -44,7 +44,7 @@ from typing import Callable
 
 import keras
 
-from models.mobilenetv2 import INVERTED_RESIDUAL_SETTING
+from repq.models.mobilenetv2 import INVERTED_RESIDUAL_SETTING
 from repq.convert.layers import (load_conv, load_conv_bn, load_conv_prelu, load_dense, load_ecb,
                                  load_fused_conv_bn, loader_for)
 from repq.convert.state import Scope

@@ -20,11 +20,29 @@ from repq.qat.transform import range_quantizers
 from repq.reparam import reparametrize
 
 
-def _x_batches(data, input_shape=None):
-    """Iterable of ``x`` or ``(x, y, ...)`` batches -> list of float32 numpy x batches (checked)."""
+def _is_array(value):
+    return isinstance(value, (np.ndarray, tf.Tensor))
+
+
+def _batches(data, batch_size=32):
+    """The forms Keras users pass data in -> a list of batches.
+
+    A numpy array or tensor ``(N, H, W, C)`` is split into batches of ``batch_size`` along N; so
+    is a tuple of arrays, read as Keras' ``(x, y[, sample_weight])``; a ``tf.data.Dataset`` or
+    any other iterable yields the batches (each ``x`` or ``(x, y, ...)``).
+    """
     if data is None:
         return []
-    batches = [np.asarray(b[0] if isinstance(b, (tuple, list)) else b) for b in data]
+    if _is_array(data):
+        return [data[i:i + batch_size] for i in range(0, len(data), batch_size)]
+    if isinstance(data, tuple) and data and all(_is_array(a) for a in data):
+        return [tuple(a[i:i + batch_size] for a in data) for i in range(0, len(data[0]), batch_size)]
+    return list(data)
+
+
+def _x_batches(data, input_shape=None):
+    """``x`` data in any form of :func:`_batches` -> list of float32 numpy x batches (checked)."""
+    batches = [np.asarray(b[0] if isinstance(b, (tuple, list)) else b) for b in _batches(data)]
     for x in batches:
         check_images(x, input_shape)
     return [x.astype(np.float32) for x in batches]
@@ -74,7 +92,7 @@ def _write_bytes(path, data):
 def export_graph(model, representative_data=None):
     """QAT/deploy model -> (export graph, its output step): the Keras model that is converted.
 
-    ``representative_data`` (x batches) sets the 8-bit ranges of tensors without
+    ``representative_data`` (model inputs: see ``export_tflite``) sets the 8-bit ranges of tensors without
     learned quantization or a tracked range (a QAT model from ``quantize_model``
     has none once trained or calibrated); required when the model has such tensors.
     """
@@ -128,9 +146,11 @@ def export_tflite(model, path, representative_data=None, eval_data=None, float_i
     Args:
       model: QAT model (``repq.quantize_model``/train.py) or its ``repq.reparametrize`` form.
       path: the .tflite file to write; the report goes to ``<path stem>_fidelity.{json,md}``.
-      representative_data: x batches for the tensors without learned quantization.
-      eval_data: ``(x, y)`` batches for the report (labels for classification, HR
-        images for SR); default: the representative x, without accuracy.
+      representative_data: model inputs for the tensors without learned quantization: a numpy
+        batch ``(N, H, W, C)``, a ``tf.data.Dataset`` or an iterable of batches (``x`` or ``(x, y)``).
+      eval_data: data for the report in the same forms, with labels (classification) or HR
+        images (SR): ``(x, y)`` arrays, a dataset or an iterable of ``(x, y)`` batches;
+        default: the representative x, without accuracy.
       float_io: float32 input/output instead of int8.
       input_shape: ``(H, W, C)`` for models with free spatial size (SR).
       sr_scale: upscaling factor when ``model`` is super-resolution (report uses PSNR).
@@ -181,7 +201,7 @@ def export_tflite(model, path, representative_data=None, eval_data=None, float_i
 def _eval_arrays(eval_data, representative_data, input_shape, model_shape):
     """``((x, y or None), input_shape)`` for the report from the given batches."""
     if eval_data is not None:
-        batches = [b if isinstance(b, (tuple, list)) else (b, None) for b in eval_data]
+        batches = [b if isinstance(b, (tuple, list)) else (b, None) for b in _batches(eval_data)]
         x = np.concatenate(_x_batches([b[0] for b in batches], model_shape))
         y = None if batches[0][1] is None else np.concatenate([np.asarray(b[1]) for b in batches])
         if y is not None and y.ndim == 4 and (y.shape[0] != x.shape[0] or y.shape[1] % x.shape[1]

@@ -53,7 +53,7 @@ def load_checkpoint(path):
     Raises:
       ExportError: missing path/file, or a file Keras cannot read.
     """
-    import models  # noqa: F401  (registers the zoo's custom layers)
+    from repq import models  # noqa: F401  (registers the zoo's custom layers)
     import repq.qat  # noqa: F401
     if os.path.isdir(path):
         names = [n for n in RUN_DIR_FILES if os.path.isfile(os.path.join(path, n))]

@@ -7,7 +7,7 @@ Adam(1e-3) + cross-entropy with ``keras.Model.fit`` for a few epochs on the data
 import keras
 import tensorflow as tf
 
-import models
+from repq import models
 from repq.data import get_dataset
 
 DEFAULT_EPOCHS = 3

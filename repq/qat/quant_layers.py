@@ -76,11 +76,15 @@ class QuantWrapper(keras.layers.Layer):
         raise NotImplementedError
 
     def _build_deployed(self, layer_cls, config, input_shape):
-        """``layer_cls(**config)`` holding the quantized kernel and bias and the learned steps."""
+        """``layer_cls(**config)`` holding the quantized kernel and bias and the learned steps.
+
+        The deployed layer always has a bias (zeros for a ``use_bias=False`` layer), as the
+        integer conv/dense it becomes does.
+        """
         kernel, bias = self.float_kernel_and_bias()
         bias = self.quantize_bias(bias)
         deployed = layer_cls(weight_bits=self.weight_bits, act_bits=self.act_bits,
-                             input_signed=self.input_signed, **config)
+                             input_signed=self.input_signed, **dict(config, use_bias=True))
         deployed.build(input_shape)
         in_step = (self.input_quantizer.positive_step() if self.input_quantizer is not None
                    else ops.ones(()))

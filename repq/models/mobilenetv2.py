@@ -2,7 +2,7 @@
 
 import keras
 
-from models.registry import stride_layout, register_model
+from repq.models.registry import stride_layout, register_model
 from repq.layers import ConvBN
 
 # (expansion t, output channels c, repeats n, first stride s), as in the paper.
@@ -35,7 +35,7 @@ def mobilenetv2(num_classes=1000, input_shape=(224, 224, 3), width_multiplier=1.
                 norm_mode="bn", dropout=0.2):
     """MobileNetV2; small-image layout (< 64 px) keeps stride 1 in the stem and the
     first stride-2 stage, so 32x32 ends at 4x4; ``stem="half"`` keeps only the
-    latter (``models.registry.stride_layout``)."""
+    latter (``repq.models.registry.stride_layout``)."""
     layout = stride_layout(input_shape, stem)
     inputs = keras.Input(input_shape, name="image")
     x = ConvBN(make_divisible(32 * width_multiplier), 3, strides=1 if layout == "small" else 2, activation="relu6",

@@ -2,7 +2,7 @@
 
 import keras
 
-from models.registry import register_model
+from repq.models.registry import register_model
 from repq.layers import ECBlock, PixelShuffleResidual
 
 

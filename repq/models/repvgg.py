@@ -2,7 +2,7 @@
 
 import keras
 
-from models.registry import register_model, stride_layout
+from repq.models.registry import register_model, stride_layout
 from repq.layers import RepVGGBlock
 
 

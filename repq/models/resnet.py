@@ -2,7 +2,7 @@
 
 import keras
 
-from models.registry import stride_layout, register_model
+from repq.models.registry import stride_layout, register_model
 from repq.layers import ACBlock, ConvBN, OREPABlock, OREPALargeConv
 from repq.layers.padded_conv import symmetric_pad
 
@@ -64,7 +64,7 @@ def resnet18_variant(variant, num_classes=1000, input_shape=(224, 224, 3), stem=
 
     Small-image layout (inputs < 64 px): 3x3 stride-1 stem and no max pool, so
     32x32 ends at 4x4; ``stem="half"``: the 7x7 stride-2 stem without max pool
-    (``models.registry.stride_layout``). ``bn_layers``: names of layers that keep true BatchNorm
+    (``repq.models.registry.stride_layout``). ``bn_layers``: names of layers that keep true BatchNorm
     when ``norm_mode="bnest"`` (default: the last two 3x3 convs, as in RepQ).
     """
     layout = stride_layout(input_shape, stem)

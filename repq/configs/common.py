@@ -14,7 +14,7 @@ A recipe is an ``ml_collections.ConfigDict``:
 * ``select_best``: keep the weights of the best validation epoch (classification) or the
   last epoch (ECBSR),
 * ``stem``: the zoo model's stride layout, ``"auto"`` (small-image layout below 64 px),
-  ``"imagenet"``, ``"small"`` or ``"half"`` (``models.registry.stride_layout``).
+  ``"imagenet"``, ``"small"`` or ``"half"`` (``repq.models.registry.stride_layout``).
 """
 
 import ml_collections

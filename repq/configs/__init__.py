@@ -1,0 +1,1 @@
+"""Training recipes: one ml_collections file per model family (``get_config(variant)``)."""
