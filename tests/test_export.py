@@ -307,3 +307,33 @@ def test_export_takes_data_in_keras_forms(form, tmp_path):
     rep, evaluation = forms[form]
     _, report = repq.export_tflite(qat, str(tmp_path / "m.tflite"), rep, evaluation)
     assert report["num_images"] == 6 and report["classes_covered"] == 3
+
+
+def _strided_same_model(size):
+    """Plain Keras convs with ``padding="same"`` and stride 2 (odd and even kernels), as in
+    keras.applications models; ``size=None``: free spatial size."""
+    inputs = keras.Input((size, size, 1))
+    x = keras.layers.Conv2D(4, 3, strides=2, padding="same", activation="relu")(inputs)
+    x = keras.layers.Conv2D(4, 2, strides=2, padding="same", activation="relu")(x)
+    return keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x)))
+
+
+@pytest.mark.parametrize("size", [8, 9])
+def test_keras_same_padding_with_stride_2_deploys_and_exports_exactly(size, tmp_path):
+    """TF's asymmetric 'same' padding becomes the explicit padding TFLite performs: the deploy model
+    equals the QAT model and the integer emulation is bit-exact with the TFLite model."""
+    qat = quantize_model(_strided_same_model(size), 8, 8)
+    images = np.random.default_rng(2).normal(size=(6, size, size, 1)).astype("float32")
+    qat(images, training=True)
+    np.testing.assert_allclose(repq.reparametrize(qat)(images, training=False), qat(images, training=False),
+                               atol=1e-5)
+    _, report = repq.export_tflite(qat, str(tmp_path / "m.tflite"), images, (images, np.arange(6) % 3))
+    assert report["all_convs_integer"] and report["top1_agreement"] == 1.0
+    assert report["integer_emulation"]["bit_exact_fraction"] == 1.0
+
+
+def test_keras_same_padding_with_stride_2_needs_a_fixed_input_size():
+    qat = quantize_model(_strided_same_model(None), 8, 8)
+    qat(np.zeros((1, 8, 8, 1), np.float32), training=True)
+    with pytest.raises(ValueError, match="depends on the input size.*fixed input shape"):
+        repq.reparametrize(qat)

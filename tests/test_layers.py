@@ -242,3 +242,32 @@ def test_invalid_arguments_give_clear_errors():
         RepVGGBlock(4, norm_mode="ln")
     with pytest.raises(ValueError, match="identity"):
         RepVGGBlock(8, strides=2, use_identity=True)(np.zeros((1, 4, 4, 8), "float32"))
+
+
+@pytest.mark.parametrize("size,kernel,stride,dilation", [(8, 3, 2, 1), (9, 3, 2, 1), (8, 2, 2, 1), (7, 5, 3, 1),
+                                                         (10, 3, 1, 2), (6, 1, 2, 1), (5, 4, 1, 1)])
+def test_same_padding_matches_tensorflow(size, kernel, stride, dilation):
+    """``same_padding`` + a 'valid' conv (and PaddedConv2D with that pad) equals TF's own 'same' conv."""
+    from repq.layers.padded_conv import same_padding
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, size, size + 1, 3)).astype(np.float32)
+    w = rng.normal(size=(kernel, kernel, 3, 4)).astype(np.float32)
+    reference = tf.nn.conv2d(x, w, stride, "SAME", dilations=dilation).numpy()
+    (top, bottom), (left, right) = pad = (same_padding(size, kernel, stride, dilation),
+                                          same_padding(size + 1, kernel, stride, dilation))
+    padded = np.pad(x, [(0, 0), (top, bottom), (left, right), (0, 0)])
+    np.testing.assert_allclose(tf.nn.conv2d(padded, w, stride, "VALID", dilations=dilation).numpy(), reference,
+                               atol=1e-5)
+    if dilation == 1:  # PaddedConv2D has no dilation (it refuses one)
+        conv = PaddedConv2D(4, kernel, pad=pad, strides=stride, use_bias=False)
+        conv.build((None, size, size + 1, 3))
+        conv.set_weights([w])
+        np.testing.assert_allclose(conv(x).numpy(), reference, atol=1e-5)
+        assert conv.compute_output_shape(x.shape) == reference.shape
+        assert PaddedConv2D.from_config(conv.get_config()).pad == conv.pad
+
+
+def test_padded_conv_refuses_dilation():
+    with pytest.raises(ValueError, match="dilation_rate"):
+        PaddedConv2D(4, 3, dilation_rate=2)

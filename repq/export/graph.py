@@ -14,7 +14,7 @@ from keras import ops
 
 from repq.export.errors import ExportError
 from repq.layers.base import RepConvBlock
-from repq.layers.padded_conv import symmetric_pad
+from repq.layers.padded_conv import pad_amounts, zero_pad
 from repq.qat.deploy import QuantizedConv2D, QuantizedDense
 from repq.qat.quant_layers import QuantWrapper
 from repq.qat.range_placement import flat_steps
@@ -80,8 +80,8 @@ class ExportQuantizedConv2D(SharedInputMixin, QuantizedConv2D):
     (``fine_container``; after the padding, which TFLite must keep in one scale)."""
 
     def call(self, inputs):
-        x = symmetric_pad(self.quantize_input(self.separated_input(inputs)), self.pad)
-        if self.pad > 0:  # without a PAD between them the converter folds the two fake-quants
+        x = zero_pad(self.quantize_input(self.separated_input(inputs)), self.pad)
+        if any(map(any, pad_amounts(self.pad))):  # without a PAD between them the converter folds the two fake-quants
             x = fine_container(x, self)  # and can lose the rounding to the learned step (ResNets)
         y = ops.conv(x, self.quantized_kernel(), strides=self.strides, padding="valid")
         if self.use_bias:

@@ -42,6 +42,7 @@ import tensorflow as tf
 
 from repq.export.errors import ExportError
 from repq.export.graph import ExportQuantizedConv2D, QuantizedDenseAsConv, container_factor
+from repq.layers.padded_conv import pad_amounts
 from repq.qat.range_placement import flat_steps
 from repq.qat.range_quant import LearnedStepContainer, RangeFakeQuant, container_range
 from repq.quantizers import integer_range
@@ -134,9 +135,11 @@ def _conv_acc(x, kernel_int, strides):
 
 
 def _pad(x, pad):
-    if pad == 0:
+    """Zero-pad (in real values: with the zero point) by ``pad``: an int or ((top, bottom), (left, right))."""
+    (top, bottom), (left, right) = pad_amounts(pad)
+    if top == bottom == left == right == 0:
         return x
-    q = np.pad(x.q, [(0, 0), (pad, pad), (pad, pad), (0, 0)], constant_values=x.zero_point)
+    q = np.pad(x.q, [(0, 0), (top, bottom), (left, right), (0, 0)], constant_values=x.zero_point)
     return Quantized(q, x.scale, x.zero_point)
 
 
@@ -157,7 +160,7 @@ def _storage_params(layer):
 def _fine_params(layer):
     """``(scale, zero_point)`` of ``repq.export.graph.fine_container``, or None when the conv has none."""
     factor = container_factor(layer)
-    if not (isinstance(layer, ExportQuantizedConv2D) and layer.pad > 0 and factor > 1):
+    if not (isinstance(layer, ExportQuantizedConv2D) and any(map(any, pad_amounts(layer.pad))) and factor > 1):
         return None
     fine_step = np.float32(np.float32(layer.input_step.numpy()) / np.float32(factor))
     qmin8, qmax8 = integer_range(8, layer.input_signed)

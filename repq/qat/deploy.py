@@ -10,7 +10,7 @@ same values as the QAT layer in inference mode.
 import keras
 from keras import ops
 
-from repq.layers.padded_conv import PaddedConv2D, symmetric_pad
+from repq.layers.padded_conv import PaddedConv2D, zero_pad
 from repq.quantizers import export_fake_quant, integer_range
 
 
@@ -62,7 +62,7 @@ class QuantizedConv2D(QuantizedMixin, PaddedConv2D):
         self._build_quant(self.filters)
 
     def call(self, inputs):
-        x = symmetric_pad(self.quantize_input(inputs), self.pad)
+        x = zero_pad(self.quantize_input(inputs), self.pad)
         y = self.convolution_op(x, self.quantized_kernel())
         if self.use_bias:
             y = y + self.bias

@@ -12,7 +12,7 @@ and ``QuantDense`` for the classifier.
 import keras
 from keras import ops
 
-from repq.layers.padded_conv import symmetric_pad
+from repq.layers.padded_conv import same_padding, zero_pad
 from repq.qat.deploy import QuantizedConv2D, QuantizedDense
 from repq.qat.range_quant import RangeFakeQuant
 from repq.quantizers import ActivationQuantizer, WeightQuantizer, round_ste
@@ -154,7 +154,7 @@ class QuantConv2D(QuantWrapper):
         return self.layer.kernel, bias
 
     def call(self, inputs, training=False):
-        x = symmetric_pad(self.quantize_input(inputs, training), getattr(self.layer, "pad", 0))
+        x = zero_pad(self.quantize_input(inputs, training), getattr(self.layer, "pad", 0))
         kernel, bias = self.quantized_kernel_and_bias(x, training)
         y = self.layer.convolution_op(x, kernel) + bias
         return self.layer.activation(y)
@@ -163,13 +163,30 @@ class QuantConv2D(QuantWrapper):
         conv = self.layer
         config = conv.get_config()
         if config.pop("padding") == "same":
-            if max(conv.strides) != 1:
-                raise ValueError(f"{conv.name}: 'same' padding with stride > 1 pads asymmetrically "
-                                 "and cannot be deployed exactly; use repq.layers.PaddedConv2D.")
-            config["pad"] = conv.kernel_size[0] // 2
+            config["pad"] = self._same_padding()
         config.setdefault("pad", 0)
         in_channels = conv.kernel.shape[-2] * conv.groups
         return self._build_deployed(QuantizedConv2D, config, (None, None, None, in_channels))
+
+    def _same_padding(self):
+        """Keras/TF ``'same'`` as explicit ``pad``: what TF (and TFLite) pad, so deploying is exact.
+
+        With stride 1 and odd kernels that is ``k // 2`` on every side for any input size; otherwise
+        it depends on the input size (asymmetric for stride 2 on even sizes), which must be fixed.
+        """
+        conv = self.layer
+        (kh, kw), (sh, sw), (dh, dw) = conv.kernel_size, conv.strides, conv.dilation_rate
+        if (sh, sw) == (1, 1) and kh % 2 and kw % 2:
+            return (((kh - 1) * dh // 2,) * 2, ((kw - 1) * dw // 2,) * 2)
+        try:
+            height, width = self.input.shape[1:3]
+        except (AttributeError, ValueError):  # not called in a functional graph
+            height = width = None
+        if height is None or width is None:
+            raise ValueError(f"{conv.name}: 'same' padding with stride {conv.strides} pads by an amount that "
+                             "depends on the input size, and this model's input size is not fixed; build the "
+                             "model with a fixed input shape (keras.Input((H, W, C))) to deploy it.")
+        return (same_padding(height, kh, sh, dh), same_padding(width, kw, sw, dw))
 
 
 @keras.saving.register_keras_serializable(package="repq")
