@@ -36,8 +36,9 @@ def reparametrize(model):
       TypeError: for subclassed models, whose graph cannot be rebuilt; wrap the
         blocks in a functional model instead.
     """
-    if not isinstance(model, keras.Model):
-        raise TypeError(f"reparametrize needs a keras.Model, got {type(model).__name__}.")
+    from repq.checks import check_built_model
+
+    check_built_model(model)
     try:
         return keras.models.clone_model(model, clone_function=_deploy_clone, recursive=True)
     except ValueError as err:

@@ -234,3 +234,37 @@ def test_registered_names_do_not_collide_with_the_ptq_layers():
     from repq.qat import QuantConv2D
     assert keras.saving.get_registered_object("repq>QuantConv2D") is QuantConv2D
     assert keras.saving.get_registered_object("repq>QuantDense") is QuantDense
+
+
+def _with_nested(nested):
+    inputs = keras.Input((8, 8, 1))
+    x = nested(inputs)
+    return keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x)))
+
+
+def test_nested_sequential_is_inlined_and_quantized():
+    """A nested Sequential's convs are quantized too (regression: only the head was, silently)."""
+    fp = _with_nested(keras.Sequential([keras.layers.Conv2D(4, 3, padding="same", activation="relu"),
+                                        keras.layers.Conv2D(4, 3, padding="same")]))
+    qat = quantize_model(fp, 4, 4)
+    assert [type(l).__name__ for l in quantized_layers(qat)] == ["QuantConv2D", "QuantConv2D", "QuantDense"]
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 1)).astype("float32")
+    qat(x, training=True)
+    np.testing.assert_allclose(repq.reparametrize(qat)(x, training=False), qat(x, training=False), atol=1e-5)
+
+
+def test_nested_functional_model_is_refused():
+    inner_in = keras.Input((8, 8, 1))
+    inner = keras.Model(inner_in, keras.layers.Conv2D(4, 3, padding="same")(inner_in), name="backbone")
+    with pytest.raises(ValueError, match="nests the models backbone.*rebuild it flat"):
+        quantize_model(_with_nested(inner), 4, 4)
+
+
+def test_layers_left_float_are_named_in_a_warning():
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(keras.layers.Conv2D(4, 3, padding="same")(inputs))
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    fp = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x)))
+    with pytest.warns(UserWarning, match=r"2 layer\(s\) with weights in float: dw \(DepthwiseConv2D\), bn "
+                                         r"\(BatchNormalization\)"):
+        quantize_model(fp, 4, 4)

@@ -1,5 +1,7 @@
 """``quantize_model``: the RepQ QAT transform of a Keras model."""
 
+import warnings
+
 import keras
 
 from repq.layers.base import RepConvBlock
@@ -49,6 +51,34 @@ def _is_non_negative(layer):
     return False
 
 
+def _with_nested_models_inlined(model):
+    """``model`` with nested ``Sequential`` models inlined (their layers become the model's own);
+    a nested functional or subclassed model holding layers to quantize raises ValueError."""
+    nested = [l for l in model.layers if isinstance(l, keras.Model)
+              and any(_is_quantizable(inner) for inner in l._flatten_layers(include_self=False, recursive=True))]
+    if not nested:
+        return model
+    others = [l.name for l in nested if not isinstance(l, keras.Sequential)]
+    if others:
+        raise ValueError(f"model {model.name!r} nests the models {', '.join(others)} whose layers would be left "
+                         "unquantized; rebuild it flat (call their layers on the outer model's tensors) first.")
+    from repq.baselines.merged_lsq import flatten_model
+
+    return flatten_model(model)
+
+
+def _warn_float_layers(model):
+    """Warn about layers with weights that stay float (no quantizer: e.g. DepthwiseConv2D, a
+    standalone BatchNormalization): integer export refuses them or keeps float ops."""
+    left = [l for l in model.layers if l.weights and not _is_quantizable(l)]
+    if left:
+        names = ", ".join(f"{l.name} ({type(l).__name__})" for l in left[:5])
+        more = f" and {len(left) - 5} more" if len(left) > 5 else ""
+        warnings.warn(f"quantize_model leaves {len(left)} layer(s) with weights in float: {names}{more}. Only rep "
+                      "blocks, Conv2D and Dense are quantized; the int8 export refuses the others or keeps them "
+                      "as float ops (its report's float_ops lists them).", stacklevel=3)
+
+
 def _first_and_last(model):
     quantizable = [l for l in model.layers if _is_quantizable(l)]
     if not quantizable:
@@ -66,7 +96,11 @@ def quantize_model(model, weight_bits=4, act_bits=4, bn="repq", keep_bn=None, ru
     :class:`QuantDense`. The copy shares no variables with ``model``.
 
     Args:
-      model: functional or Sequential Keras model (e.g. from ``models.create_model``).
+      model: functional or Sequential Keras model (e.g. from ``repq.models.create_model``).
+        Nested ``Sequential`` models are inlined and quantized too; a nested functional model
+        with layers to quantize is refused (ValueError). Layers with weights that have no
+        quantizer (``DepthwiseConv2D``, a standalone ``BatchNormalization``, ...) stay float,
+        named in a UserWarning.
       weight_bits, act_bits: 2..8.
       bn: "repq" (RepQ-BN: branch BNs folded with batch statistics in training)
         or "bnest" (BN estimation from input statistics).
@@ -89,6 +123,8 @@ def quantize_model(model, weight_bits=4, act_bits=4, bn="repq", keep_bn=None, ru
     if not isinstance(rule, PrecisionRule):
         raise TypeError(f"rule must be a PrecisionRule, got {type(rule).__name__}.")
     keep_bn = set(keep_bn_for(model.name) if keep_bn is None else keep_bn)
+    model = _with_nested_models_inlined(model)
+    _warn_float_layers(model)
     first, last = _first_and_last(model)
 
     def bits_for(layer):
