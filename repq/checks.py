@@ -43,3 +43,16 @@ def check_not_quantized(model, argument="model", fix="pass the floating-point mo
         more = f", ... ({len(names) - 3} more)" if len(names) > 3 else ""
         raise ValueError(f"Invalid value for argument {argument}. {model.name!r} is already quantized "
                          f"(QAT layers {', '.join(names[:3])}{more}); {fix}.")
+
+
+def check_finite_weights(model, argument="model"):
+    """Raise ValueError if any variable of ``model`` (weights, BN statistics, quantizer steps and
+    ranges) holds NaN or Inf: an export of it would compute garbage without a word."""
+    import numpy as np
+
+    bad = [v.path for v in model.variables if not np.all(np.isfinite(keras.ops.convert_to_numpy(v)))]
+    if bad:
+        more = f", ... ({len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise ValueError(f"Invalid value for argument {argument}. {model.name!r} has NaN or Inf in {len(bad)} "
+                         f"variable(s): {', '.join(bad[:3])}{more}; the training diverged: export an earlier "
+                         "checkpoint or retrain (e.g. with a lower learning rate).")

@@ -337,3 +337,15 @@ def test_keras_same_padding_with_stride_2_needs_a_fixed_input_size():
     qat(np.zeros((1, 8, 8, 1), np.float32), training=True)
     with pytest.raises(ValueError, match="depends on the input size.*fixed input shape"):
         repq.reparametrize(qat)
+
+
+def test_export_refuses_non_finite_weights(tmp_path):
+    """A diverged model (a NaN step) is refused by name before anything is written."""
+    qat = _tiny_qat()
+    step = next(v for v in qat.variables if "step" in v.path)
+    step.assign(np.full(step.shape, np.nan, np.float32))
+    for export in (lambda: repq.export_tflite(qat, str(tmp_path / "m.tflite"), np.zeros((2, 8, 8, 1), np.float32)),
+                   lambda: repq.export_savedmodel(qat, str(tmp_path / "sm"))):
+        with pytest.raises(ValueError, match=f"NaN or Inf in 1 variable.*{step.path}.*diverged"):
+            export()
+    assert os.listdir(tmp_path) == []

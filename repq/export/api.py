@@ -62,9 +62,10 @@ def export_savedmodel(model, path, dataset=None):
         ``repq.data.preprocess_images(x, dataset)`` (only when ``dataset`` is given).
     Returns ``path``. Nothing is left at ``path`` if writing fails.
     """
-    from repq.checks import check_built_model
+    from repq.checks import check_built_model, check_finite_weights
 
     check_built_model(model)
+    check_finite_weights(model)
     deploy = _deploy(model)
     shape = (None, *deploy.inputs[0].shape[1:])
     archive = keras.export.ExportArchive()
@@ -96,6 +97,9 @@ def export_graph(model, representative_data=None):
     learned quantization or a tracked range (a QAT model from ``quantize_model``
     has none once trained or calibrated); required when the model has such tensors.
     """
+    from repq.checks import check_finite_weights
+
+    check_finite_weights(model)
     graph, calibrated = ranges.with_range_quantizers(export_model(model))
     calibrated += [q for q in range_quantizers(graph) if q not in calibrated and float(q.initialized.numpy()) <= 0]
     batches = _x_batches(representative_data, model.inputs[0].shape[1:])
