@@ -349,3 +349,20 @@ def test_export_refuses_non_finite_weights(tmp_path):
         with pytest.raises(ValueError, match=f"NaN or Inf in 1 variable.*{step.path}.*diverged"):
             export()
     assert os.listdir(tmp_path) == []
+
+
+def test_cli_data_dir_reaches_the_dataset(tmp_path, capsys):
+    """export.py --data_dir is where the tfds data is looked for (here: an empty folder, named in the error)."""
+    from repq.cli import export
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+    qat = quantize_model(keras.Model(inputs, keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(x))), 8, 8)
+    qat(np.zeros((1, 32, 32, 3), np.float32), training=True)
+    qat.save(str(tmp_path / "qat_model.keras"))
+    data_dir = tmp_path / "tfds_data"
+    data_dir.mkdir()
+    code = export.main(["--checkpoint", str(tmp_path / "qat_model.keras"), "--output", str(tmp_path / "out"),
+                        "--dataset", "cifar10", "--data_dir", str(data_dir)])
+    err = capsys.readouterr().err
+    assert code == 1 and f"not prepared in {data_dir}" in err, err
+    assert not (tmp_path / "out").exists()

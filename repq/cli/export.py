@@ -1,7 +1,8 @@
 """Export a QAT checkpoint: SavedModel and/or full-integer TFLite with a fidelity report.
 
     python export.py --checkpoint RUN_DIR_OR_FILE --format {savedmodel,tflite,both} --output DIR
-                     [--overwrite] [--float_io] [--num_eval 256] [--num_calib 128] [--dataset mnist5k] [--scale S]
+                     [--overwrite] [--float_io] [--num_eval 256] [--num_calib 128] [--dataset mnist5k]
+                     [--data_dir DIR] [--scale S]
 
 Writes into DIR (atomically: a failed export leaves an existing DIR as it was): saved_model/
 (endpoints ``serve``, ``serve_uint8``), model_int8.tflite, model_int8_fidelity.{json,md}; with
@@ -46,6 +47,8 @@ def parse_args(argv=None):
     p.add_argument("--num_eval", type=int, default=256, help="test images for the fidelity report")
     p.add_argument("--num_calib", type=int, default=128, help="train images calibrating unlearned ranges")
     p.add_argument("--dataset", default=None, help="repq.data name (default: mnist5k, skimage_sr for SR)")
+    p.add_argument("--data_dir", default=None, help="tensorflow_datasets data_dir (cifar10, imagenet2012, div2k; "
+                   "as train.py's --data_dir)")
     p.add_argument("--scale", type=int, default=None, help="SR upscaling factor (default: the model's)")
     p.add_argument("--verbose_errors", action="store_true", help="show tracebacks")
     args = p.parse_args(argv)
@@ -129,7 +132,7 @@ def export(args):
     dataset = args.dataset or ("skimage_sr" if is_sr else "mnist5k")
     check_data(model, dataset, is_sr, args.scale)
     scale = (args.scale or sr_scale(model)) if is_sr else None
-    extra = dict(scale=scale) if is_sr else {}
+    extra = dict(scale=scale, data_dir=args.data_dir) if is_sr else dict(data_dir=args.data_dir)
     calib = calibration_batches(dataset, args.num_calib, 16, labels=True, **extra)
     test, _ = get_dataset(dataset, "test", 16, limit=args.num_eval, **extra)
     test = [(x.numpy(), y.numpy()) for x, y in test]
