@@ -56,7 +56,9 @@ def markdown(rows, info):
              "(skimage_sr).", "", "| model | norm | layout | FP epochs | seed | metric | FP | bicubic | converged | wall (s) | commit |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {'BNEst' if r['bnest'] else 'BN'} | {r['layout']} | {r['fp_epochs']} | {r['seed']} | "
+        sr = r["metric"] == "psnr"  # ECBSR: no BatchNorm, no stride layout
+        norm, layout = ("-", "-") if sr else ("BNEst" if r["bnest"] else "BN", r["layout"])
+        lines.append(f"| {r['model']} | {norm} | {layout} | {r['fp_epochs']} | {r['seed']} | "
                      f"{r['metric']} | {r['fp']:.2f} | {r.get('bicubic', float('nan')):.2f} | {r['converged']} | "
                      f"{r['wall_s']:.0f} | {r['commit'][:7]}{'+' if r['dirty'] else ''} |")
     return "\n".join(lines).replace("| nan |", "| - |") + "\n"
