@@ -145,3 +145,31 @@ def test_multiply_by_quantized_multiplier_is_exact_rounding_away_from_ties():
     # about 2^shift = 2^-8 of a .5 tie
     away = np.abs(exact - np.round(exact)) < 0.5 - 2.0 ** -7
     np.testing.assert_array_equal(got[away], np.round(exact[away]))
+
+
+@pytest.mark.parametrize("case", ["4-bit weights", "8-bit, 16 channels", "8-bit worst case, 515 channels"])
+def test_conv_accumulator_is_exact_in_the_float_type_it_picks(case):
+    """``_conv_acc`` equals an int64 sum over the patches (numpy, independent) whichever float type
+    the bound picks: float32 below 2^24, float64 above (the worst case: sums past 2^24 that are
+    odd, which float32 cannot hold)."""
+    rng = np.random.default_rng(0)
+    if case == "8-bit worst case, 515 channels":
+        q = np.full((1, 7, 7, 515), 124)
+        kernel = np.full((3, 3, 515, 2), 127.0)
+    else:
+        weight_max = 7 if case == "4-bit weights" else 127
+        q = rng.integers(-128, 128, size=(2, 7, 7, 16))
+        q[0, :3, :3, :] = 127  # a patch at the bound's extreme input
+        kernel = rng.integers(-weight_max, weight_max + 1, size=(3, 3, 16, 5)).astype(np.float64)
+    centered = q - 3
+    acc = emu._conv_acc(emu.Quantized(q, np.float32(0.1), 3), kernel, 2)
+    reference = np.zeros(acc.shape, np.int64)
+    for i in range(acc.shape[1]):
+        for j in range(acc.shape[2]):
+            patch = centered[:, 2 * i:2 * i + 3, 2 * j:2 * j + 3, :]
+            reference[:, i, j, :] = np.einsum("nhwc,hwco->no", patch, kernel.astype(np.int64))
+    np.testing.assert_array_equal(acc, reference)
+    worst = case.startswith("8-bit worst")
+    assert emu.conv_dtype(3, kernel) is (tf.float64 if worst else tf.float32)
+    if worst:
+        assert reference.max() > 2 ** 24 and reference.max() % 2 == 1  # not a float32

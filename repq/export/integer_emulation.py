@@ -47,6 +47,7 @@ from repq.qat.range_placement import flat_steps
 from repq.qat.range_quant import LearnedStepContainer, RangeFakeQuant, container_range
 from repq.quantizers import integer_range
 
+FLOAT32_EXACT_INTEGERS = 2 ** 24  # every integer of smaller magnitude is exactly a float32
 INT8_MIN, INT8_MAX = -128, 127
 CONV_LAYERS = (ExportQuantizedConv2D, QuantizedDenseAsConv)
 ADD_MULTIPLIER_BITS = 20
@@ -127,11 +128,23 @@ def store(value, scale, zero_point, lo=INT8_MIN, hi=INT8_MAX):
     return stored
 
 
+def conv_dtype(zero_point, kernel_int):
+    """The float type in which the conv of an int8 tensor (``zero_point``) with ``kernel_int`` is exact.
+
+    ``|acc| <= max|q - z| * max_o sum|w_o|`` bounds every partial sum (``q`` in [-128, 127]).
+    Below 2^24 every product and partial sum is an integer that float32 holds exactly (and
+    float32 convs are much faster than float64 on CPU), else float64 (exact below 2^53: always,
+    for int8 operands). Either way the result is the exact integer accumulator.
+    """
+    bound = max(INT8_MAX - zero_point, zero_point - INT8_MIN) * float(np.abs(kernel_int).sum(axis=(0, 1, 2)).max())
+    return tf.float32 if bound < FLOAT32_EXACT_INTEGERS else tf.float64
+
+
 def _conv_acc(x, kernel_int, strides):
     """``sum (q - z) * w`` as int64 (N, H', W', out); ``x`` :class:`Quantized` (already padded)."""
-    acc = tf.nn.conv2d(tf.constant(x.q - x.zero_point, tf.float64), tf.constant(kernel_int, tf.float64),
-                       strides, "VALID")
-    return np.rint(acc.numpy()).astype(np.int64)
+    dtype = conv_dtype(x.zero_point, kernel_int)
+    acc = tf.nn.conv2d(tf.constant(x.q - x.zero_point, dtype), tf.constant(kernel_int, dtype), strides, "VALID")
+    return acc.numpy().astype(np.int64)  # exact integers (conv_dtype)
 
 
 def _pad(x, pad):
