@@ -38,7 +38,8 @@ def reparametrize(model):
     """
     from repq.checks import check_built_model
 
-    check_built_model(model)
+    if isinstance(model, keras.Sequential) or not isinstance(model, keras.Model):
+        check_built_model(model)  # a non-model, an unbuilt Sequential (subclassed models: below)
     try:
         return keras.models.clone_model(model, clone_function=_deploy_clone, recursive=True)
     except ValueError as err:

@@ -23,6 +23,7 @@ from repq.layers import RepVGGBlock
 from repq.outputs import MARKER, write_marker
 from repq.ptq import quantize_ptq
 from repq.qat import calibrate, quantize_model
+from repq.reparam import reparametrize
 from repq.training import CheckpointError, load_model, save_model, write_json, write_text
 from repq.training import artifacts
 from tests.test_ptq_resume import ptq_args, residual_model, run_ptq
@@ -708,7 +709,8 @@ def test_wrong_architecture_state_dict_message_is_capped_and_names_the_layout():
     lambda m, tmp: export_api.export_savedmodel(m, str(tmp / "saved")),
     lambda m, tmp: export_api.integer_predict(m, np.zeros((1, 4), np.float32)),
     lambda m, tmp: calibrate(m, np.zeros((1, 4), np.float32)),
-], ids=["export_tflite", "export_savedmodel", "integer_predict", "calibrate"])
+    lambda m, tmp: reparametrize(m),
+], ids=["export_tflite", "export_savedmodel", "integer_predict", "calibrate", "reparametrize"])
 def test_public_api_rejects_non_models_in_keras_form(tmp_path, call):
     with pytest.raises(TypeError, match=r"Expected a built keras\.Model\. Received: model='x'"):
         call("x", tmp_path)
