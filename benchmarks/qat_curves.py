@@ -1,0 +1,94 @@
+"""QAT training curves of the runs behind the QAT results table (``benchmarks/qat_results.py``).
+
+Reads the TensorBoard logs train.py wrote in each run (``<runs_dir>/<model>_s<seed>_<row>/
+tensorboard/qat``): train and validation top-1 after every QAT epoch, per row and seed. Shows
+where each method starts after quantizing the trained FP model and whether it had stopped
+improving (e.g. merged LSQ: does it collapse, or still climb when QAT ends?).
+
+  python benchmarks/qat_curves.py [--runs_dir runs/qat_results]
+
+Writes benchmarks/results/qat_curves.{json,md,png}; the commit of the runs is taken from
+benchmarks/results/qat_results.json.
+"""
+
+import argparse
+import glob
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+sys.path.insert(0, ROOT)
+
+from benchmarks.provenance import markdown_header, provenance  # noqa: E402
+from benchmarks.qat_results import slug  # noqa: E402
+from repq.training.artifacts import atomic_write, write_json, write_text  # noqa: E402
+
+
+def epoch_values(log_dir, tag="epoch_accuracy"):
+    """Per-epoch values of ``tag`` in the TensorBoard event files of ``log_dir`` (Keras' callback)."""
+    import tensorflow as tf
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(log_dir)
+    events.Reload()
+    if tag in events.Tags().get("scalars", []):
+        return [float(e.value) for e in events.Scalars(tag)]
+    if tag in events.Tags().get("tensors", []):
+        return [float(tf.make_ndarray(e.tensor_proto)) for e in events.Tensors(tag)]
+    return []
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs_dir", default=os.path.join("runs", "qat_results"))
+    args = parser.parse_args()
+    info = provenance()
+    with open(os.path.join(RESULTS, "qat_results.json")) as f:
+        table = json.load(f)
+    runs_commit = sorted({r["commit"][:7] + ("+" if r.get("dirty") else "") for r in table["runs"]})
+    rows = []
+    for run in table["runs"]:
+        out = os.path.join(args.runs_dir, f"{run['model']}_s{run['seed']}_{slug(run['label'])}")
+        qat_logs = os.path.join(out, "tensorboard", "qat")
+        if run["label"] == "FP" or not glob.glob(os.path.join(qat_logs, "validation", "events*")):
+            continue
+        rows.append(dict(model=run["model"], label=run["label"], seed=run["seed"],
+                         train=[100 * v for v in epoch_values(os.path.join(qat_logs, "train"))],
+                         validation=[100 * v for v in epoch_values(os.path.join(qat_logs, "validation"))],
+                         fp=run["metrics"]["fp"]))
+    lines = [markdown_header(info), f"Runs of `benchmarks/qat_results.py` at commit {', '.join(runs_commit)} "
+             f"({args.runs_dir}). Top-1 % after each QAT epoch; FP: the checkpoint QAT started from.", "",
+             "| model | method | seed | FP | train top-1 per epoch | validation top-1 per epoch |", "|---|---|---|---|---|---|"]
+    fmt = lambda values: ", ".join(f"{v:.1f}" for v in values)  # noqa: E731
+    lines += [f"| {r['model']} | {r['label']} | {r['seed']} | {r['fp']:.2f} | {fmt(r['train'])} | {fmt(r['validation'])} |"
+              for r in rows]
+    write_json(os.path.join(RESULTS, "qat_curves.json"), dict(provenance=info, runs_commit=runs_commit, rows=rows))
+    write_text(os.path.join(RESULTS, "qat_curves.md"), "\n".join(lines) + "\n")
+    plot(rows, os.path.join(RESULTS, "qat_curves.png"))
+    print("\n".join(lines))
+
+
+def plot(rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = sorted({r["label"] for r in rows})
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for i, label in enumerate(labels):
+        for j, r in enumerate(x for x in rows if x["label"] == label):
+            ax.plot(range(1, len(r["validation"]) + 1), r["validation"], color=f"C{i}", marker="o",
+                    label=label if j == 0 else None)
+    ax.set_xlabel("QAT epoch")
+    ax.set_ylabel("validation top-1 (%)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
