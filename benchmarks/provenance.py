@@ -19,7 +19,8 @@ def provenance(argv=None):
     """``{commit, dirty, command, date}`` of this process (command repo-relative, as typed)."""
     argv = sys.argv if argv is None else argv
     script = os.path.relpath(os.path.abspath(argv[0]), ROOT)
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    # the benchmarks' own earlier results (benchmarks/results/) do not change what a run computes
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results")
     return dict(commit=_git("rev-parse", "HEAD"), dirty=bool(status) if status is not None else None,
                 command=" ".join(["python", script, *argv[1:]]),
                 date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
