@@ -203,15 +203,16 @@ def flag_error_line(err, prog):
     return first
 
 
-def exit_on_help(argv, doc, flag_values, module):
-    """``--help``/``-h``/``--helpfull`` in ``argv``: print ``doc`` and the flags ``module`` defines, exit 0.
+def exit_on_help(argv, doc, flag_values, module_name):
+    """``--help``/``-h``/``--helpfull`` in ``argv``: print ``doc`` and the flags the tool's module
+    defines, exit 0.
 
     absl's own ``--help`` prints ``__main__``'s docstring and the flags of the script in
     ``sys.argv[0]``: no flags at all when the tool runs as a console script (``repq-train``) or
-    through the checkout's ``train.py``. ``module``: the name the tool's flags are registered
-    under (``sys.argv[0]`` when it runs as ``__main__``, else its module name).
+    through the checkout's ``train.py``. ``module_name``: the tool module's ``__name__`` (absl
+    registers the flags of a module run as ``__main__`` under ``sys.argv[0]``).
     """
     if {"--help", "-h", "--helpfull"} & set(argv[1:]):
+        module = sys.argv[0] if module_name == "__main__" else module_name
         print(doc.strip() + "\n\nflags:\n" + flag_values.module_help(module))
         sys.exit(0)
-

@@ -440,7 +440,7 @@ def parse_flags(argv):
     """``app.run``'s flags parser: a bad flag (absl's errors included) is one line and exit code 2."""
     from repq.cli_env import exit_on_help
 
-    exit_on_help(argv, __doc__, FLAGS, sys.argv[0] if __name__ == "__main__" else __name__)
+    exit_on_help(argv, __doc__, FLAGS, __name__)
     try:
         return FLAGS(argv)
     except flags.Error as err:

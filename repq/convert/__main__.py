@@ -57,7 +57,7 @@ def parse_flags(argv):
     """``app.run``'s flags parser: a bad or missing flag is one line ``error: ...`` and exit code 2."""
     from repq.cli_env import exit_on_help
 
-    exit_on_help(argv, __doc__, FLAGS, sys.argv[0] if __name__ == "__main__" else __name__)
+    exit_on_help(argv, __doc__, FLAGS, __name__)
     try:
         rest = FLAGS(argv)
     except flags.Error as err:
