@@ -87,5 +87,7 @@ def embedded_classification(config, *, fp_epochs, qat_epochs, batch_size, optimi
 # the layout with "imagenet" (their "half" layout is 4x the FLOPs of RepVGG's).
 EMBEDDED_CLASSIFICATION = dict(fp_epochs=16, qat_epochs=3, batch_size=64, optimizer="adam", fp_lr=1e-3,
                                label_smoothing=0.0, weight_decay=0.0, stem="half")
+RESNET_FP_EPOCHS = 30
+EMBEDDED_RESNET = dict(EMBEDDED_CLASSIFICATION, stem="imagenet", fp_epochs=RESNET_FP_EPOCHS)
 # skimage_sr: 11 training images x 64 patches = 22 steps of 32 per epoch.
 EMBEDDED_SR = dict(fp_epochs=16, qat_epochs=8)
