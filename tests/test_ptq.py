@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from repq.ptq import adaround, mrecg
 from repq.ptq.driver import quantize_ptq
-from repq.ptq.fake_quant import drop_mix
+from repq.ptq.qdrop import drop_mix
 from repq.ptq.graph import Graph
 from repq.ptq.qmodel import QuantModel
 from repq.ptq.reconstruct import ReconConfig, cache_unit, reconstruct_unit

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from repq.ptq.observers import mse_range
+from repq.ptq.observers import EMAStepObserver
 from repq.quantizers import MAX_SEARCH_ELEMENTS, integer_range, mse_initial_step
 
 
@@ -24,10 +24,17 @@ def test_activation_search_sees_every_channel():
     assert step * qmax > 0.5 * x.max()   # covers the large channels, not just channel 0
 
 
-def test_ptq_observer_sees_every_channel():
+def test_ptq_observer_is_the_shared_search_averaged():
+    """PTQ calibration uses QAT's search (one aliasing fix covers both), EMA'd over batches."""
     x = channel_imbalanced()
-    lo, hi = mse_range(x, 0, 255)
-    assert hi > 0.5 * x.max()
+    qmin, qmax = integer_range(8, signed=False)
+    observer = EMAStepObserver(qmin, qmax)
+    observer.update(x)
+    first = float(mse_initial_step(x, qmin, qmax))
+    assert observer.step() == pytest.approx(first) and first * qmax > 0.5 * x.max()
+    observer.update(2 * x)
+    second = float(mse_initial_step(2 * x, qmin, qmax))
+    assert observer.step() == pytest.approx(0.9 * first + 0.1 * second, rel=1e-6)
 
 
 @pytest.mark.parametrize("bits", [4, 8])

@@ -64,7 +64,7 @@ def check_flags():
     from repq import models
     from repq.data import dataset_info
     from repq.ptq import METHODS
-    from repq.ptq.fake_quant import affine_range
+    from repq.quantizers import integer_range
 
     if FLAGS.model not in models.list_models():
         raise UsageError(f"unknown model {FLAGS.model!r}; choose one of: {', '.join(models.list_models())}.")
@@ -72,7 +72,7 @@ def check_flags():
         raise UsageError(f"unknown method {FLAGS.method!r}; choose one of: {', '.join(METHODS)}.")
     for name in ("weight_bits", "act_bits"):
         try:
-            affine_range(getattr(FLAGS, name))
+            integer_range(getattr(FLAGS, name), signed=False)
         except ValueError as err:
             raise UsageError(f"--{name}={getattr(FLAGS, name)}: {err}") from err
     for name in ("calib_size", "batch_size", "iters"):

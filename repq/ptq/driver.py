@@ -13,10 +13,10 @@ import repq
 from repq.data.validate import check_images
 from repq.ptq import mrecg
 from repq.ptq.checkpoint import RunCheckpoint
-from repq.ptq.fake_quant import affine_range
 from repq.ptq.qmodel import QuantModel
 from repq.ptq.reconstruct import ReconConfig, reconstruct_units
 from repq.ptq.units import block_units, groups_to_scheme, layer_units, merge_units, scheme_groups
+from repq.quantizers import integer_range
 
 METHODS = ("rtn", "adaround", "brecq", "qdrop", "mrecg_modcap", "mrecg_loss")
 QDROP_PROB = 0.5
@@ -87,7 +87,7 @@ def quantize_ptq(model, calib_data, method, weight_bits=4, act_bits=4, iters=200
     check_not_quantized(model, fix="PTQ takes the floating-point model, e.g. train.py's fp_model.keras")
     if method not in METHODS:
         raise ValueError(f"unknown PTQ method {method!r}; choose one of {', '.join(METHODS)}.")
-    affine_range(weight_bits), affine_range(act_bits)
+    integer_range(weight_bits, True), integer_range(act_bits, False)
     if iters < 1:
         raise ValueError(f"iters must be >= 1, got {iters}.")
     batches = as_batches(calib_data, batch_size, tuple(model.inputs[0].shape[1:]))

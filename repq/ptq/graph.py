@@ -42,9 +42,11 @@ class Graph:
       TypeError: not a functional/Sequential model, a layer called more than once, a layer
         with several outputs, or a layer holding weights that is neither Conv2D nor Dense
         (e.g. an unfolded BatchNormalization or PReLU; reparametrize the model first).
+        ``may_hold_weights(layer)`` widens that check (e.g. to read a quantized model).
     """
 
-    def __init__(self, model):
+    def __init__(self, model, may_hold_weights=is_weight_layer):
+        self.may_hold_weights = may_hold_weights
         if not hasattr(model, "_nodes_by_depth"):
             raise TypeError(f"PTQ needs a functional or Sequential model, got {type(model).__name__}.")
         self.model = model
@@ -71,7 +73,7 @@ class Graph:
             raise TypeError(f"layer {layer.name!r} is called more than once; PTQ needs one call per layer.")
         if len(node.output_tensors) != 1:
             raise TypeError(f"layer {layer.name!r} has {len(node.output_tensors)} outputs; PTQ needs one.")
-        if layer.weights and not is_weight_layer(layer):
+        if layer.weights and not self.may_hold_weights(layer):
             raise TypeError(f"cannot quantize layer {layer.name!r} of type {type(layer).__name__}: only "
                             "Conv2D/Dense may hold weights (reparametrize the model first).")
         if isinstance(layer, keras.layers.Conv2D) and tuple(layer.dilation_rate) != (1, 1):

@@ -2,13 +2,19 @@
 
 ``QuantModel(fp_model, weight_bits, act_bits)`` rebuilds a reparametrized functional model with
 
-* every Conv2D / Dense replaced by :class:`QuantConv2D` / :class:`QuantDense`: asymmetric
-  per-output-channel weights (scale and integer zero point from the MSE observer) in one of
-  three states: FP, round-to-nearest, or AdaRound soft rounding (``floor(W/s) + h(α)``);
-* an :class:`ActQuant` (asymmetric per-tensor, learnable step, QDrop ``prob``) on every tensor
-  that feeds a Conv2D / Dense, shared by all consumers of that tensor (MQBench
-  ``AcademicQuantizer``: a residual ``Add`` sees the same quantized tensor);
+* every Conv2D / Dense replaced by :class:`QuantConv2D` / :class:`QuantDense`: symmetric
+  per-output-channel weights on the signed grid (zero point 0, the TFLite int8 rule; step from
+  the MSE search of :mod:`repq.quantizers`, shared with QAT) in one of three states: FP,
+  round-to-nearest, or AdaRound soft rounding (``floor(W/s) + h(α)``);
+* an :class:`ActQuant` (per-tensor, learnable step, QDrop ``prob``) on every tensor that feeds a
+  Conv2D / Dense, shared by all consumers of that tensor (MQBench ``AcademicQuantizer``: a
+  residual ``Add`` sees the same quantized tensor). Its grid is QAT's: unsigned ``[0, 2^b - 1]``
+  behind a ReLU, signed ``[-2^(b-1), 2^(b-1) - 1]`` otherwise, zero point 0;
 * 8-bit weights for the first and last weight layers and 8-bit activations at their inputs.
+
+Values go through TF's fake-quant ops (:func:`repq.quantizers.export_fake_quant`), like QAT's,
+so :func:`repq.ptq.deployable_model` turns the result into a QAT-format model that exports
+exactly.
 """
 
 import keras
@@ -16,35 +22,39 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from repq.layers.padded_conv import symmetric_pad
+from repq.layers.padded_conv import conv2d, normalize_pad, pad_amounts, zero_pad
 from repq.ptq import adaround
-from repq.ptq.fake_quant import SCALE_EPS, affine_fake_quant, affine_range, drop_mix
 from repq.ptq.graph import Graph, run_ops
-from repq.ptq.observers import EMAMSEObserver, weight_qparams
+from repq.ptq.observers import EMAStepObserver, weight_steps
+from repq.ptq.qdrop import drop_mix
+from repq.qat.transform import is_non_negative
+from repq.quantizers import STEP_EPS, export_fake_quant, integer_range, lsq_fake_quant
 
 FP, NEAREST, SOFT = 0, 1, 2
 EDGE_BITS = 8
 
 
 class QuantWeightLayer(keras.layers.Layer):
-    """Base of the quantized Conv2D / Dense: kernel (HWIO / (in, out)), bias, α, per-channel qparams.
+    """Base of the quantized Conv2D / Dense: kernel (HWIO / (in, out)), bias, α, per-channel steps.
 
     ``state`` (non-trainable): 0 FP kernel, 1 round-to-nearest, 2 AdaRound soft rounding.
-    Only ``alpha`` is trainable.
+    Only ``alpha`` is trainable. ``input_quantizer``: name of the :class:`ActQuant` feeding the
+    layer (None: a float input), so the quantized model alone says which step each input has.
     """
 
-    def __init__(self, kernel_shape, bits, activation=None, **kwargs):
+    def __init__(self, kernel_shape, bits, activation=None, input_quantizer=None, **kwargs):
         super().__init__(**kwargs)
         self.kernel_shape = tuple(int(d) for d in kernel_shape)
         self.units = self.kernel_shape[-1]
         self.bits = int(bits)
-        self.qmin, self.qmax = affine_range(self.bits)
+        self.qmin, self.qmax = integer_range(self.bits, signed=True)
         self.activation = keras.activations.get(activation)
+        self.input_quantizer = input_quantizer
 
     @classmethod
-    def from_layer(cls, layer, bits):
+    def from_layer(cls, layer, bits, input_quantizer=None):
         """A quantized copy of a built Conv2D / Dense ``layer`` (round-to-nearest not yet calibrated)."""
-        q = cls(kernel_shape=layer.kernel.shape, bits=bits, name=layer.name,
+        q = cls(kernel_shape=layer.kernel.shape, bits=bits, name=layer.name, input_quantizer=input_quantizer,
                 activation=keras.activations.serialize(layer.activation), **cls.op_args(layer))
         q.build(None)
         q.kernel.assign(ops.convert_to_numpy(layer.kernel))
@@ -60,28 +70,24 @@ class QuantWeightLayer(keras.layers.Layer):
         self.bias = weight("bias", (self.units,))
         self.alpha = weight("alpha", self.kernel_shape, trainable=True)
         self.scale = weight("scale", (self.units,), "ones")
-        self.zero_point = weight("zero_point", (self.units,))
         self.state = weight("state", ())
         self.built = True
 
     def quantized_kernel(self):
         """The kernel in use for the current ``state``."""
-        w, s, z = self.kernel, self.scale, self.zero_point
+        w, s = self.kernel, self.scale
 
         def soft():
-            v = adaround.soft_integer(w, s, self.alpha) + z
-            return (ops.clip(v, self.qmin, self.qmax) - z) * s
+            return ops.clip(adaround.soft_integer(w, s, self.alpha), self.qmin, self.qmax) * s
 
         return tf.switch_case(tf.cast(self.state, tf.int32), [
             lambda: tf.identity(w),
-            lambda: affine_fake_quant(w, s, z, self.qmin, self.qmax),
+            lambda: export_fake_quant(w, s, self.qmin, self.qmax, self.bits, per_channel=True),
             soft])
 
     def calibrate(self):
-        """MSE-searched per-channel scale / zero point; switch to round-to-nearest."""
-        scale, zero_point = weight_qparams(ops.convert_to_numpy(self.kernel), self.qmin, self.qmax)
-        self.scale.assign(scale)
-        self.zero_point.assign(zero_point)
+        """MSE-searched per-channel step (:func:`repq.quantizers.mse_initial_step`); switch to nearest."""
+        self.scale.assign(weight_steps(self.kernel, self.qmin, self.qmax))
         self.state.assign(NEAREST)
 
     def start_adaround(self):
@@ -91,16 +97,15 @@ class QuantWeightLayer(keras.layers.Layer):
         self.state.assign(SOFT)
 
     def finalize(self):
-        """Store the hard-rounded kernel ``(clip(floor(W/s) + 1[α>=0] + z) - z) s``; back to nearest."""
-        q = adaround.hard_integer(self.kernel, self.scale, self.alpha) + self.zero_point
-        self.kernel.assign((ops.clip(q, self.qmin, self.qmax) - self.zero_point) * self.scale)
+        """Store the hard-rounded kernel ``clip(floor(W/s) + 1[α>=0]) s``; back to nearest."""
+        q = adaround.hard_integer(self.kernel, self.scale, self.alpha)
+        self.kernel.assign(ops.clip(q, self.qmin, self.qmax) * self.scale)
         self.state.assign(NEAREST)
 
     def integer_kernel(self):
-        """Integer codes ``W/s + z`` of the stored kernel (numpy float64, not rounded)."""
-        k, s, z = (ops.convert_to_numpy(v).astype(np.float64) for v in (self.kernel, self.scale,
-                                                                           self.zero_point))
-        return k / s + z
+        """Integer codes ``W/s`` of the stored kernel (numpy float64, not rounded)."""
+        k, s = (ops.convert_to_numpy(v).astype(np.float64) for v in (self.kernel, self.scale))
+        return k / s
 
     def call(self, x):
         y = self.apply_kernel(x, self.quantized_kernel()) + self.bias
@@ -108,39 +113,45 @@ class QuantWeightLayer(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(kernel_shape=self.kernel_shape, bits=self.bits,
+        config.update(kernel_shape=self.kernel_shape, bits=self.bits, input_quantizer=self.input_quantizer,
                       activation=keras.activations.serialize(self.activation))
         return config
 
 
 @keras.saving.register_keras_serializable(package="repq.ptq")
 class QuantConv2D(QuantWeightLayer):
-    """Quantized conv: ``pad`` zeros per side, then a ``padding`` conv (groups from the kernel shape)."""
+    """Quantized conv: ``pad`` zeros (an int, or ``((top, bottom), (left, right))``), then a ``padding``
+    conv; grouped when the kernel's input depth is below the input's (depthwise as ``groups``)."""
 
-    def __init__(self, kernel_shape, bits, strides=(1, 1), pad=0, padding="valid", **kwargs):
+    def __init__(self, kernel_shape, bits, strides=(1, 1), pad=0, padding="valid", groups=1, **kwargs):
         super().__init__(kernel_shape, bits, **kwargs)
-        self.strides, self.pad, self.padding = tuple(strides), int(pad), padding
+        self.strides, self.pad, self.padding = tuple(strides), normalize_pad(pad), padding
+        self.groups = int(groups)
 
     @staticmethod
     def op_args(layer):
-        return dict(strides=layer.strides, pad=getattr(layer, "pad", 0), padding=layer.padding)
+        return dict(strides=layer.strides, pad=getattr(layer, "pad", 0), padding=layer.padding,
+                    groups=layer.groups)
 
     def apply_kernel(self, x, kernel):
-        return ops.conv(symmetric_pad(x, self.pad), kernel, strides=self.strides, padding=self.padding)
+        x = zero_pad(x, self.pad)
+        if self.padding == "valid":
+            return conv2d(x, kernel, self.strides, self.groups)
+        return ops.conv(x, kernel, strides=self.strides, padding=self.padding)
 
     def compute_output_shape(self, input_shape):
         n, h, w, _ = input_shape
         sizes = []
-        for size, k, s in zip((h, w), self.kernel_shape[:2], self.strides):
+        for size, k, s, (before, after) in zip((h, w), self.kernel_shape[:2], self.strides, pad_amounts(self.pad)):
             if size is not None:
-                size += 2 * self.pad
+                size += before + after
                 size = (size - k) // s + 1 if self.padding == "valid" else -(-size // s)
             sizes.append(size)
         return (n, *sizes, self.units)
 
     def get_config(self):
         config = super().get_config()
-        config.update(strides=self.strides, pad=self.pad, padding=self.padding)
+        config.update(strides=self.strides, pad=self.pad, padding=self.padding, groups=self.groups)
         return config
 
 
@@ -161,16 +172,21 @@ class QuantDense(QuantWeightLayer):
 
 @keras.saving.register_keras_serializable(package="repq")
 class ActQuant(keras.layers.Layer):
-    """Asymmetric per-tensor fake quantizer with a learnable step and QDrop dropping.
+    """Per-tensor fake quantizer on QAT's grid (zero point 0), a learnable step and QDrop dropping.
 
-    Non-trainable state: ``zero_point`` (integer), ``prob`` (keep-quantized probability,
-    1.0 outside reconstruction), ``enabled`` (0 passes ``x`` through).
+    Value: TF's fake-quant op; gradients: STE for ``x``, ``round(x/s) - x/s`` (or the clipped
+    bound) for the step, without LSQ's scale factor (MQBench ``QDropFakeQuantize``).
+    Non-trainable state: ``prob`` (keep-quantized probability, 1.0 outside reconstruction),
+    ``enabled`` (0 passes ``x`` through).
+
+    Args:
+      bits: 2..8; signed: signed grid (False for a tensor behind a ReLU).
     """
 
-    def __init__(self, bits, seed=0, **kwargs):
+    def __init__(self, bits, signed=True, seed=0, **kwargs):
         super().__init__(**kwargs)
-        self.bits, self.seed = int(bits), int(seed)
-        self.qmin, self.qmax = affine_range(self.bits)
+        self.bits, self.signed, self.seed = int(bits), bool(signed), int(seed)
+        self.qmin, self.qmax = integer_range(self.bits, self.signed)
         self.seed_generator = keras.random.SeedGenerator(self.seed)
 
     def build(self, input_shape):
@@ -178,7 +194,6 @@ class ActQuant(keras.layers.Layer):
             return self.add_weight(name=name, shape=(), initializer=init, trainable=trainable)
 
         self.scale = weight("scale", "ones", trainable=True)
-        self.zero_point = weight("zero_point", "zeros")
         self.prob = weight("prob", "ones")
         self.enabled = weight("enabled", "ones")
         self.built = True
@@ -188,13 +203,12 @@ class ActQuant(keras.layers.Layer):
         self.seed_generator.state.assign(ops.cast(ops.convert_to_tensor([seed, 0]),
                                                   self.seed_generator.state.dtype))
 
-    def set_qparams(self, scale, zero_point):
-        self.scale.assign(scale)
-        self.zero_point.assign(zero_point)
+    def positive_step(self):
+        """The step in use, ``max(|scale|, eps)``."""
+        return ops.maximum(ops.abs(self.scale), STEP_EPS)
 
     def call(self, x):
-        s = ops.maximum(ops.abs(self.scale), SCALE_EPS)
-        xq = affine_fake_quant(x, s, self.zero_point, self.qmin, self.qmax)
+        xq = lsq_fake_quant(x, self.positive_step(), self.qmin, self.qmax)
         xq = tf.cond(self.prob < 1.0, lambda: drop_mix(xq, x, self.prob, self.seed_generator),
                      lambda: xq)
         return tf.cond(self.enabled > 0, lambda: xq, lambda: tf.identity(x))
@@ -204,7 +218,7 @@ class ActQuant(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(bits=self.bits, seed=self.seed)
+        config.update(bits=self.bits, signed=self.signed, seed=self.seed)
         return config
 
 
@@ -227,7 +241,7 @@ class QuantModel:
     """
 
     def __init__(self, fp_model, weight_bits, act_bits, seed=0):
-        affine_range(weight_bits), affine_range(act_bits)  # validates both (2..8)
+        integer_range(weight_bits, True), integer_range(act_bits, False)  # validates both (2..8)
         self.fp_model = fp_model
         self.graph = g = Graph(fp_model)
         weight_ops = [op for op in g.ops if op.has_weights]
@@ -239,12 +253,13 @@ class QuantModel:
         self.layers, self.weight_layers, self.act_quants, self.visible = {}, {}, {}, {}
         inputs = [keras.Input(t.shape[1:], name=t.name) for t in fp_model.inputs]
 
-        def publish(tid, value):
+        def publish(tid, value, producer=None):
             consumers = [g.ops[i] for i in g.consumers[tid]]
             wconsumers = [op for op in consumers if op.has_weights]
             if wconsumers:
                 bits = EDGE_BITS if any(op.index in edge for op in wconsumers) else act_bits
-                quant = ActQuant(bits, seed=seed * 100003 + len(self.act_quants),
+                signed = producer is None or not is_non_negative(producer.layer)
+                quant = ActQuant(bits, signed, seed=seed * 100003 + len(self.act_quants),
                                  name=f"{g.tensors[tid].name.replace('/', '_')}_act_quant"[-120:])
                 self.act_quants[tid] = quant
                 value = quant(value)
@@ -255,13 +270,15 @@ class QuantModel:
         for op in g.ops:
             if op.has_weights:
                 cls = QuantConv2D if isinstance(op.layer, keras.layers.Conv2D) else QuantDense
-                layer = cls.from_layer(op.layer, EDGE_BITS if op.index in edge else weight_bits)
+                feeding = self.act_quants.get(op.inputs[0])
+                layer = cls.from_layer(op.layer, EDGE_BITS if op.index in edge else weight_bits,
+                                       input_quantizer=feeding.name if feeding is not None else None)
                 self.weight_layers[op.index] = layer
             else:
                 layer = _copy_layer(op.layer)
             self.layers[op.index] = layer
             args, kwargs = op.node.arguments.fill_in(self.visible)
-            publish(op.output, layer(*args, **kwargs))
+            publish(op.output, layer(*args, **kwargs), producer=op)
         outputs = [self.visible[t] for t in g.output_ids]
         self.model = keras.Model(inputs[0] if len(inputs) == 1 else inputs,
                                  outputs[0] if len(outputs) == 1 else outputs,
@@ -269,21 +286,22 @@ class QuantModel:
 
     # ------------------------------------------------------------ calibration
     def calibrate(self, batches, verbose=0):
-        """Activation observers (EMA-MSE, fake-quant off) over ``batches``, then weight observers.
+        """Activation observers (EMA of the per-batch MSE step, fake-quant off) over ``batches``, then
+        weight observers.
 
         ``batches``: list of numpy input batches; ``verbose``: 1 shows a progress bar (batches,
         then weight layers).
         """
         tids = list(self.act_quants)
         probe = self.fp_submodel(tids)
-        observers = {t: EMAMSEObserver(self.act_quants[t].qmin, self.act_quants[t].qmax) for t in tids}
+        observers = {t: EMAStepObserver(self.act_quants[t].qmin, self.act_quants[t].qmax) for t in tids}
         bar = keras.utils.Progbar(len(batches) + len(self.weight_layers), verbose=verbose, unit_name="step")
         for x in batches:
             for t, value in zip(tids, probe(x)):
                 observers[t].update(ops.convert_to_numpy(value))
             bar.add(1)
         for t in tids:
-            self.act_quants[t].set_qparams(*observers[t].qparams())
+            self.act_quants[t].scale.assign(observers[t].step())
         for layer in self.weight_layers.values():
             layer.calibrate()
             bar.add(1)

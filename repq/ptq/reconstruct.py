@@ -17,7 +17,7 @@ import tensorflow as tf
 from keras import ops
 
 from repq.ptq import adaround
-from repq.ptq.fake_quant import drop_mix
+from repq.ptq.qdrop import drop_mix
 from repq.ptq.qmodel import NEAREST
 
 

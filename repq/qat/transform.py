@@ -16,7 +16,7 @@ BN_MODES = ("repq", "bnest")
 # Layers that pass the sign of their input through unchanged.
 SIGN_PRESERVING = (keras.layers.MaxPooling2D, keras.layers.GlobalAveragePooling2D,
                    keras.layers.AveragePooling2D, keras.layers.Flatten, keras.layers.Dropout,
-                   keras.layers.ZeroPadding2D)
+                   keras.layers.ZeroPadding2D, keras.layers.Identity)
 
 
 def _is_quantizable(layer):
@@ -40,7 +40,7 @@ def _ends_in_relu(layer):
     return name in ("relu", "relu6")
 
 
-def _is_non_negative(layer):
+def is_non_negative(layer):
     """Whether ``layer``'s output is provably >= 0 (a ReLU, possibly behind pooling/reshapes)."""
     while layer is not None:
         if _ends_in_relu(layer):
@@ -141,7 +141,7 @@ def quantize_model(model, weight_bits=4, act_bits=4, bn="repq", keep_bn=None, ru
         if not _is_quantizable(layer):
             return copy_layer(layer)
         w_bits, a_bits = bits_for(layer)
-        signed = not _is_non_negative(_producer(layer))
+        signed = not is_non_negative(_producer(layer))
         inner = copy_layer(layer)
         if isinstance(layer, RepConvBlock):
             if bn == "bnest" and layer.name not in keep_bn:

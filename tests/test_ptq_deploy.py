@@ -1,0 +1,62 @@
+"""PTQ results deploy: symmetric weights on QAT's grid, carried over exactly to a QAT-format model
+that the int8 export takes, bit-exact with LiteRT."""
+
+import numpy as np
+import pytest
+
+import repq
+from repq import models
+from repq.data import get_dataset
+from repq.ptq import deployable_model, quantize_ptq
+from repq.ptq.qmodel import ActQuant, QuantWeightLayer
+from repq.qat.transform import quantized_layers
+from tests.test_ptq import conv_model, data, residual_model
+
+
+@pytest.mark.parametrize("method", ["rtn", "adaround"])
+def test_ptq_grids_are_symmetric_and_deployable_exactly(method):
+    """Weights: signed codes in [-2^(b-1), 2^(b-1)-1]; activations behind a ReLU unsigned. Without the
+    integer model's extra 8-bit ranges, the QAT-format twin computes what the PTQ model does."""
+    model, x = conv_model(), data(32, 1)
+    ptq, _ = quantize_ptq(model, x, method, weight_bits=3, act_bits=4, iters=20, batch_size=16, verbose=0)
+    layers = {l.name: l for l in ptq.layers}
+    for layer in layers.values():
+        if isinstance(layer, QuantWeightLayer):
+            codes = np.asarray(layer.quantized_kernel(), np.float64) / np.asarray(layer.scale)[None, None, None]
+            np.testing.assert_allclose(codes, np.round(codes), atol=1e-3)
+            codes = np.round(codes)
+            assert codes.min() >= layer.qmin and codes.max() <= layer.qmax == 2 ** (layer.bits - 1) - 1
+    acts = [l for l in layers.values() if isinstance(l, ActQuant)]
+    assert sorted((a.bits, a.signed) for a in acts) == [(8, False), (8, True)]  # head's input after ReLU
+    twin = deployable_model(ptq, range_quantizers=False)
+    assert {w.name: w.weight_bits for w in quantized_layers(twin)} == {"conv": 8, "head": 8}
+    held_out = data(16, 7)
+    want, got = np.asarray(ptq(held_out)), np.asarray(twin(held_out, training=False))
+    # the bias on the int32 grid (input step x weight step) is the only difference: far below one output step
+    np.testing.assert_allclose(got, want, atol=1e-3 * np.abs(want).max())
+
+
+def test_ptq_model_exports_bit_exact(tmp_path):
+    """A 4-bit QDrop result of a RepVGG block stack is exported: integer-only, on the grid, and repq's
+    integer emulation equals LiteRT bit for bit."""
+    fp = models.create_model("repvgg_a0", num_classes=10, input_shape=(32, 32, 3), stem="imagenet")
+    train, _ = get_dataset("mnist5k", "train", 16, limit=32)
+    test, _ = get_dataset("mnist5k", "test", 16, limit=32)
+    calib = np.concatenate([x.numpy() for x, _ in train])
+    ptq, _ = quantize_ptq(fp, calib, "qdrop", 4, 4, iters=2, batch_size=16, verbose=0)
+    qat = deployable_model(ptq, calib)
+    _, report = repq.export_tflite(qat, str(tmp_path / "m.tflite"), calib, [(x.numpy(), y.numpy()) for x, y in test])
+    assert report["integer_only"] and report["all_convs_integer"] and report["weights_on_grid"], report
+    assert report["scales_match_learned"]
+    assert report["integer_emulation"]["max_abs_diff_steps"] == 0.0, report["integer_emulation"]
+    # the deployed model is the PTQ model plus 8-bit ranges on the tensors PTQ leaves float
+    x = calib[:8]
+    assert np.mean(np.argmax(ptq(x), -1) == np.argmax(qat(x, training=False), -1)) >= 0.75
+
+
+def test_deployable_model_clear_errors():
+    with pytest.raises(ValueError, match="not a PTQ model"):
+        deployable_model(residual_model(), data(4, 0))
+    ptq, _ = quantize_ptq(residual_model(), data(16, 0), "rtn", 4, 4, batch_size=16, verbose=0)
+    with pytest.raises(ValueError, match="calib_data"):
+        deployable_model(ptq)
