@@ -51,7 +51,7 @@ ORDER = ("mrecg_loss", "qdrop", "brecq", "adaround", "rtn")  # SPEC Part C §7 (
 # ---------------------------------------------------------------- calibration cache
 class CalibCache:
     """Wraps ``QuantModel.calibrate``: the first call of a key runs the observers, later calls
-    restore the stored act/weight qparams (same model, data and bits -> same qparams)."""
+    restore the stored act/weight steps (same model, data and bits -> same steps)."""
 
     def __init__(self):
         self.key, self.store, self.seconds = None, {}, {}
@@ -66,17 +66,15 @@ class CalibCache:
                 start = time.perf_counter()
                 cache.original(qm, batches)
                 cache.seconds[key] = time.perf_counter() - start
-                cache.store[key] = (
-                    [(q.scale.numpy(), q.zero_point.numpy()) for q in qm.act_quants.values()],
-                    {i: (l.scale.numpy(), l.zero_point.numpy()) for i, l in qm.weight_layers.items()})
+                cache.store[key] = ([q.scale.numpy() for q in qm.act_quants.values()],
+                                    {i: l.scale.numpy() for i, l in qm.weight_layers.items()})
                 return None
             acts, weights = cache.store[key]
             assert len(acts) == len(qm.act_quants) and set(weights) == set(qm.weight_layers)
-            for q, (s, z) in zip(qm.act_quants.values(), acts):
-                q.set_qparams(s, z)
+            for q, step in zip(qm.act_quants.values(), acts):
+                q.scale.assign(step)
             for i, layer in qm.weight_layers.items():
-                layer.scale.assign(weights[i][0])
-                layer.zero_point.assign(weights[i][1])
+                layer.scale.assign(weights[i])
                 layer.state.assign(1.0)  # NEAREST, as QuantWeightLayer.calibrate leaves it
             return None
 

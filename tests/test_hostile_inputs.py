@@ -469,7 +469,7 @@ def test_export_usage_and_input_errors(capsys, tmp_path, sr_checkpoint):
         (["--checkpoint", sr_checkpoint, *common, "--dataset", "mnist5k"], 1, "does not fit the checkpoint"),
         (["--checkpoint", sr_checkpoint, *common, "--scale", "4"], 1, "the checkpoint upscales by 2"),
         (["--checkpoint", str(tmp_path / "missing.keras"), *common], 1, "does not exist"),
-        (["--checkpoint", str(tmp_path), *common], 1, "run train.py first"),
+        (["--checkpoint", str(tmp_path), *common], 1, "run train.py or ptq.py first"),
     ]
     for args, code, message in cases:
         got, err = run_export(capsys, *args)

@@ -60,3 +60,28 @@ def test_deployable_model_clear_errors():
     ptq, _ = quantize_ptq(residual_model(), data(16, 0), "rtn", 4, 4, batch_size=16, verbose=0)
     with pytest.raises(ValueError, match="calib_data"):
         deployable_model(ptq)
+
+
+def test_ptq_cli_run_is_exported_by_export_cli(tmp_path, capsys):
+    """What a user runs: ptq.py saves the PTQ and deployable models, export.py exports its run dir."""
+    import json
+    import os
+
+    from repq.cli import export, ptq
+    from tests.test_ptq_resume import residual_model as classifier
+
+    fp_path = str(tmp_path / "fp.keras")
+    classifier((32, 32, 3), 10, stem_stride=4).save(fp_path)
+    run = tmp_path / "run"
+    try:
+        ptq.cli(["ptq.py", "--model=resnet18", "--method=brecq", "--weight_bits=4", "--act_bits=4",
+                 "--calib_size=16", "--batch_size=8", "--iters=2", f"--fp_checkpoint={fp_path}", f"--output_dir={run}"])
+    except SystemExit as err:
+        assert err.code == 0, capsys.readouterr().err[-2000:]
+    results = json.loads((run / "results.json").read_text())
+    assert {"ptq_model.keras", "deployable_model.keras"} <= set(os.listdir(run))
+    assert 0.0 <= results["deploy_top1"] <= 100.0 and "ptq_top1" in results
+    out = tmp_path / "export"
+    assert export.main(["--checkpoint", str(run), "--output", str(out), "--num_eval", "8", "--num_calib", "16"]) == 0
+    report = json.loads((out / "model_int8_fidelity.json").read_text())
+    assert report["integer_only"] and report["integer_emulation"]["max_abs_diff_steps"] == 0.0, report

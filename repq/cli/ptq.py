@@ -7,8 +7,10 @@ The defaults (256 calibration images, 100 iterations per unit) are a CPU budget 
 minutes on the embedded data; the papers reconstruct with 1,024 images and 20,000 iterations
 (docs/ptq.md). Without --fp_checkpoint a small FP model is trained first (repq.ptq.fp_baseline,
 3 epochs Adam) and saved as fp_model.keras. Stage lines go to stderr, the progress bars and
-per-unit lines to stdout. Writes results.json, unit_losses.json and unit_losses.png to
---output_dir (atomically). Resumable: the calibrated model and every reconstructed unit are
+per-unit lines to stdout. Writes results.json, unit_losses.json, unit_losses.png, the PTQ model
+(ptq_model.keras) and its deployable QAT-format twin (deployable_model.keras,
+repq.ptq.deployable_model; `export.py --checkpoint OUTPUT_DIR` exports it) to --output_dir
+(atomically). Resumable: the calibrated model and every reconstructed unit are
 checkpointed in --output_dir/checkpoints (repq.ptq.checkpoint); rerunning the same command
 after a crash or SIGTERM/SIGINT resumes after the last finished unit and ends with the same
 results; run_config.json refuses a rerun with other settings once the run has results there.
@@ -190,10 +192,13 @@ def fp_model(output_dir):
     return model
 
 
-def write_outputs(output_dir, results, report):
-    """results.json, unit_losses.json and unit_losses.png, each written atomically."""
-    from repq.training import write_json
+def write_outputs(output_dir, results, report, models_by_name):
+    """``{name: model}`` as ``name.keras``, results.json, unit_losses.json and unit_losses.png, each
+    written atomically (the models first: results.json marks a finished run)."""
+    from repq.training import save_model, write_json
 
+    for name, model in models_by_name.items():
+        save_model(model, os.path.join(output_dir, f"{name}.keras"))
     write_json(os.path.join(output_dir, "results.json"), results)
     write_json(os.path.join(output_dir, "unit_losses.json"),
                {k: report.get(k) for k in ("units", "unit_losses", "unit_losses_init", "baseline_unit_losses")})
@@ -202,9 +207,11 @@ def write_outputs(output_dir, results, report):
 
 def run(info):
     """The PTQ run of the command line (``info``: DatasetInfo of --dataset)."""
+    import numpy as np
+
     from repq import models  # noqa: F401  (registers the layers for loading)
     from repq.data import calibration_batches, get_dataset
-    from repq.ptq import quantize_ptq
+    from repq.ptq import deployable_model, quantize_ptq
     from repq.ptq.fp_baseline import top1_accuracy
     from repq.ptq.units import parse_scheme
     from repq.data.subsets import classes_covered
@@ -226,18 +233,24 @@ def run(info):
                                   topk=FLAGS.topk, seed=FLAGS.seed,
                                   checkpoint_dir=os.path.join(output_dir, CHECKPOINTS),
                                   crash_after_units=FLAGS.crash_after_units)
-    stage(f"evaluating the FP and PTQ models on the {info.num_test} {FLAGS.dataset} test images")
+    stage("carrying the PTQ model over to the deployable (QAT-format) model, 8-bit tensor ranges from the "
+          "calibration images")
+    deployable = deployable_model(qmodel, np.concatenate([x for x, _ in calib]))
+    stage(f"evaluating the FP, PTQ and deployable models on the {info.num_test} {FLAGS.dataset} test images")
     labels = []
     fp_top1, q_top1 = top1_accuracy(model, test, labels), top1_accuracy(qmodel, test)
+    deploy_top1 = top1_accuracy(deployable, test)
     results = {"model": FLAGS.model, "dataset": FLAGS.dataset, "fp_top1": fp_top1, "ptq_top1": q_top1,
+               "deploy_top1": deploy_top1,
                "eval_images": len(labels), "classes_covered": classes_covered(labels),
                "num_classes": info.num_classes, "calib_classes_covered": calib_classes,
                **{k: v for k, v in report.items() if k not in ("unit_losses", "unit_losses_init")}}
     results["scheme"] = str(report["scheme"]) if report["scheme"] else None
-    write_outputs(output_dir, results, report)
-    print(f"| model | W/A | method | FP top-1 | PTQ top-1 | time (s) |\n|---|---|---|---|---|---|\n"
+    write_outputs(output_dir, results, report, {"ptq_model": qmodel, "deployable_model": deployable})
+    print(f"| model | W/A | method | FP top-1 | PTQ top-1 | deployable top-1 | time (s) |\n"
+          f"|---|---|---|---|---|---|---|\n"
           f"| {FLAGS.model} | {FLAGS.weight_bits}/{FLAGS.act_bits} | {FLAGS.method} | {fp_top1:.2f} | "
-          f"{q_top1:.2f} | {report['ptq_time_s']:.0f} |")
+          f"{q_top1:.2f} | {deploy_top1:.2f} | {report['ptq_time_s']:.0f} |")
 
 
 def error_exit(message, code):

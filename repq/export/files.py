@@ -10,7 +10,7 @@ import keras
 from repq.export.errors import ExportError
 from repq.outputs import check_export_dir, ordinary_mode, write_marker
 
-RUN_DIR_FILES = ("qat_model.keras", "deploy_model.keras")
+RUN_DIR_FILES = ("qat_model.keras", "deployable_model.keras", "deploy_model.keras")  # train.py, ptq.py
 
 
 @contextlib.contextmanager
@@ -48,7 +48,7 @@ def atomic_directory(path, tool="export"):
 
 
 def load_checkpoint(path):
-    """A ``.keras`` file, or a train.py run dir (``qat_model.keras``, else ``deploy_model.keras``).
+    """A ``.keras`` file, or a train.py / ptq.py run dir (the first of ``RUN_DIR_FILES`` it holds).
 
     Raises:
       ExportError: missing path/file, or a file Keras cannot read.
@@ -59,7 +59,7 @@ def load_checkpoint(path):
         names = [n for n in RUN_DIR_FILES if os.path.isfile(os.path.join(path, n))]
         if not names:
             raise ExportError(f"run directory {path!r} has none of {', '.join(RUN_DIR_FILES)}; "
-                              "run train.py first.")
+                              "run train.py or ptq.py first.")
         path = os.path.join(path, names[0])
     if not os.path.isfile(path):
         raise ExportError(f"checkpoint {path!r} does not exist.")

@@ -62,7 +62,16 @@ def save_model(model, path):
     """Atomically save a Keras model to ``path`` (a ``.keras`` file)."""
     if not path.endswith(".keras"):
         raise ValueError(f"Invalid value for argument `path`. Expected a '.keras' file. Received path={path!r}.")
-    atomic_write(path, model.save, ".keras")
+    def write(tmp):
+        model.save(tmp)
+        _sync(tmp)
+    atomic_write(path, write, ".keras")
+
+
+def _sync(path):
+    """Flush ``path``'s data to disk (before it replaces an older file: never an empty file after a crash)."""
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
 
 
 def save_weights(model, path):
