@@ -44,14 +44,18 @@ def test_ptq_model_exports_bit_exact(tmp_path):
     test, _ = get_dataset("mnist5k", "test", 16, limit=32)
     calib = np.concatenate([x.numpy() for x, _ in train])
     ptq, _ = quantize_ptq(fp, calib, "qdrop", 4, 4, iters=2, batch_size=16, verbose=0)
-    qat = deployable_model(ptq, calib)
-    _, report = repq.export_tflite(qat, str(tmp_path / "m.tflite"), calib, [(x.numpy(), y.numpy()) for x, y in test])
+    # the PTQ model goes to the export as it is (carried over with deployable_model inside)
+    _, report = repq.export_tflite(ptq, str(tmp_path / "m.tflite"), calib, [(x.numpy(), y.numpy()) for x, y in test])
     assert report["integer_only"] and report["all_convs_integer"] and report["weights_on_grid"], report
     assert report["scales_match_learned"]
     assert report["integer_emulation"]["max_abs_diff_steps"] == 0.0, report["integer_emulation"]
     # the deployed model is the PTQ model plus 8-bit ranges on the tensors PTQ leaves float
-    x = calib[:8]
+    qat, x = deployable_model(ptq, calib), calib[:8]
     assert np.mean(np.argmax(ptq(x), -1) == np.argmax(qat(x, training=False), -1)) >= 0.75
+    np.testing.assert_array_equal(repq.integer_predict(ptq, x, representative_data=calib),
+                                  repq.integer_predict(qat, x))
+    with pytest.raises(repq.export.ExportError, match="representative_data"):
+        repq.integer_predict(ptq, x)
 
 
 def test_deployable_model_clear_errors():

@@ -56,6 +56,11 @@ def float_model(ptq_model):
     return plain
 
 
+def is_ptq_model(model):
+    """Whether ``model`` holds PTQ quantized layers (``repq.ptq.quantize_ptq``'s first result)."""
+    return any(isinstance(l, QuantWeightLayer) for l in model.layers)
+
+
 def deployable_model(ptq_model, calib_data=None, range_quantizers=True):
     """The QAT-format twin of a PTQ model (``repq.quantize_ptq``'s first result).
 
