@@ -17,6 +17,7 @@ import tensorflow as tf
 from keras import ops
 
 from repq.ptq import adaround
+from repq.ptq.carry import Carry, UnitCache
 from repq.ptq.fake_quant import drop_mix
 from repq.ptq.qmodel import NEAREST
 
@@ -45,25 +46,10 @@ def reconstruction_loss(y_hat, y):
     return ops.mean(ops.sum(ops.square(y_hat - y), axis=-1))
 
 
-@dataclasses.dataclass
-class UnitCache:
-    """Cached tensors of one unit, each ``(num_batches, batch, ...)``.
-
-    x_quant: unit inputs from the quantized model; x_fp: the same tensors from the FP model
-    (QDrop only, else None); target: FP output of the unit.
-    """
-
-    x_quant: list
-    x_fp: list
-    target: tf.Tensor
-
-    @property
-    def num_batches(self):
-        return int(self.target.shape[0])
-
-
 def cache_unit(qmodel, unit, batches, with_fp):
-    """Run the quantized prefix and the FP model over ``batches`` (list of equal-size numpy batches)."""
+    """Run the quantized prefix and the FP model from the network input over ``batches`` (list of
+    equal-size numpy batches): one unit in isolation, e.g. on held-out data (cost grows with the
+    unit's depth; :func:`reconstruct_units` carries the activations forward instead)."""
     quant_fn = qmodel.quant_submodel(unit.inputs)
     fp_ids = (unit.inputs if with_fp else []) + [unit.output]
     fp_fn = qmodel.fp_submodel(fp_ids)
@@ -178,26 +164,32 @@ def reconstruct_unit(qmodel, unit, cache, config, seed=0, on_step=None):
 
 
 def reconstruct_units(qmodel, units, batches, config, seed=0, log=print, checkpoint=None):
-    """Reconstruct ``units`` in order (each cached from the quantized prefix); list of per-unit dicts.
+    """Reconstruct ``units`` in order; list of per-unit dicts.
 
+    Unit inputs and targets are carried forward (:class:`repq.ptq.carry.Carry`): each unit's ops
+    run once on the FP side and once, after its reconstruction, on the quantized side.
     ``checkpoint`` (a :class:`repq.ptq.checkpoint.PassCheckpoint`, optional): the finished units
-    of an earlier, interrupted call are loaded instead of redone, and every unit is checkpointed
-    when it is done. Unit ``i`` is seeded with ``seed * 7919 + i``.
+    of an earlier, interrupted call are loaded instead of redone (and only run forward), and every
+    unit is checkpointed when it is done. Unit ``i`` is seeded with ``seed * 7919 + i``.
     """
     names = [unit.name for unit in units]
     results = checkpoint.restore(qmodel.model, names) if checkpoint else []
     if results and config.verbose:
         log(f"resuming after unit {len(results)}/{len(units)} (checkpoint {checkpoint.directory})")
+    carry = Carry(qmodel, batches)
+    for unit in units[:len(results)]:
+        carry.advance(unit)
     for i in range(len(results), len(units)):
         unit = units[i]
         if config.verbose:
             log(f"unit {i + 1}/{len(units)}: {unit.name}")
-        cache = cache_unit(qmodel, unit, batches, with_fp=config.prob < 1.0)
+        cache = carry.cache(unit, with_fp=config.prob < 1.0)
         result = reconstruct_unit(qmodel, unit, cache, config, seed=seed * 7919 + i,
                                   on_step=checkpoint.check_signal if checkpoint else None)
         result["name"] = unit.name
         results.append(result)
         del cache
+        carry.advance(unit)
         if checkpoint:
             checkpoint.save(qmodel.model, names, results)
     return results
