@@ -1,8 +1,11 @@
-"""Carried-forward unit inputs/targets (repq.ptq.carry) against the prefix recompute of cache_unit.
+"""Linear-time PTQ: carried-forward caches and shared step traces change no result.
 
-After every unit is reconstructed (a few steps, hard-rounded), the carried quantized inputs, FP
-inputs and FP targets of the next unit must equal an independent computation from the network
-input through ``QuantModel.quant_submodel`` / ``fp_submodel`` up to float round-off.
+* After every unit is reconstructed (a few steps, hard-rounded), the carried quantized inputs, FP
+  inputs and FP targets of the next unit (repq.ptq.carry) must equal an independent computation
+  from the network input through ``QuantModel.quant_submodel`` / ``fp_submodel`` (``cache_unit``)
+  up to float round-off.
+* Units of one signature sharing a traced step (repq.ptq.unit_step) end with exactly the weights
+  and losses of tracing every unit afresh.
 """
 
 import keras
@@ -21,14 +24,16 @@ RTOL = 1e-5
 MAX_FLIPPED = 1e-3
 
 
-def two_block_model():
-    """stem -> 2 residual blocks (the second strided, 1x1 shortcut) -> GAP -> Dense: 4 BRECQ units."""
+def two_block_model(same_blocks=1):
+    """stem -> ``same_blocks`` identical residual blocks -> a strided block with a 1x1 shortcut ->
+    GAP -> Dense: ``same_blocks + 3`` BRECQ units."""
     keras.utils.set_random_seed(0)
     x = keras.Input((8, 8, 3))
     s = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="stem")(x)
-    y = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="a_conv1")(s)
-    y = keras.layers.Conv2D(8, 3, padding="same", name="a_conv2")(y)
-    s = keras.layers.ReLU(name="a_relu")(keras.layers.Add(name="a_add")([y, s]))
+    for i in range(same_blocks):
+        y = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name=f"a{i}_conv1")(s)
+        y = keras.layers.Conv2D(8, 3, padding="same", name=f"a{i}_conv2")(y)
+        s = keras.layers.ReLU(name=f"a{i}_relu")(keras.layers.Add(name=f"a{i}_add")([y, s]))
     y = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu", name="b_conv1")(s)
     y = keras.layers.Conv2D(16, 3, padding="same", name="b_conv2")(y)
     short = keras.layers.Conv2D(16, 1, strides=2, name="b_short")(s)
@@ -86,3 +91,23 @@ def test_carry_frees_dead_tensors():
         carry.cache(unit, with_fp=False)
         carry.advance(unit)
         assert set(carry.quant.values) <= {unit.output}  # block boundaries: one tensor crosses
+
+
+@pytest.mark.parametrize("prob", [1.0, 0.5])
+def test_shared_step_trace_equals_fresh_traces(prob):
+    batches = [np.random.default_rng(i).normal(size=(8, 8, 8, 3)).astype(np.float32) for i in range(2)]
+    config = ReconConfig(iters=4, prob=prob, verbose=0)
+    runs = []
+    for shared in (True, False):
+        qm = QuantModel(two_block_model(same_blocks=3), 3, 4)
+        qm.calibrate(batches)
+        carry, steps, results = Carry(qm, batches), {} if shared else None, []
+        for i, unit in enumerate(block_units(qm.graph)):
+            results.append(reconstruct_unit(qm, unit, carry.cache(unit, prob < 1.0), config, seed=i, steps=steps))
+            carry.advance(unit)
+        runs.append((qm.model.get_weights(), results))
+    (w_shared, r_shared), (w_fresh, r_fresh) = runs
+    assert [r["traced"] for r in r_shared] == [True, True, False, False, True, True]
+    assert [r["loss"] for r in r_shared] == [r["loss"] for r in r_fresh]
+    for a, b in zip(w_shared, w_fresh):
+        np.testing.assert_array_equal(a, b)
