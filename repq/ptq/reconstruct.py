@@ -118,7 +118,9 @@ def reconstruct_unit(qmodel, unit, cache, config, seed=0, on_step=None, steps=No
 
 
 def reconstruct_units(qmodel, units, batches, config, seed=0, log=print, checkpoint=None):
-    """Reconstruct ``units`` in order; list of per-unit dicts.
+    """Reconstruct ``units`` in order; list of per-unit dicts (:func:`reconstruct_unit`'s keys and
+    ``name``, ``cache_s``: seconds carrying the activations for it, ``carry_mb``: MiB of carried
+    tensors while it was optimised).
 
     Unit inputs and targets are carried forward (:class:`repq.ptq.carry.Carry`): each unit's ops
     run once on the FP side and once, after its reconstruction, on the quantized side.
@@ -137,13 +139,17 @@ def reconstruct_units(qmodel, units, batches, config, seed=0, log=print, checkpo
         unit = units[i]
         if config.verbose:
             log(f"unit {i + 1}/{len(units)}: {unit.name}")
+        start = time.perf_counter()
         cache = carry.cache(unit, with_fp=config.prob < 1.0)
+        carry_mb = carry.live_bytes() / 2**20
+        cache_s = time.perf_counter() - start
         result = reconstruct_unit(qmodel, unit, cache, config, seed=seed * 7919 + i,
                                   on_step=checkpoint.check_signal if checkpoint else None, steps=steps)
-        result["name"] = unit.name
-        results.append(result)
         del cache
+        start = time.perf_counter()
         carry.advance(unit)
+        result.update(name=unit.name, cache_s=cache_s + time.perf_counter() - start, carry_mb=carry_mb)
+        results.append(result)
         if checkpoint:
             checkpoint.save(qmodel.model, names, results)
     return results
