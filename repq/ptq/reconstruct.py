@@ -17,8 +17,9 @@ import tensorflow as tf
 from keras import ops
 
 from repq.ptq import adaround
-from repq.ptq.qdrop import drop_mix
+from repq.ptq.carry import Carry, UnitCache
 from repq.ptq.qmodel import NEAREST
+from repq.ptq.unit_step import UnitStep, signature
 
 
 @dataclasses.dataclass
@@ -40,30 +41,10 @@ class ReconConfig:
     verbose: int = 1
 
 
-def reconstruction_loss(y_hat, y):
-    """``mean over batch/spatial of Σ_channels (ŷ - y)^2`` (NHWC or (N, C))."""
-    return ops.mean(ops.sum(ops.square(y_hat - y), axis=-1))
-
-
-@dataclasses.dataclass
-class UnitCache:
-    """Cached tensors of one unit, each ``(num_batches, batch, ...)``.
-
-    x_quant: unit inputs from the quantized model; x_fp: the same tensors from the FP model
-    (QDrop only, else None); target: FP output of the unit.
-    """
-
-    x_quant: list
-    x_fp: list
-    target: tf.Tensor
-
-    @property
-    def num_batches(self):
-        return int(self.target.shape[0])
-
-
 def cache_unit(qmodel, unit, batches, with_fp):
-    """Run the quantized prefix and the FP model over ``batches`` (list of equal-size numpy batches)."""
+    """Run the quantized prefix and the FP model from the network input over ``batches`` (list of
+    equal-size numpy batches): one unit in isolation, e.g. on held-out data (cost grows with the
+    unit's depth; :func:`reconstruct_units` carries the activations forward instead)."""
     quant_fn = qmodel.quant_submodel(unit.inputs)
     fp_ids = (unit.inputs if with_fp else []) + [unit.output]
     fp_fn = qmodel.fp_submodel(fp_ids)
@@ -81,85 +62,42 @@ def cache_unit(qmodel, unit, batches, with_fp):
                      stack(fp, len(fp_ids) - 1))
 
 
-def unit_forward(qmodel, unit):
-    """``f(list of input tensors) -> unit output`` on the quantized model's layers."""
-    def forward(xs):
-        values = dict(zip(unit.inputs, xs))
-        return qmodel.run_ops(unit.ops, values)[unit.output]
-
-    return forward
-
-
-def evaluate_unit(forward, cache):
-    """Mean ``L_rec`` of ``forward`` (a unit's tf.function) over all cached batches, no dropping."""
-    losses = [float(reconstruction_loss(forward([x[b] for x in cache.x_quant]), cache.target[b]))
-              for b in range(cache.num_batches)]
-    return float(np.mean(losses))
-
-
 def unit_seeds(seed, count):
     """``count`` int seeds (< 2**31) derived from ``seed``, one per activation quantizer of a unit."""
     return [int(s >> 1) for s in np.random.SeedSequence([seed, 1]).generate_state(count)] if count else []
 
 
-def reconstruct_unit(qmodel, unit, cache, config, seed=0, on_step=None):
+def reconstruct_unit(qmodel, unit, cache, config, seed=0, on_step=None, steps=None):
     """Optimise one unit in place; returns ``{"loss_init", "loss", "seconds", "iters_per_s",
-    "first_step_s"}`` (``iters_per_s`` leaves out the first step, which traces the step function).
+    "first_step_s", "traced"}`` (``iters_per_s`` leaves out the first step, which traces the step
+    function unless a trace of the same signature was reused; ``traced``: whether it did).
 
     ``loss_init`` is ``L_rec`` with round-to-nearest weights, ``loss`` after hard rounding,
     both on the whole cache without dropping. Every random stream of the unit (batch sampling,
     QDrop masks of its input and of its activation quantizers) starts from ``seed``, so the
     result depends only on the weights before the unit and ``seed`` (exact resume).
     ``on_step()``, if given, is called after every optimisation step (e.g. to stop on a signal).
+    ``steps``: dict signature -> :class:`UnitStep` shared across calls (None: trace afresh).
     """
-    weight_layers = [qmodel.weight_layers[op.index] for op in unit.weight_ops]
-    quants = [qmodel.act_quants[op.output] for op in unit.ops if op.output in qmodel.act_quants]
-    forward = unit_forward(qmodel, unit)
-    eval_forward = tf.function(forward, autograph=False)
-    loss_init = evaluate_unit(eval_forward, cache)
-    for layer in weight_layers:
+    key = signature(qmodel, unit, cache, config)
+    traced = steps is None or key not in steps
+    program = UnitStep(qmodel, unit, cache, config) if traced else steps[key]
+    if steps is not None:
+        steps[key] = program
+    program.load(qmodel, unit, seed)
+    loss_init = program.evaluate(cache)
+    for layer in program.weight_layers:
         layer.start_adaround()
-    for quant, quant_seed in zip(quants, unit_seeds(seed, len(quants))):
+    for quant, quant_seed in zip(program.quant_list, unit_seeds(seed, len(program.quant_list))):
         quant.prob.assign(config.prob)
         quant.reseed(quant_seed)
-    alphas = [layer.alpha for layer in weight_layers]
-    scales = [q.scale for q in quants] if config.learn_scales else []
-    opt_w = keras.optimizers.Adam(config.alpha_lr, epsilon=1e-8)
-    opt_w.build(alphas)
-    opt_a = None
-    if scales:
-        schedule = keras.optimizers.schedules.CosineDecay(config.scale_lr, config.iters, alpha=0.0)
-        opt_a = keras.optimizers.Adam(schedule, epsilon=1e-8)
-        opt_a.build(scales)
-    seed_gen = keras.random.SeedGenerator(seed)
-    warm = config.warm_up * config.iters
-    drop = config.prob < 1.0
-
-    @tf.function(autograph=False)
-    def step(t):
-        b = keras.random.randint((), 0, cache.num_batches, seed=seed_gen)
-        xs = [x[b] for x in cache.x_quant]
-        if drop:
-            xs = [drop_mix(x, xf[b], config.prob, seed_gen) for x, xf in zip(xs, cache.x_fp)]
-        with tf.GradientTape() as tape:
-            rec = reconstruction_loss(forward(xs), cache.target[b])
-            beta = adaround.beta_schedule(t, config.iters, config.warm_up)
-            reg = tf.where(tf.cast(t, tf.float32) >= warm,
-                           config.reg_lambda * adaround.round_loss(alphas, beta), 0.0)
-            loss = rec + reg
-        grads = tape.gradient(loss, alphas + scales)
-        opt_w.apply_gradients(zip(grads[:len(alphas)], alphas))
-        if opt_a is not None:
-            opt_a.apply_gradients(zip(grads[len(alphas):], scales))
-        return rec, reg
-
     bar = keras.utils.Progbar(config.iters, verbose=config.verbose, stateful_metrics=["rec", "reg"])
     start = time.perf_counter()
     every = max(1, min(100, config.iters // 20))
     for t in range(1, config.iters + 1):
-        rec, reg = step(tf.constant(t, tf.int64))
+        rec, reg = program.step(tf.constant(t, tf.int64), cache.x_quant, cache.x_fp, cache.target)
         if t == 1:
-            first_step = time.perf_counter() - start  # includes tracing ``step``
+            first_step = time.perf_counter() - start  # includes tracing the step unless shared
         if on_step is not None:
             on_step()
         if config.verbose and (t % every == 0 or t == config.iters):
@@ -168,36 +106,50 @@ def reconstruct_unit(qmodel, unit, cache, config, seed=0, on_step=None):
     # steady-state rate: the first step (tf.function tracing) is left out when there are others
     rate = ((config.iters - 1) / max(seconds - first_step, 1e-9) if config.iters > 1
             else 1.0 / max(seconds, 1e-9))
-    for layer in weight_layers:
+    for layer in program.weight_layers:
         layer.finalize()
         assert int(layer.state.numpy()) == NEAREST
-    for quant in quants:
+    for quant in program.quant_list:
         quant.prob.assign(1.0)
-    return {"loss_init": loss_init, "loss": evaluate_unit(eval_forward, cache),
-            "seconds": seconds, "iters_per_s": rate, "first_step_s": first_step}
+    loss = program.evaluate(cache)
+    program.store(qmodel, unit)
+    return {"loss_init": loss_init, "loss": loss, "seconds": seconds, "iters_per_s": rate,
+            "first_step_s": first_step, "traced": traced}
 
 
 def reconstruct_units(qmodel, units, batches, config, seed=0, log=print, checkpoint=None):
-    """Reconstruct ``units`` in order (each cached from the quantized prefix); list of per-unit dicts.
+    """Reconstruct ``units`` in order; list of per-unit dicts (:func:`reconstruct_unit`'s keys and
+    ``name``, ``cache_s``: seconds carrying the activations for it, ``carry_mb``: MiB of carried
+    tensors while it was optimised).
 
+    Unit inputs and targets are carried forward (:class:`repq.ptq.carry.Carry`): each unit's ops
+    run once on the FP side and once, after its reconstruction, on the quantized side.
     ``checkpoint`` (a :class:`repq.ptq.checkpoint.PassCheckpoint`, optional): the finished units
-    of an earlier, interrupted call are loaded instead of redone, and every unit is checkpointed
-    when it is done. Unit ``i`` is seeded with ``seed * 7919 + i``.
+    of an earlier, interrupted call are loaded instead of redone (and only run forward), and every
+    unit is checkpointed when it is done. Unit ``i`` is seeded with ``seed * 7919 + i``.
     """
     names = [unit.name for unit in units]
     results = checkpoint.restore(qmodel.model, names) if checkpoint else []
     if results and config.verbose:
         log(f"resuming after unit {len(results)}/{len(units)} (checkpoint {checkpoint.directory})")
+    carry, steps = Carry(qmodel, batches), {}
+    for unit in units[:len(results)]:
+        carry.advance(unit)
     for i in range(len(results), len(units)):
         unit = units[i]
         if config.verbose:
             log(f"unit {i + 1}/{len(units)}: {unit.name}")
-        cache = cache_unit(qmodel, unit, batches, with_fp=config.prob < 1.0)
+        start = time.perf_counter()
+        cache = carry.cache(unit, with_fp=config.prob < 1.0)
+        carry_mb = carry.live_bytes() / 2**20
+        cache_s = time.perf_counter() - start
         result = reconstruct_unit(qmodel, unit, cache, config, seed=seed * 7919 + i,
-                                  on_step=checkpoint.check_signal if checkpoint else None)
-        result["name"] = unit.name
-        results.append(result)
+                                  on_step=checkpoint.check_signal if checkpoint else None, steps=steps)
         del cache
+        start = time.perf_counter()
+        carry.advance(unit)
+        result.update(name=unit.name, cache_s=cache_s + time.perf_counter() - start, carry_mb=carry_mb)
+        results.append(result)
         if checkpoint:
             checkpoint.save(qmodel.model, names, results)
     return results
