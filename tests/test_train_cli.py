@@ -64,3 +64,18 @@ def test_main_job_end_to_end_at_tiny_size_then_export(tmp_path):
     assert report["integer_only"] and report["weights_on_grid"]
     assert report["integer_emulation"]["bit_exact_fraction"] == 1.0
     assert sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")) == run_files  # run dir untouched
+
+
+def test_ptq_initialised_merged_qat_at_tiny_size(tmp_path):
+    """--ptq_init: PTQ of the FP model, then merged QAT fine-tuning from the PTQ result."""
+    run_dir = tmp_path / "run"
+    result = train("--model=repvgg_a0", "--bits=4", "--method=merged_lsq", "--ptq_init=brecq", "--ptq_iters=2",
+                   "--ptq_calib_size=16", "--limit=16", "--batch_size=16", "--fp_epochs=1", "--epochs=1",
+                   f"--output_dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "PTQ initialisation (brecq, W4A4): 16 calibration images, 2 iterations per unit" in result.stderr
+    results = json.loads((run_dir / "results.json").read_text())
+    assert set(results["metrics"]) == {"fp", "ptq", "qat", "deploy", "integer"}
+    assert results["deploy_matches_qat"]
+    bad = train("--model=repvgg_a0", "--method=repq", "--ptq_init=qdrop", f"--output_dir={tmp_path / 'bad'}")
+    assert bad.returncode == 2 and "use it with --method=merged_lsq" in bad.stderr

@@ -2,6 +2,7 @@
 
   python train.py --model repvgg_a0 --bits 4 --bnest
   python train.py --model ecbsr_m4c16 --bits 4 --method merged_lsq
+  python train.py --model repvgg_a0 --bits 4 --method merged_lsq --ptq_init qdrop   # PTQ, then QAT from it
   python train.py --model repvgg_a0 --config=configs/repvgg_a0.py:imagenet --dataset imagenet2012 --data_dir ~/tfds
 
 Writes into --output_dir (default runs/<model>_<method>_w<W>a<A>[_bnest]): fp_model.keras,
@@ -38,6 +39,10 @@ flags.DEFINE_string("data_dir", None, "tensorflow_datasets data_dir for cifar10 
 flags.DEFINE_integer("epochs", None, "QAT epochs (overrides the recipe).")
 flags.DEFINE_integer("fp_epochs", None, "FP epochs (overrides the recipe).")
 flags.DEFINE_integer("batch_size", None, "Batch size (overrides the recipe).")
+flags.DEFINE_string("ptq_init", None, "With --method=merged_lsq: start QAT from a PTQ result of this method "
+                    "(repq.ptq.METHODS, e.g. qdrop) instead of the FP weights.")
+flags.DEFINE_integer("ptq_iters", 100, "Reconstruction steps per unit for --ptq_init.")
+flags.DEFINE_integer("ptq_calib_size", 256, "Calibration images (from the train split) for --ptq_init.")
 flags.DEFINE_string("fp_checkpoint", None, "A trained FP model (.keras) to start from instead of FP training.")
 flags.DEFINE_string("output_dir", None, "Run directory (default runs/<model>_<method>_w<W>a<A>[_bnest]).")
 flags.DEFINE_integer("seed", 0, "Random seed.")
@@ -97,6 +102,16 @@ def check_flags():
         value = getattr(FLAGS, name)
         if value is not None and value < (0 if name.endswith("epochs") else 1):
             raise UsageError(f"--{name}={value} must be {'>= 0' if name.endswith('epochs') else '>= 1'}.")
+    if FLAGS.ptq_init is not None:
+        from repq.ptq import METHODS as PTQ_METHODS
+        if FLAGS.ptq_init not in PTQ_METHODS:
+            raise UsageError(f"unknown --ptq_init method {FLAGS.ptq_init!r}; choose one of: {', '.join(PTQ_METHODS)}.")
+        if FLAGS.method != "merged_lsq" or FLAGS.strategy != "default":
+            raise UsageError("--ptq_init starts merged QAT from a PTQ result: use it with --method=merged_lsq "
+                             "(and --strategy=default).")
+        for name in ("ptq_iters", "ptq_calib_size"):
+            if getattr(FLAGS, name) < 1:
+                raise UsageError(f"--{name}={getattr(FLAGS, name)} must be >= 1.")
     if FLAGS.method == "tfmot8" and FLAGS.strategy != "default":
         raise UsageError("--method=tfmot8 runs in a tf_keras subprocess and supports only --strategy=default.")
     return w_bits, a_bits
@@ -213,6 +228,8 @@ def check_run_config(output_dir, w_bits, a_bits, recipe, write):
 
     config = {key: getattr(FLAGS, key) for key in RUN_KEYS}
     config.update(weight_bits=w_bits, act_bits=a_bits, recipe=recipe.to_dict())
+    if FLAGS.ptq_init:  # only when set: run directories of earlier versions stay resumable
+        config.update({key: getattr(FLAGS, key) for key in ("ptq_init", "ptq_iters", "ptq_calib_size")})
     note = guard(output_dir, config, write)
     if note:
         print(f"train.py: {note}", file=sys.stderr)
@@ -244,6 +261,29 @@ def run_tfmot8(fp_model, recipe, output_dir):
     subprocess.run(cmd, check=True, env=env)
     with open(result_path) as f:
         return json.load(f)
+
+
+def ptq_initialised(fp_model, train_ds, w_bits, a_bits, score, results):
+    """A merged QAT model that starts from ``--ptq_init`` PTQ of ``fp_model`` (``repq.ptq.deployable_model``:
+    PTQ's first/last-layer rule, 8-bit first and last layers); the PTQ model's metric goes to
+    ``results["metrics"]["ptq"]``."""
+    import numpy as np
+
+    from repq.ptq import deployable_model, quantize_ptq
+
+    images, count = [], 0
+    for x, _ in train_ds:
+        images.append(np.asarray(x))
+        count += len(images[-1])
+        if count >= FLAGS.ptq_calib_size:
+            break
+    calib = np.concatenate(images)[:FLAGS.ptq_calib_size]
+    stage(f"PTQ initialisation ({FLAGS.ptq_init}, W{w_bits}A{a_bits}): {len(calib)} calibration images, "
+          f"{FLAGS.ptq_iters} iterations per unit")
+    ptq_model, _ = quantize_ptq(fp_model, calib, FLAGS.ptq_init, w_bits, a_bits, iters=FLAGS.ptq_iters,
+                                batch_size=min(32, len(calib)), seed=FLAGS.seed, verbose=1)
+    results["metrics"]["ptq"] = score(ptq_model)
+    return deployable_model(ptq_model, calib)
 
 
 def results_markdown(results):
@@ -388,6 +428,8 @@ def run(w_bits, a_bits):
             with strategy.scope():
                 if FLAGS.method == "repq":
                     qat = quantize_model(fp_model, w_bits, a_bits, bn="bnest" if FLAGS.bnest else "repq")
+                elif FLAGS.ptq_init:
+                    qat = ptq_initialised(fp_model, make_train(shard=False), w_bits, a_bits, score, results)
                 else:
                     qat = merged_lsq_model(fp_model, w_bits, a_bits)
                 # LSQ steps are initialised eagerly from one (un-sharded, identical on every worker)
