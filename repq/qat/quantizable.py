@@ -6,6 +6,7 @@ fake-quantizes the kernel the class's ``kernel_and_bias`` returns and hands it t
 """
 
 import dataclasses
+from collections.abc import Callable
 
 import keras
 
@@ -25,8 +26,8 @@ class QuantizableSpec:
         given kernel and bias (bias always a tensor, zeros for a layer without one).
     """
 
-    kernel_and_bias: callable
-    apply: callable
+    kernel_and_bias: Callable
+    apply: Callable
 
 
 _SPECS = {}
