@@ -13,10 +13,12 @@ _cli_env.import_tensorflow()
 # optimizers, schedules, metrics), so ``keras.models.load_model`` works after ``import repq``.
 from repq import layers, metrics, ptq, qat, quantizers  # noqa: E402,F401
 from repq.export import ExportError, export_savedmodel, export_tflite, integer_predict  # noqa: E402
-from repq.qat import calibrate, quantize_model  # noqa: E402
+from repq.qat import (LayerBits, QuantizeConfig, calibrate, quantize_annotate_layer, quantize_model,  # noqa: E402
+                      register_quantizable)
 from repq.reparam import reparametrize  # noqa: E402
 from repq.training import optimizers as _optimizers, schedules as _schedules  # noqa: E402,F401
 
-__all__ = ["ExportError", "calibrate", "export_savedmodel", "export_tflite", "integer_predict", "layers",
-           "ptq", "quantize_model", "reparametrize"]
+__all__ = ["ExportError", "LayerBits", "QuantizeConfig", "calibrate", "export_savedmodel", "export_tflite",
+           "integer_predict", "layers", "ptq", "quantize_annotate_layer", "quantize_model", "register_quantizable",
+           "reparametrize"]
 __version__ = "0.1.0"

@@ -36,10 +36,12 @@ MAX_SEARCH_ELEMENTS = 1 << 16
 INIT_METHODS = ("mse", "lsq")
 
 
-def integer_range(bits, signed):
-    """``(qmin, qmax)`` of a ``bits``-bit grid; raises ``ValueError`` outside 2..8 bits."""
-    if not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
-        raise ValueError(f"bit width must be an integer in [{MIN_BITS}, {MAX_BITS}], got {bits!r}.")
+def integer_range(bits, signed, argument="bits"):
+    """``(qmin, qmax)`` of a ``bits``-bit grid; raises ``ValueError`` outside 2..8 bits, naming
+    ``argument`` (the caller's parameter) in Keras' form."""
+    if not isinstance(bits, int) or isinstance(bits, bool) or not MIN_BITS <= bits <= MAX_BITS:
+        raise ValueError(f"Invalid value for argument {argument}. Expected an integer in [{MIN_BITS}, "
+                         f"{MAX_BITS}]. Received: {argument}={bits!r}")
     if signed:
         return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
     return 0, 2 ** bits - 1

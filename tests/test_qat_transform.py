@@ -150,8 +150,11 @@ def test_merged_lsq_baseline_wraps_plain_convs():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(weight_bits=1), "bit width"), (dict(act_bits=9), "bit width"),
-    (dict(weight_bits=4.0), "bit width"), (dict(bn="batch"), "bn must be"),
+    (dict(weight_bits=1), r"Invalid value for argument weight_bits\. Expected an integer in \[2, 8\]\. "
+                          r"Received: weight_bits=1$"),
+    (dict(act_bits=9), r"argument act_bits\. .* Received: act_bits=9$"),
+    (dict(weight_bits=4.0), r"argument weight_bits\. .* Received: weight_bits=4\.0$"),
+    (dict(bn="batch"), r"Invalid value for argument bn\. Expected one of .* Received: bn='batch'$"),
 ])
 def test_invalid_quantize_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -244,5 +244,5 @@ def test_bnest_fp_and_qat_models_train_and_deploy_exactly(tmp_path):
 def test_create_model_unknown_name_is_clear():
     with pytest.raises(ValueError, match="unknown model 'repvgg_z9'"):
         models.create_model("repvgg_z9")
-    with pytest.raises(ValueError, match="bit width"):
+    with pytest.raises(ValueError, match="Invalid value for argument weight_bits.*Received: weight_bits=9"):
         quantize_model(models.create_model("ecbsr_m4c16"), 9, 4)

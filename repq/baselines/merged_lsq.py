@@ -7,6 +7,7 @@ block and loses the multi-branch training dynamics RepQ keeps.
 import keras
 
 from repq.qat import quantize_model
+from repq.qat.config import copy_annotation
 from repq.reparam import reparametrize
 
 
@@ -22,6 +23,7 @@ def _copy(layer, name=None):
     clone = layer.__class__.from_config(config)
     clone.build_from_config(layer.get_build_config())
     clone.set_weights(layer.get_weights())
+    copy_annotation(layer, clone)
     return clone
 
 

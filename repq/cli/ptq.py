@@ -66,7 +66,7 @@ def check_flags():
     from repq import models
     from repq.data import dataset_info
     from repq.ptq import METHODS
-    from repq.quantizers import integer_range
+    from repq.quantizers import MAX_BITS, MIN_BITS, integer_range
 
     if FLAGS.model not in models.list_models():
         raise UsageError(f"unknown model {FLAGS.model!r}; choose one of: {', '.join(models.list_models())}.")
@@ -76,7 +76,8 @@ def check_flags():
         try:
             integer_range(getattr(FLAGS, name), signed=False)
         except ValueError as err:
-            raise UsageError(f"--{name}={getattr(FLAGS, name)}: {err}") from err
+            raise UsageError(f"--{name}={getattr(FLAGS, name)}: bit width must be an integer in "
+                             f"[{MIN_BITS}, {MAX_BITS}].") from err
     for name in ("calib_size", "batch_size", "iters"):
         if getattr(FLAGS, name) < 1:
             raise UsageError(f"--{name}={getattr(FLAGS, name)} must be >= 1.")

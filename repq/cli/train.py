@@ -5,6 +5,10 @@
   python train.py --model repvgg_a0 --bits 4 --method merged_lsq --ptq_init qdrop   # PTQ, then QAT from it
   python train.py --model repvgg_a0 --config=configs/repvgg_a0.py:imagenet --dataset imagenet2012 --data_dir ~/tfds
 
+A recipe may carry an optional ``quantize`` field, per-layer bits of the RepQ QAT model (mixed
+precision): ``config.quantize = ml_collections.ConfigDict(dict(layers={"stage4_*": 6, "stem": [8, 8]},
+exclude=[]))`` (repq.QuantizeConfig: layer name or glob -> bits or [weight_bits, act_bits]).
+
 Writes into --output_dir (default runs/<model>_<method>_w<W>a<A>[_bnest]): fp_model.keras,
 qat_model.keras, deploy_model.keras (repq.reparametrize of the QAT model), results.json (the metric of
 the FP, QAT and deploy models and of the integer TFLite model, computed by repq.integer_predict),
@@ -75,7 +79,7 @@ def check_flags():
     """Validate the command line; returns (weight_bits, act_bits)."""
     from repq import models
     from repq.distribute import STRATEGIES
-    from repq.quantizers import integer_range
+    from repq.quantizers import MAX_BITS, MIN_BITS, integer_range
 
     if FLAGS.model not in models.list_models():
         raise UsageError(f"unknown model {FLAGS.model!r}; choose one of: {', '.join(models.list_models())}.")
@@ -87,7 +91,8 @@ def check_flags():
         try:
             integer_range(bits, True)
         except ValueError as err:
-            raise UsageError(f"--{name}={bits}: {err}") from err
+            raise UsageError(f"--{name}={bits}: bit width must be an integer in [{MIN_BITS}, {MAX_BITS}].") \
+                from err
     if FLAGS.method == "tfmot8" and (w_bits, a_bits) != (8, 8):
         raise UsageError("--method=tfmot8 is tfmot's 8-bit scheme; use --bits 8.")
     if FLAGS.fp_checkpoint and not os.path.isfile(FLAGS.fp_checkpoint):
@@ -167,6 +172,25 @@ def load_data(recipe, shard=False):
         raise UsageError(f"dataset {info.name!r} is for {info.task}, model {FLAGS.model!r} for {recipe.task}.")
     del train
     return make_train, (shard_by_data(test) if shard else test), info
+
+
+def quantize_config(recipe, model):
+    """The recipe's optional ``quantize`` field as a :class:`repq.QuantizeConfig` checked against the
+    FP ``model`` (None without the field); a bad field is a UsageError."""
+    from repq.qat import QuantizeConfig
+    from repq.qat.transform import check_config
+
+    if "quantize" not in recipe:
+        return None
+    if FLAGS.method not in ("repq", "fp"):
+        raise UsageError(f"the recipe's quantize field (per-layer bits) applies to --method=repq, not "
+                         f"--method={FLAGS.method}.")
+    try:
+        config = QuantizeConfig.from_dict(recipe.quantize.to_dict())
+        check_config(model, config)
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"recipe field quantize: {err}") from err
+    return config
 
 
 def create_zoo_model(recipe, info):
@@ -407,6 +431,7 @@ def run(w_bits, a_bits):
             stage(f"FP training: {recipe.fp_epochs} epochs")
             with strategy.scope():
                 fp_model = create_zoo_model(recipe, info)
+                quantize_config(recipe, fp_model)  # a bad field fails now, not after FP training
                 fit_model(fp_model, make_train(), test_ds, recipe, "fp", callbacks=[guard("fp")], **fit_kwargs)
             save(fp_model, "fp_model.keras")
     times["fp_s"] = time.time() - start
@@ -427,7 +452,8 @@ def run(w_bits, a_bits):
             stage(f"QAT ({FLAGS.method}, W{w_bits}A{a_bits}): calibration, then {recipe.qat_epochs} epochs")
             with strategy.scope():
                 if FLAGS.method == "repq":
-                    qat = quantize_model(fp_model, w_bits, a_bits, bn="bnest" if FLAGS.bnest else "repq")
+                    qat = quantize_model(fp_model, w_bits, a_bits, bn="bnest" if FLAGS.bnest else "repq",
+                                         config=quantize_config(recipe, fp_model))
                 elif FLAGS.ptq_init:
                     qat = ptq_initialised(fp_model, make_train(shard=False), w_bits, a_bits, score, results)
                 else:

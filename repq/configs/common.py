@@ -15,6 +15,12 @@ A recipe is an ``ml_collections.ConfigDict``:
   last epoch (ECBSR),
 * ``stem``: the zoo model's stride layout, ``"auto"`` (small-image layout below 64 px),
   ``"imagenet"``, ``"small"`` or ``"half"`` (``repq.models.registry.stride_layout``).
+
+Optional (absent by default): ``quantize``, per-layer choices of the RepQ QAT model that
+``train.py`` passes to ``repq.quantize_model`` as a ``repq.QuantizeConfig``:
+``layers`` (layer name or glob -> bits for weights and input, or ``[weight_bits, act_bits]``) and
+``exclude`` (patterns of layers left float), e.g.
+``config.quantize = ml_collections.ConfigDict(dict(layers={"ecb_body*": 6}, exclude=[]))``.
 """
 
 import ml_collections

@@ -89,7 +89,7 @@ def quantize_ptq(model, calib_data, method, weight_bits=4, act_bits=4, iters=200
     check_not_quantized(model, fix="PTQ takes the floating-point model, e.g. train.py's fp_model.keras")
     if method not in METHODS:
         raise ValueError(f"unknown PTQ method {method!r}; choose one of {', '.join(METHODS)}.")
-    integer_range(weight_bits, True), integer_range(act_bits, False)
+    integer_range(weight_bits, True, "weight_bits"), integer_range(act_bits, False, "act_bits")
     if iters < 1:
         raise ValueError(f"iters must be >= 1, got {iters}.")
     batches = as_batches(calib_data, batch_size, tuple(model.inputs[0].shape[1:]))

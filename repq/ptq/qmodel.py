@@ -241,7 +241,7 @@ class QuantModel:
     """
 
     def __init__(self, fp_model, weight_bits, act_bits, seed=0):
-        integer_range(weight_bits, True), integer_range(act_bits, False)  # validates both (2..8)
+        integer_range(weight_bits, True, "weight_bits"), integer_range(act_bits, False, "act_bits")
         self.fp_model = fp_model
         self.graph = g = Graph(fp_model)
         weight_ops = [op for op in g.ops if op.has_weights]

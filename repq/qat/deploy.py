@@ -11,6 +11,7 @@ import keras
 from keras import ops
 
 from repq.layers.padded_conv import PaddedConv2D, zero_pad
+from repq.qat.quantizable import spec_for
 from repq.quantizers import export_fake_quant, integer_range
 
 
@@ -32,8 +33,12 @@ class QuantizedMixin:
         return export_fake_quant(x, self.input_step, qmin, qmax, self.act_bits)
 
     def quantized_kernel(self):
+        return self.fake_quant_kernel(self.kernel)
+
+    def fake_quant_kernel(self, kernel):
+        """``kernel`` (output channels last) through the per-channel weight fake-quant."""
         qmin, qmax = integer_range(self.weight_bits, True)
-        return export_fake_quant(self.kernel, self.weight_step, qmin, qmax, self.weight_bits, per_channel=True)
+        return export_fake_quant(kernel, self.weight_step, qmin, qmax, self.weight_bits, per_channel=True)
 
     # Conv2D/Dense save only kernel and bias; the learned steps must travel too.
     def save_own_variables(self, store):
@@ -92,3 +97,61 @@ class QuantizedDense(QuantizedMixin, keras.layers.Dense):
 
     def get_config(self):
         return self._quant_config(super().get_config())
+
+
+@keras.saving.register_keras_serializable(package="repq")
+class QuantizedCustom(QuantizedMixin, keras.layers.Layer):
+    """``apply(layer, FQ_a(x), FQ_w(kernel), bias)`` for a registered layer class (deploy form).
+
+    ``layer`` holds the kernel already on its grid and the bias on the int32 grid
+    (:meth:`set_quantized`); its class is registered with :func:`repq.register_quantizable`.
+    """
+
+    def __init__(self, layer, weight_bits=8, act_bits=8, input_signed=True, **kwargs):
+        super().__init__(**kwargs)
+        self.layer = layer
+        self.spec = spec_for(layer)
+        if self.spec is None:
+            raise ValueError(f"{type(layer).__name__} (layer {layer.name!r}) is not registered with "
+                             "repq.register_quantizable; register it before loading this model.")
+        self._init_quant(weight_bits, act_bits, input_signed)
+
+    def build(self, input_shape):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        kernel, _ = self.spec.kernel_and_bias(self.layer)
+        self._build_quant(kernel.shape[-1])
+
+    def set_quantized(self, kernel, bias, weight_step, input_step):
+        """Store the quantized kernel (its layer's shape), bias (out,) and the steps."""
+        own_kernel, own_bias = self.spec.kernel_and_bias(self.layer)
+        own_kernel.assign(kernel)
+        if own_bias is not None:
+            own_bias.assign(bias)
+        elif ops.any(ops.not_equal(bias, 0)):
+            raise ValueError(f"{self.name}: a layer without a bias cannot hold a non-zero bias.")
+        self.weight_step.assign(weight_step)
+        self.input_step.assign(input_step)
+
+    def call(self, inputs):
+        kernel, bias = self.spec.kernel_and_bias(self.layer)
+        kernel = self.fake_quant_kernel(kernel)
+        bias = ops.zeros((kernel.shape[-1],)) if bias is None else bias
+        return self.spec.apply(self.layer, self.quantize_input(inputs), kernel, bias)
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    # The steps are this layer's own variables; the wrapped layer saves its kernel and bias.
+    save_own_variables = keras.layers.Layer.save_own_variables
+    load_own_variables = keras.layers.Layer.load_own_variables
+
+    def get_config(self):
+        config = self._quant_config(super().get_config())
+        config["layer"] = keras.saving.serialize_keras_object(self.layer)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config["layer"] = keras.saving.deserialize_keras_object(config["layer"])
+        return cls(**config)

@@ -5,15 +5,17 @@ variables into one kernel (BN folded with batch statistics in training for
 RepQ-BN, estimated statistics for BNEst, moving statistics in inference),
 fake-quantizes that kernel per output channel and the input per tensor, and
 convolves once - the computation the deployed integer model performs.
-``QuantConv2D`` does the same for a plain ``Conv2D`` (the merged-LSQ baseline)
-and ``QuantDense`` for the classifier.
+``QuantConv2D`` does the same for a plain ``Conv2D`` (the merged-LSQ baseline),
+``QuantDense`` for the classifier and ``QuantCustom`` for a layer class registered
+with :func:`repq.register_quantizable`.
 """
 
 import keras
 from keras import ops
 
 from repq.layers.padded_conv import same_padding, zero_pad
-from repq.qat.deploy import QuantizedConv2D, QuantizedDense
+from repq.qat.deploy import QuantizedConv2D, QuantizedCustom, QuantizedDense
+from repq.qat.quantizable import spec_for
 from repq.qat.range_quant import RangeFakeQuant
 from repq.quantizers import ActivationQuantizer, WeightQuantizer, round_ste
 from repq.reparam import copy_layer
@@ -206,3 +208,39 @@ class QuantDense(QuantWrapper):
         return self._build_deployed(QuantizedDense, self.layer.get_config(),
                                     (None, self.layer.kernel.shape[0]))
 
+
+
+@keras.saving.register_keras_serializable(package="repq")
+class QuantCustom(QuantWrapper):
+    """LSQ on a registered layer class: ``apply(layer, Q_a(x), Q_w(kernel), bias)``.
+
+    The kernel and bias come from the class's ``kernel_and_bias`` and the computation from its
+    ``apply`` (:class:`repq.qat.quantizable.QuantizableSpec`); weight steps are per output
+    channel (the kernel's last axis), the input step per tensor.
+    """
+
+    def __init__(self, layer, weight_bits, act_bits=None, input_signed=True, **kwargs):
+        self.spec = spec_for(layer)
+        if self.spec is None:
+            raise ValueError(f"{type(layer).__name__} (layer {layer.name!r}) is not registered with "
+                             "repq.register_quantizable; register it before building or loading this model.")
+        super().__init__(layer, weight_bits, act_bits, input_signed, **kwargs)
+
+    def float_kernel_and_bias(self, inputs=None, training=False):
+        kernel, bias = self.spec.kernel_and_bias(self.layer)
+        return kernel, ops.zeros((kernel.shape[-1],)) if bias is None else bias
+
+    def call(self, inputs, training=False):
+        x = self.quantize_input(inputs, training)
+        kernel, bias = self.quantized_kernel_and_bias(x, training)
+        return self.spec.apply(self.layer, x, kernel, bias)
+
+    def deploy_layer(self):
+        kernel, bias = self.float_kernel_and_bias()
+        deployed = QuantizedCustom(copy_layer(self.layer), self.weight_bits, self.act_bits, self.input_signed,
+                                   name=self.name)
+        deployed.build(self.layer.get_build_config()["input_shape"])
+        in_step = self.input_quantizer.positive_step() if self.input_quantizer is not None else ops.ones(())
+        deployed.set_quantized(self.weight_quantizer(kernel, training=False), self.quantize_bias(bias),
+                               self.weight_quantizer.positive_step(), in_step)
+        return deployed

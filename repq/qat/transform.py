@@ -5,7 +5,9 @@ import warnings
 import keras
 
 from repq.layers.base import RepConvBlock
-from repq.qat.quant_layers import QuantConv2D, QuantDense, QuantRepConv
+from repq.qat.config import EXCLUDE, LayerBits, QuantizeConfig, annotation, merge
+from repq.qat.quant_layers import QuantConv2D, QuantCustom, QuantDense, QuantRepConv
+from repq.qat.quantizable import is_quantizable, spec_for
 from repq.qat.range_placement import with_range_quantizers
 from repq.qat.range_quant import RangeFakeQuant
 from repq.qat.rules import HIGH_BITS, PrecisionRule, keep_bn_for, rule_for
@@ -17,10 +19,6 @@ BN_MODES = ("repq", "bnest")
 SIGN_PRESERVING = (keras.layers.MaxPooling2D, keras.layers.GlobalAveragePooling2D,
                    keras.layers.AveragePooling2D, keras.layers.Flatten, keras.layers.Dropout,
                    keras.layers.ZeroPadding2D, keras.layers.Identity)
-
-
-def _is_quantizable(layer):
-    return isinstance(layer, (RepConvBlock, keras.layers.Conv2D, keras.layers.Dense))
 
 
 def _producer(layer):
@@ -55,7 +53,7 @@ def _with_nested_models_inlined(model):
     """``model`` with nested ``Sequential`` models inlined (their layers become the model's own);
     a nested functional or subclassed model holding layers to quantize raises ValueError."""
     nested = [l for l in model.layers if isinstance(l, keras.Model)
-              and any(_is_quantizable(inner) for inner in l._flatten_layers(include_self=False, recursive=True))]
+              and any(is_quantizable(inner) for inner in l._flatten_layers(include_self=False, recursive=True))]
     if not nested:
         return model
     others = [l.name for l in nested if not isinstance(l, keras.Sequential)]
@@ -67,33 +65,61 @@ def _with_nested_models_inlined(model):
     return flatten_model(model)
 
 
-def _warn_float_layers(model):
-    """Warn about layers with weights that stay float (no quantizer: e.g. DepthwiseConv2D, a
-    standalone BatchNormalization): integer export refuses them or keeps float ops."""
-    left = [l for l in model.layers if l.weights and not _is_quantizable(l)]
+def _warn_float_layers(model, excluded):
+    """Warn about layers with weights that stay float: excluded ones, and those without a quantizer
+    (e.g. DepthwiseConv2D, a standalone BatchNormalization): integer export refuses them or keeps
+    float ops."""
+    left = [l for l in model.layers if l.weights and (l.name in excluded or not is_quantizable(l))]
     if left:
-        names = ", ".join(f"{l.name} ({type(l).__name__})" for l in left[:5])
+        names = ", ".join(f"{l.name} ({'excluded' if l.name in excluded else type(l).__name__})"
+                          for l in left[:5])
         more = f" and {len(left) - 5} more" if len(left) > 5 else ""
         warnings.warn(f"quantize_model leaves {len(left)} layer(s) with weights in float: {names}{more}. Only rep "
-                      "blocks, Conv2D and Dense are quantized; the int8 export refuses the others or keeps them "
-                      "as float ops (its report's float_ops lists them).", stacklevel=3)
+                      "blocks, Conv2D, Dense and classes registered with repq.register_quantizable are quantized, "
+                      "unless excluded; the int8 export refuses the others or keeps them as float ops (its "
+                      "report's float_ops lists them).", stacklevel=3)
 
 
-def _first_and_last(model):
-    quantizable = [l for l in model.layers if _is_quantizable(l)]
+def _first_and_last(model, excluded):
+    quantizable = [l for l in model.layers if is_quantizable(l) and l.name not in excluded]
     if not quantizable:
-        raise ValueError(f"model {model.name!r} has no conv, rep block or dense layer to quantize.")
+        left = " left after the exclusions" if excluded else ""
+        raise ValueError(f"model {model.name!r} has no conv, rep block or dense layer to quantize{left}.")
     return quantizable[0].name, quantizable[-1].name
 
 
+def _layer_choices(model, config):
+    """``(bits, excluded)``: per-layer :class:`LayerBits` from annotations overridden by ``config``,
+    and the names of the layers left float."""
+    bits, excluded = {}, set()
+    for layer in model.layers:
+        choice = annotation(layer)
+        if choice == EXCLUDE:
+            excluded.add(layer.name)
+        elif choice is not None:
+            if not is_quantizable(layer):
+                raise ValueError(f"layer {layer.name!r} is annotated with bit widths, but its class "
+                                 f"{type(layer).__name__} cannot be quantized; register it with "
+                                 "repq.register_quantizable, or annotate it with exclude=True.")
+            bits[layer.name] = choice
+    if config is not None:
+        names = [l.name for l in model.layers]
+        config_bits, config_excluded = config.resolve(names, {l.name for l in model.layers if is_quantizable(l)})
+        excluded |= config_excluded
+        bits.update({name: merge(bits.get(name), entry) for name, entry in config_bits.items()})
+    return {n: b for n, b in bits.items() if n not in excluded}, excluded
+
+
 def quantize_model(model, weight_bits=4, act_bits=4, bn="repq", keep_bn=None, rule=None,
-                   range_quantizers=True):
+                   range_quantizers=True, config=None):
     """Return a trainable QAT copy of ``model`` (RepQ).
 
     Every rep block becomes a :class:`QuantRepConv` (merged kernel -> LSQ
     per-channel fake-quant -> one conv on the LSQ-quantized input); plain
-    ``Conv2D`` layers become :class:`QuantConv2D` and ``Dense`` layers
-    :class:`QuantDense`. The copy shares no variables with ``model``.
+    ``Conv2D`` layers become :class:`QuantConv2D`, ``Dense`` layers
+    :class:`QuantDense` and layers of a class registered with
+    :func:`repq.register_quantizable` :class:`QuantCustom`. The copy shares no
+    variables with ``model``.
 
     Args:
       model: functional or Sequential Keras model (e.g. from ``repq.models.create_model``).
@@ -108,24 +134,36 @@ def quantize_model(model, weight_bits=4, act_bits=4, bn="repq", keep_bn=None, ru
         the zoo's choice, e.g. ResNet-18's last two 3x3 convs).
       rule: a :class:`PrecisionRule` for 8-bit first/last layers; default by
         model name (RepVGG: only the first layer's input 8-bit; AC-ResNet-18:
-        first layer 8-bit; OREPA-ResNet-18, ECBSR and others: first and last 8-bit).
+        first layer 8-bit; OREPA-ResNet-18, ECBSR and others: first and last 8-bit). It applies
+        to the first and last layers that are quantized (not excluded).
+      config: a :class:`~repq.qat.config.QuantizeConfig` (or a dict ``{"layers": {pattern: bits},
+        "exclude": [pattern, ...]}``): per-layer bit widths, which override the rule and
+        :func:`repq.quantize_annotate_layer`, and layers left float. A pattern matching no layer
+        is a ValueError.
     """
     from repq.checks import check_built_model, check_not_quantized
 
     check_built_model(model)
     check_not_quantized(model, fix="quantize_model takes the floating-point model (the QAT model is already "
                         "trainable; repq.reparametrize it for deployment)")
-    integer_range(weight_bits, True)
-    integer_range(act_bits, False)
+    integer_range(weight_bits, True, "weight_bits")
+    integer_range(act_bits, False, "act_bits")
     if bn not in BN_MODES:
-        raise ValueError(f"bn must be one of {BN_MODES}, got {bn!r}.")
+        raise ValueError(f"Invalid value for argument bn. Expected one of {BN_MODES}. Received: bn={bn!r}")
     rule = rule_for(model.name) if rule is None else rule
     if not isinstance(rule, PrecisionRule):
-        raise TypeError(f"rule must be a PrecisionRule, got {type(rule).__name__}.")
+        raise TypeError(f"Invalid value for argument rule. Expected a PrecisionRule. Received: rule={rule!r} "
+                        f"(of type {type(rule).__name__})")
+    if isinstance(config, dict):
+        config = QuantizeConfig.from_dict(config)
+    if config is not None and not isinstance(config, QuantizeConfig):
+        raise TypeError(f"Invalid value for argument config. Expected a repq.QuantizeConfig or a dict. "
+                        f"Received: config={config!r} (of type {type(config).__name__})")
     keep_bn = set(keep_bn_for(model.name) if keep_bn is None else keep_bn)
     model = _with_nested_models_inlined(model)
-    _warn_float_layers(model)
-    first, last = _first_and_last(model)
+    chosen, excluded = _layer_choices(model, config)
+    _warn_float_layers(model, excluded)
+    first, last = _first_and_last(model, excluded)
 
     def bits_for(layer):
         w_bits, a_bits = weight_bits, act_bits
@@ -135,14 +173,17 @@ def quantize_model(model, weight_bits=4, act_bits=4, bn="repq", keep_bn=None, ru
         if layer.name == last:
             w_bits = HIGH_BITS if rule.last_weight else w_bits
             a_bits = HIGH_BITS if rule.last_input else a_bits
-        return w_bits, a_bits
+        choice = merge(LayerBits(w_bits, a_bits), chosen.get(layer.name))
+        return choice.weight_bits, choice.act_bits
 
     def clone(layer):
-        if not _is_quantizable(layer):
+        if not is_quantizable(layer) or layer.name in excluded:
             return copy_layer(layer)
         w_bits, a_bits = bits_for(layer)
         signed = not is_non_negative(_producer(layer))
         inner = copy_layer(layer)
+        if spec_for(layer) is not None:
+            return QuantCustom(inner, w_bits, a_bits, signed, name=layer.name)
         if isinstance(layer, RepConvBlock):
             if bn == "bnest" and layer.name not in keep_bn:
                 inner.norm_mode = "bnest"
@@ -160,6 +201,12 @@ def quantize_model(model, weight_bits=4, act_bits=4, bn="repq", keep_bn=None, ru
                             "functional API.") from err
         raise
     return with_range_quantizers(qat, mode="qat")[0] if range_quantizers else qat
+
+
+def check_config(model, config):
+    """Raise ValueError unless ``config`` (a :class:`QuantizeConfig`) fits ``model``: every pattern
+    names a layer, and layers given bits can be quantized (what ``quantize_model`` would check)."""
+    _layer_choices(_with_nested_models_inlined(model), config)
 
 
 def quantized_layers(model):
