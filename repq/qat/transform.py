@@ -8,7 +8,7 @@ from repq.layers.base import RepConvBlock
 from repq.qat.quant_layers import QuantConv2D, QuantDense, QuantRepConv
 from repq.qat.range_placement import with_range_quantizers
 from repq.qat.range_quant import RangeFakeQuant
-from repq.qat.rules import HIGH_BITS, PrecisionRule, keep_bn_for, rule_for
+from repq.qat.rules import HIGH_BITS, PrecisionRule
 from repq.quantizers import integer_range
 from repq.reparam import copy_layer
 
@@ -104,13 +104,14 @@ def quantize_model(model, weight_bits=4, act_bits=4, bn="repq", keep_bn=None, ru
       weight_bits, act_bits: 2..8.
       bn: "repq" (RepQ-BN: branch BNs folded with batch statistics in training)
         or "bnest" (BN estimation from input statistics).
-      keep_bn: names of rep blocks that keep true BN under "bnest" (default:
-        the zoo's choice, e.g. ResNet-18's last two 3x3 convs).
-      rule: a :class:`PrecisionRule` for 8-bit first/last layers; default by
-        model name (RepVGG: only the first layer's input 8-bit; AC-ResNet-18:
-        first layer 8-bit; OREPA-ResNet-18, ECBSR and others: first and last 8-bit).
+      keep_bn: names of rep blocks that keep true BN under "bnest" (default: the model's
+        ``repq.models.model_defaults``, e.g. the ResNet-18s' last two 3x3 convs; none for others).
+      rule: a :class:`PrecisionRule` for 8-bit first/last layers (default: the model's
+        ``repq.models.model_defaults``: RepVGG only the first layer's input 8-bit, AC-ResNet-18
+        the first layer 8-bit, other zoo models and models not from the zoo first and last 8-bit).
     """
     from repq.checks import check_built_model, check_not_quantized
+    from repq.models import model_defaults
 
     check_built_model(model)
     check_not_quantized(model, fix="quantize_model takes the floating-point model (the QAT model is already "
@@ -119,10 +120,10 @@ def quantize_model(model, weight_bits=4, act_bits=4, bn="repq", keep_bn=None, ru
     integer_range(act_bits, False)
     if bn not in BN_MODES:
         raise ValueError(f"bn must be one of {BN_MODES}, got {bn!r}.")
-    rule = rule_for(model.name) if rule is None else rule
+    rule = model_defaults(model).precision_rule if rule is None else rule
     if not isinstance(rule, PrecisionRule):
         raise TypeError(f"rule must be a PrecisionRule, got {type(rule).__name__}.")
-    keep_bn = set(keep_bn_for(model.name) if keep_bn is None else keep_bn)
+    keep_bn = set(model_defaults(model).keep_bn if keep_bn is None else keep_bn)
     model = _with_nested_models_inlined(model)
     _warn_float_layers(model)
     first, last = _first_and_last(model)
