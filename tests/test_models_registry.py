@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import keras
+import repq
 from repq import models
 from repq.models import registry
 from repq.ptq import quantize_ptq
@@ -103,10 +104,19 @@ def test_a_model_with_a_zoo_name_but_no_record_warns_and_can_be_tagged(tmp_path)
     assert models.registry_name(loaded) is None
     with pytest.warns(UserWarning, match=r"set_registry_name\(model, 'repvgg_a0'\)"):
         assert models.model_defaults(loaded) == models.GENERIC_DEFAULTS
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        quantize_model(loaded, 4, 4, rule=PrecisionRule())  # nothing left to look up: no warning
     assert models.set_registry_name(loaded, "repvgg_a0") is loaded
     assert bits(quantize_model(loaded, 4, 4))[0] == (4, 8)
     with pytest.raises(ValueError, match="unknown model 'repvgg_z9'"):
         models.set_registry_name(loaded, "repvgg_z9")
+
+
+def test_the_deploy_model_keeps_the_registry_name():
+    deployed = repq.reparametrize(small("repvgg_a0"))
+    assert models.registry_name(deployed) == "repvgg_a0"
+    assert bits(quantize_model(deployed, 4, 4))[0] == (4, 8)
 
 
 def test_register_model_refuses_a_duplicate_name(monkeypatch):

@@ -123,7 +123,9 @@ def quantize_model(model, weight_bits=4, act_bits=4, bn="repq", keep_bn=None, ru
     rule = model_defaults(model).precision_rule if rule is None else rule
     if not isinstance(rule, PrecisionRule):
         raise TypeError(f"rule must be a PrecisionRule, got {type(rule).__name__}.")
-    keep_bn = set(model_defaults(model).keep_bn if keep_bn is None else keep_bn)
+    if keep_bn is None:
+        keep_bn = model_defaults(model).keep_bn if bn == "bnest" else ()
+    keep_bn = set(keep_bn)
     model = _with_nested_models_inlined(model)
     _warn_float_layers(model)
     first, last = _first_and_last(model)
