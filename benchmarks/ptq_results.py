@@ -92,11 +92,11 @@ def iters_for(bits):
 def load_or_train(model_name, size):
     import keras
 
-    from repq import models  # noqa: F401  (registers the layers for loading)
+    from repq import models
 
     path = os.path.join(FLAGS.fp_dir, f"{model_name}_{size}px_{FLAGS.epochs}ep.keras")
     if os.path.exists(path):
-        return keras.saving.load_model(path), path, None
+        return models.set_registry_name(keras.saving.load_model(path), model_name), path, None
     start = time.perf_counter()
     model = train_fp_model(model_name, epochs=FLAGS.epochs, image_size=size, verbose=2,
                            **MODEL_KWARGS.get(model_name, {}))

@@ -27,7 +27,8 @@ from absl import flags
 # ptq.py's own flag registry: it can be imported next to train.py (same flag names) and driven
 # in-process by the tests, like train.cli.
 FLAGS = flags.FlagValues()
-flags.DEFINE_string("model", "resnet18", "model name (models.create_model)", flag_values=FLAGS)
+flags.DEFINE_string("model", "resnet18", "model name (models.create_model); a --fp_checkpoint is quantized "
+                    "with its registry defaults", flag_values=FLAGS)
 flags.DEFINE_string("method", "qdrop", "PTQ method (repq.ptq.METHODS): rtn, adaround, brecq, qdrop, "
                     "mrecg_modcap or mrecg_loss", flag_values=FLAGS)
 flags.DEFINE_integer("weight_bits", 4, "weight bits (2..8)", flag_values=FLAGS)
@@ -43,7 +44,8 @@ flags.DEFINE_string("dataset", "mnist5k", "dataset name (repq.data)", flag_value
 flags.DEFINE_string("output_dir", "ptq_out", "where results go", flag_values=FLAGS)
 flags.DEFINE_string("scheme", None, "MRECG scheme, e.g. '0,(1,2),3,...' (one entry per merged unit)",
                     flag_values=FLAGS)
-flags.DEFINE_integer("topk", None, "MRECG merges (default 2/4/7 for ResNet-18/50/MobileNetV2)",
+flags.DEFINE_integer("topk", None, "MRECG merges (default: --model's registry entry, 2 for ResNet-18, 7 for "
+                     "MobileNetV2, else units // 5)",
                      flag_values=FLAGS)
 flags.DEFINE_float("width_multiplier", None, "MobileNetV2 width when training a new FP model", flag_values=FLAGS)
 flags.DEFINE_integer("seed", 0, "random seed", flag_values=FLAGS)
@@ -210,7 +212,7 @@ def run(info):
     """The PTQ run of the command line (``info``: DatasetInfo of --dataset)."""
     import numpy as np
 
-    from repq import models  # noqa: F401  (registers the layers for loading)
+    from repq import models
     from repq.data import calibration_batches, get_dataset
     from repq.ptq import deployable_model, quantize_ptq
     from repq.ptq.fp_baseline import top1_accuracy
@@ -221,7 +223,7 @@ def run(info):
     output_dir = FLAGS.output_dir
     prepare_output_dir(output_dir)
     stage(f"output directory {output_dir}")
-    model = fp_model(output_dir)
+    model = models.set_registry_name(fp_model(output_dir), FLAGS.model)  # quantized with --model's defaults
     check_model(model, info)
     test, _ = get_dataset(FLAGS.dataset, "test", 250)  # the whole test split
     calib = calibration_batches(FLAGS.dataset, FLAGS.calib_size, FLAGS.batch_size, seed=FLAGS.seed, labels=True)

@@ -123,6 +123,8 @@ def check_flags():
 
 
 def load_recipe():
+    from repq import models
+
     recipe = FLAGS.config if FLAGS.config is not None else recipe_module(FLAGS.model).get_config()
     recipe = recipe.copy_and_resolve_references()
     reference_batch = recipe.batch_size
@@ -142,8 +144,9 @@ def load_recipe():
     if FLAGS.limit is not None:
         recipe.data.limit_train = recipe.data.limit_test = FLAGS.limit
         recipe.steps_per_epoch = None
-    if FLAGS.model.startswith("ecbsr"):
-        recipe.data.scale = 4 if FLAGS.model.endswith("_x4") else 2
+    sr_scale = models.model_defaults(FLAGS.model).sr_scale
+    if sr_scale is not None:
+        recipe.data.scale = sr_scale
     return recipe
 
 
@@ -196,9 +199,8 @@ def quantize_config(recipe, model):
 def create_zoo_model(recipe, info):
     from repq import models
 
-    if recipe.task == "super_resolution":
-        kwargs = {} if FLAGS.model.endswith(("_x2", "_x4")) else dict(scale=recipe.data.scale)
-        return models.create_model(FLAGS.model, **kwargs)
+    if recipe.task == "super_resolution":  # upscales by its registry entry's sr_scale (recipe.data.scale)
+        return models.create_model(FLAGS.model)
     return models.create_model(FLAGS.model, num_classes=info.num_classes, input_shape=info.image_shape,
                                norm_mode="bnest" if FLAGS.bnest else "bn", stem=recipe.stem)
 
@@ -358,6 +360,7 @@ def run(w_bits, a_bits):
     import numpy as np
 
     import repq
+    from repq import models
     from repq.baselines import merged_lsq_model
     from repq.callbacks import NaNGuard
     from repq.qat import calibrate, quantize_model
@@ -434,6 +437,7 @@ def run(w_bits, a_bits):
                 quantize_config(recipe, fp_model)  # a bad field fails now, not after FP training
                 fit_model(fp_model, make_train(), test_ds, recipe, "fp", callbacks=[guard("fp")], **fit_kwargs)
             save(fp_model, "fp_model.keras")
+    models.set_registry_name(fp_model, FLAGS.model)  # a loaded model quantizes with --model's defaults too
     times["fp_s"] = time.time() - start
     stage("evaluating the FP model")
     results = dict(model=FLAGS.model, method=FLAGS.method, weight_bits=w_bits, act_bits=a_bits, bnest=FLAGS.bnest,

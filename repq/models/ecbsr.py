@@ -2,6 +2,7 @@
 
 import keras
 
+from repq.models.defaults import ModelDefaults
 from repq.models.registry import register_model
 from repq.layers import ECBlock, PixelShuffleResidual
 
@@ -25,19 +26,19 @@ def ecbsr(module_nums=4, channel_nums=16, scale=2, input_shape=(None, None, 1), 
     return keras.Model(inputs, outputs, name=name or f"ecbsr_m{module_nums}c{channel_nums}_x{scale}")
 
 
-@register_model
+@register_model(defaults=ModelDefaults(sr_scale=2))
 def ecbsr_m4c16(scale=2, input_shape=(None, None, 1), **kwargs):
     """ECBSR-M4C16 (4 body ECBs of 16 channels, PReLU), x2 by default."""
     return ecbsr(4, 16, scale, input_shape, **kwargs)
 
 
-@register_model
+@register_model(defaults=ModelDefaults(sr_scale=2))
 def ecbsr_m4c16_x2(input_shape=(None, None, 1), **kwargs):
     """ECBSR-M4C16 for x2 super-resolution."""
     return ecbsr(4, 16, 2, input_shape, **kwargs)
 
 
-@register_model
+@register_model(defaults=ModelDefaults(sr_scale=4))
 def ecbsr_m4c16_x4(input_shape=(None, None, 1), **kwargs):
     """ECBSR-M4C16 for x4 super-resolution."""
     return ecbsr(4, 16, 4, input_shape, **kwargs)

@@ -2,6 +2,7 @@
 
 import keras
 
+from repq.models.defaults import ModelDefaults
 from repq.models.registry import stride_layout, register_model
 from repq.layers import ConvBN
 
@@ -30,7 +31,8 @@ def _inverted_residual(x, out, stride, expansion, name, norm_mode):
     return y
 
 
-@register_model
+# AdaRound λ 0.1 (SPEC Part C §3) and MRECG k = 7 (Ma et al.) for MobileNetV2.
+@register_model(defaults=ModelDefaults(mrecg_topk=7, adaround_lambda=0.1))
 def mobilenetv2(num_classes=1000, input_shape=(224, 224, 3), width_multiplier=1.0, stem="auto",
                 norm_mode="bn", dropout=0.2):
     """MobileNetV2; small-image layout (< 64 px) keeps stride 1 in the stem and the

@@ -1,12 +1,52 @@
-"""A timm-style model registry: ``@register_model`` builders and ``create_model(name, **kw)``."""
+"""A timm-style model registry: ``@register_model`` builders, each with its :class:`ModelDefaults`,
+and ``create_model(name, **kw)``.
+
+A model built by :func:`create_model` records its registry name (:func:`registry_name`), so
+:func:`model_defaults` finds its settings whatever the model is named. The record is a Python
+attribute: a model loaded from ``.keras`` (or cloned) has none and gets the generic defaults until
+:func:`set_registry_name` tags it again (train.py and ptq.py do, from ``--model``).
+"""
+
+import dataclasses
+import warnings
+from collections.abc import Callable
+
+from repq.models.defaults import GENERIC_DEFAULTS, ModelDefaults
+
+ATTRIBUTE = "repq_registry_name"
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    builder: Callable
+    defaults: ModelDefaults
+
 
 _MODELS = {}
 
 
-def register_model(fn):
-    """Register a builder ``fn(**kwargs) -> keras.Model`` under its function name."""
-    _MODELS[fn.__name__] = fn
-    return fn
+def register_model(fn=None, *, defaults=GENERIC_DEFAULTS):
+    """Register a builder ``fn(**kwargs) -> keras.Model`` under its function name.
+
+    Use as ``@register_model`` or ``@register_model(defaults=ModelDefaults(...))``.
+
+    Raises:
+      ValueError: when a model of that name is already registered.
+    """
+    if not isinstance(defaults, ModelDefaults):
+        raise TypeError(f"Invalid value for argument defaults. Expected a ModelDefaults. "
+                        f"Received: defaults={defaults!r}")
+
+    def register(builder):
+        name = builder.__name__
+        if name in _MODELS:
+            known = _MODELS[name].builder
+            raise ValueError(f"a model named {name!r} is already registered (by {known.__module__}."
+                             f"{known.__qualname__}); register the builder under another name.")
+        _MODELS[name] = Entry(builder, defaults)
+        return builder
+
+    return register if fn is None else register(fn)
 
 
 def list_models():
@@ -14,15 +54,54 @@ def list_models():
     return sorted(_MODELS)
 
 
+def _entry(name):
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}.")
+    return _MODELS[name]
+
+
 def create_model(name, **kwargs):
     """Build a registered model, e.g. ``create_model("repvgg_a0", num_classes=10, input_shape=(32, 32, 3))``.
+
+    The model records ``name`` (:func:`registry_name`).
 
     Raises:
       ValueError: for an unknown name (the message lists the known ones).
     """
-    if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}.")
-    return _MODELS[name](**kwargs)
+    model = _entry(name).builder(**kwargs)
+    set_registry_name(model, name)
+    return model
+
+
+def set_registry_name(model, name):
+    """Record that ``model`` is the zoo's ``name`` (e.g. after loading it from ``.keras``); returns it."""
+    _entry(name)
+    setattr(model, ATTRIBUTE, name)
+    return model
+
+
+def registry_name(model):
+    """The registry name recorded on ``model`` by :func:`create_model`, or None."""
+    return getattr(model, ATTRIBUTE, None)
+
+
+def model_defaults(model):
+    """The :class:`ModelDefaults` of a model (or of a registry name).
+
+    A model is looked up by its recorded :func:`registry_name`, never by ``model.name``; without
+    a record it gets :data:`GENERIC_DEFAULTS` (with a warning when ``model.name`` is a registry name,
+    as for a zoo model loaded from ``.keras``).
+    """
+    if isinstance(model, str):
+        return _entry(model).defaults
+    name = registry_name(model)
+    if name is not None:
+        return _entry(name).defaults
+    if model.name in _MODELS:
+        warnings.warn(f"model {model.name!r} has the name of a zoo model but no registry record (a model loaded "
+                      f"from .keras has none), so it gets the generic defaults; if it is the zoo's, call "
+                      f"repq.models.set_registry_name(model, {model.name!r}) first.", UserWarning, stacklevel=3)
+    return GENERIC_DEFAULTS
 
 
 LAYOUTS = ("imagenet", "small", "half")

@@ -2,8 +2,10 @@
 
 import keras
 
+from repq.models.defaults import ModelDefaults
 from repq.models.registry import register_model, stride_layout
 from repq.layers import RepVGGBlock
+from repq.qat.rules import PrecisionRule
 
 
 def repvgg(num_blocks, width_multiplier, num_classes=1000, input_shape=(224, 224, 3),
@@ -36,14 +38,19 @@ def repvgg(num_blocks, width_multiplier, num_classes=1000, input_shape=(224, 224
     return keras.Model(inputs, outputs, name=name)
 
 
-@register_model
+# RepQ: only the first layer's input stays 8-bit.
+DEFAULTS = ModelDefaults(precision_rule=PrecisionRule(first_input=True, first_weight=False, last_input=False,
+                                                      last_weight=False))
+
+
+@register_model(defaults=DEFAULTS)
 def repvgg_a0(num_classes=1000, input_shape=(224, 224, 3), **kwargs):
     """RepVGG-A0: blocks [2, 4, 14, 1], widths 48-48-96-192-1280 (8.31M deploy params)."""
     return repvgg([2, 4, 14, 1], [0.75, 0.75, 0.75, 2.5], num_classes, input_shape,
                   name="repvgg_a0", **kwargs)
 
 
-@register_model
+@register_model(defaults=DEFAULTS)
 def repvgg_b0(num_classes=1000, input_shape=(224, 224, 3), **kwargs):
     """RepVGG-B0: blocks [4, 6, 16, 1], widths 64-64-128-256-1280 (14.34M deploy params)."""
     return repvgg([4, 6, 16, 1], [1, 1, 1, 2.5], num_classes, input_shape,

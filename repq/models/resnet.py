@@ -2,12 +2,16 @@
 
 import keras
 
+from repq.models.defaults import ModelDefaults
 from repq.models.registry import stride_layout, register_model
 from repq.layers import ACBlock, ConvBN, OREPABlock, OREPALargeConv
 from repq.layers.padded_conv import symmetric_pad
+from repq.qat.rules import PrecisionRule
 
 # How each variant builds its 3x3 convs (the stem and 1x1 shortcuts are listed separately).
 CONV3X3 = {"plain": ConvBN, "acnet": ACBlock, "orepa": OREPABlock}
+# RepQ keeps true BatchNorm in the last two 3x3 convs under BNEst (small maps bias the estimate).
+KEEP_BN = ("stage4_block1_conv1", "stage4_block1_conv2")
 
 
 @keras.saving.register_keras_serializable(package="repq")
@@ -69,7 +73,7 @@ def resnet18_variant(variant, num_classes=1000, input_shape=(224, 224, 3), stem=
     """
     layout = stride_layout(input_shape, stem)
     if bn_layers is None:
-        bn_layers = ("stage4_block1_conv1", "stage4_block1_conv2")
+        bn_layers = KEEP_BN
 
     def mode(layer_name):
         return "bn" if layer_name in bn_layers else norm_mode
@@ -85,19 +89,21 @@ def resnet18_variant(variant, num_classes=1000, input_shape=(224, 224, 3), stem=
     return keras.Model(inputs, outputs, name=name or f"{variant}_resnet18")
 
 
-@register_model
+@register_model(defaults=ModelDefaults(keep_bn=KEEP_BN, mrecg_topk=2))  # MRECG k = 2 (Ma et al.)
 def resnet18(num_classes=1000, input_shape=(224, 224, 3), **kwargs):
     """Plain (torchvision-layout) ResNet-18 of ConvBN layers, for the PTQ path."""
     return resnet18_variant("plain", num_classes, input_shape, name="resnet18", **kwargs)
 
 
-@register_model
+@register_model(defaults=ModelDefaults(  # first layer 8-bit (RepQ)
+    precision_rule=PrecisionRule(first_input=True, first_weight=True, last_input=False, last_weight=False),
+    keep_bn=KEEP_BN))
 def ac_resnet18(num_classes=1000, input_shape=(224, 224, 3), **kwargs):
     """AC-ResNet-18: every 3x3 conv an ACB; plain 7x7 stem and 1x1 shortcuts."""
     return resnet18_variant("acnet", num_classes, input_shape, name="ac_resnet18", **kwargs)
 
 
-@register_model
+@register_model(defaults=ModelDefaults(keep_bn=KEEP_BN))
 def orepa_resnet18(num_classes=1000, input_shape=(224, 224, 3), **kwargs):
     """OREPA-ResNet-18: OREPA 3x3 convs, OREPA large-kernel 7x7 stem, plain 1x1 shortcuts."""
     return resnet18_variant("orepa", num_classes, input_shape, name="orepa_resnet18", **kwargs)

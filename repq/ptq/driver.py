@@ -11,6 +11,7 @@ import numpy as np
 
 import repq
 from repq.data.validate import check_images
+from repq.models import model_defaults
 from repq.ptq import mrecg
 from repq.ptq.checkpoint import RunCheckpoint
 from repq.ptq.qmodel import QuantModel
@@ -44,11 +45,6 @@ def as_batches(calib_data, batch_size, input_shape=None):
     return [x[i:i + size] for i in range(0, len(x) - size + 1, size)]
 
 
-def default_lambda(model_name):
-    """AdaRound λ: 0.1 for MobileNetV2, else 0.01 (SPEC Part C §3)."""
-    return 0.1 if "mobilenet" in model_name.lower() else 0.01
-
-
 def quantize_ptq(model, calib_data, method, weight_bits=4, act_bits=4, iters=20000, batch_size=32,
                  reg_lambda=None, scheme=None, topk=None, selection=None, stride_factor=None,
                  baseline_losses=None, seed=0, verbose=1, checkpoint_dir=None, crash_after_units=None):
@@ -60,9 +56,11 @@ def quantize_ptq(model, calib_data, method, weight_bits=4, act_bits=4, iters=200
       method: "rtn" | "adaround" | "brecq" | "qdrop" | "mrecg_modcap" | "mrecg_loss".
       weight_bits, act_bits: 2..8 (first/last layer and their inputs stay 8-bit).
       iters: reconstruction steps per unit; batch_size: samples per step.
-      reg_lambda: AdaRound λ (default :func:`default_lambda`).
+      reg_lambda: AdaRound λ (default: the model's ``repq.models.model_defaults``, 0.1 for MobileNetV2,
+        else 0.01).
       scheme: MRECG scheme (list, e.g. ``[0, (1, 2), 3]``) overriding the search.
-      topk: merges for MRECG (default ``mrecg.default_topk``).
+      topk: merges for MRECG (default: the model's ``repq.models.model_defaults``, 2 for ResNet-18 and 7
+        for MobileNetV2, else ``mrecg.default_topk``).
       selection: MRECG rule, a function ``(scores, k, allowed) -> boundaries``.
       stride_factor: ModCap ``f(stride)`` (default ``1/stride``).
       baseline_losses: per-unit losses of an earlier QDrop pass for ``mrecg_loss`` (skips the search).
@@ -113,7 +111,8 @@ def _quantize(model, batches, method, weight_bits, act_bits, iters, batch_size, 
         print(f"observer calibration: {sum(len(b) for b in batches)} images, {len(qm.act_quants)} activation and "
               f"{len(qm.weight_layers)} weight quantizers", flush=True)
     run.calibrate(qm, batches, verbose)
-    lam = default_lambda(model.name) if reg_lambda is None else reg_lambda
+    defaults = model_defaults(model)
+    lam = defaults.adaround_lambda if reg_lambda is None else reg_lambda
     report = {"method": method, "weight_bits": weight_bits, "act_bits": act_bits, "iters": iters,
               "batch_size": batch_size, "calib_size": sum(len(b) for b in batches), "reg_lambda": lam,
               "seed": seed, "scheme": None, "search_time_s": None, "baseline_unit_losses": None}
@@ -130,8 +129,9 @@ def _quantize(model, batches, method, weight_bits, act_bits, iters, batch_size, 
     else:
         units = block_units(qm.graph)
     if method.startswith("mrecg"):
-        units = _mrecg_units(qm, units, batches, config, model.name, seed=seed, report=report,
-                             checkpoint=run.stage("search"), **mrecg_args)
+        topk = defaults.mrecg_topk if mrecg_args["topk"] is None else mrecg_args["topk"]
+        units = _mrecg_units(qm, units, batches, config, seed=seed, report=report,
+                             checkpoint=run.stage("search"), **{**mrecg_args, "topk": topk})
     results = reconstruct_units(qm, units, batches, config, seed=seed, checkpoint=run.stage("units"))
     report.update(units=[r["name"] for r in results], unit_losses=[r["loss"] for r in results],
                   unit_losses_init=[r["loss_init"] for r in results],
@@ -146,13 +146,13 @@ def _quantize(model, batches, method, weight_bits, act_bits, iters, batch_size, 
     return qm.model, report
 
 
-def _mrecg_units(qm, units, batches, config, model_name, scheme, topk, selection, stride_factor,
+def _mrecg_units(qm, units, batches, config, scheme, topk, selection, stride_factor,
                  baseline_losses, seed, report, checkpoint=None):
     """Merged units for MRECG (explicit scheme, ModCap or a first QDrop pass); fills the report.
 
     ``checkpoint``: PassCheckpoint of the first QDrop pass (resumable like the final pass).
     """
-    k = topk if topk is not None else mrecg.default_topk(model_name, len(units))
+    k = topk if topk is not None else mrecg.default_topk(len(units))
     start = time.perf_counter()
     if scheme is not None:
         groups = scheme_groups(scheme, len(units))

@@ -21,8 +21,6 @@ import math
 
 import numpy as np
 
-DEFAULT_TOPK = {"resnet18": 2, "resnet50": 4, "mobilenetv2": 7, "regnetx_600m": 4}
-
 RELEASED_SCHEMES = {
     "resnet18": [1, 2, (3, 3), (4, 4), 5, 6, 7, 8],
     "resnet50": [1, 2, 3, (4, 4), 5, 6, (7, 7, 7), 8, 9, 10, (11, 11), 12, 13, 14],
@@ -33,11 +31,8 @@ RELEASED_SCHEMES = {
 DECIMALS = 9  # differentials are rounded so exact ties stay ties (then the earliest wins)
 
 
-def default_topk(model_name, num_units):
-    """k of the paper for known models, else ``max(1, num_units // 5)`` (ours)."""
-    for key, k in DEFAULT_TOPK.items():
-        if model_name.lower().startswith(key):
-            return k
+def default_topk(num_units):
+    """k for a model without the paper's (``ModelDefaults.mrecg_topk`` None): ``max(1, num_units // 5)`` (ours)."""
     return max(1, num_units // 5)
 
 

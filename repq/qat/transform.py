@@ -10,7 +10,7 @@ from repq.qat.quant_layers import QuantConv2D, QuantCustom, QuantDense, QuantRep
 from repq.qat.quantizable import is_quantizable, spec_for
 from repq.qat.range_placement import with_range_quantizers
 from repq.qat.range_quant import RangeFakeQuant
-from repq.qat.rules import HIGH_BITS, PrecisionRule, keep_bn_for, rule_for
+from repq.qat.rules import HIGH_BITS, PrecisionRule
 from repq.quantizers import integer_range
 from repq.reparam import copy_layer
 
@@ -130,18 +130,19 @@ def quantize_model(model, weight_bits=4, act_bits=4, bn="repq", keep_bn=None, ru
       weight_bits, act_bits: 2..8.
       bn: "repq" (RepQ-BN: branch BNs folded with batch statistics in training)
         or "bnest" (BN estimation from input statistics).
-      keep_bn: names of rep blocks that keep true BN under "bnest" (default:
-        the zoo's choice, e.g. ResNet-18's last two 3x3 convs).
-      rule: a :class:`PrecisionRule` for 8-bit first/last layers; default by
-        model name (RepVGG: only the first layer's input 8-bit; AC-ResNet-18:
-        first layer 8-bit; OREPA-ResNet-18, ECBSR and others: first and last 8-bit). It applies
-        to the first and last layers that are quantized (not excluded).
+      keep_bn: names of rep blocks that keep true BN under "bnest" (default: the model's
+        ``repq.models.model_defaults``, e.g. the ResNet-18s' last two 3x3 convs; none for others).
+      rule: a :class:`PrecisionRule` for 8-bit first/last layers (default: the model's
+        ``repq.models.model_defaults``: RepVGG only the first layer's input 8-bit, AC-ResNet-18
+        the first layer 8-bit, other zoo models and models not from the zoo first and last 8-bit). It
+        applies to the first and last layers that are quantized (not excluded).
       config: a :class:`~repq.qat.config.QuantizeConfig` (or a dict ``{"layers": {pattern: bits},
         "exclude": [pattern, ...]}``): per-layer bit widths, which override the rule and
         :func:`repq.quantize_annotate_layer`, and layers left float. A pattern matching no layer
         is a ValueError.
     """
     from repq.checks import check_built_model, check_not_quantized
+    from repq.models import model_defaults
 
     check_built_model(model)
     check_not_quantized(model, fix="quantize_model takes the floating-point model (the QAT model is already "
@@ -150,7 +151,7 @@ def quantize_model(model, weight_bits=4, act_bits=4, bn="repq", keep_bn=None, ru
     integer_range(act_bits, False, "act_bits")
     if bn not in BN_MODES:
         raise ValueError(f"Invalid value for argument bn. Expected one of {BN_MODES}. Received: bn={bn!r}")
-    rule = rule_for(model.name) if rule is None else rule
+    rule = model_defaults(model).precision_rule if rule is None else rule
     if not isinstance(rule, PrecisionRule):
         raise TypeError(f"Invalid value for argument rule. Expected a PrecisionRule. Received: rule={rule!r} "
                         f"(of type {type(rule).__name__})")
@@ -159,7 +160,9 @@ def quantize_model(model, weight_bits=4, act_bits=4, bn="repq", keep_bn=None, ru
     if config is not None and not isinstance(config, QuantizeConfig):
         raise TypeError(f"Invalid value for argument config. Expected a repq.QuantizeConfig or a dict. "
                         f"Received: config={config!r} (of type {type(config).__name__})")
-    keep_bn = set(keep_bn_for(model.name) if keep_bn is None else keep_bn)
+    if keep_bn is None:
+        keep_bn = model_defaults(model).keep_bn if bn == "bnest" else ()
+    keep_bn = set(keep_bn)
     model = _with_nested_models_inlined(model)
     chosen, excluded = _layer_choices(model, config)
     _warn_float_layers(model, excluded)
