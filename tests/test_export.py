@@ -366,3 +366,21 @@ def test_cli_data_dir_reaches_the_dataset(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1 and f"not prepared in {data_dir}" in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_mobilenetv2_depthwise_convs_export_bit_exact(tmp_path):
+    """The zoo's MobileNetV2 (depthwise ConvBN blocks) exports integer-only: its depthwise convs become int8
+    DEPTHWISE_CONV_2D with the learned per-channel steps, and repq.integer_predict equals LiteRT bit for bit."""
+    fp = models.create_model("mobilenetv2", num_classes=10, input_shape=(32, 32, 3), width_multiplier=0.35)
+    randomize_norms(fp)
+    train, _ = get_dataset("mnist5k", "train", 16, limit=32)
+    test, _ = get_dataset("mnist5k", "test", 16, limit=32)
+    qat = quantize_model(fp, 4, 4)
+    qat(next(iter(train))[0], training=True)
+    rep = [x.numpy() for x, _ in train]
+    _, report = repq.export_tflite(qat, str(tmp_path / "m.tflite"), rep, [(x.numpy(), y.numpy()) for x, y in test])
+    ops = {row["op"] for row in report["graph"]["convs"]}
+    assert "DEPTHWISE_CONV_2D" in ops, ops
+    assert report["integer_only"] and report["all_convs_integer"] and report["weights_on_grid"], report["float_ops"]
+    assert report["scales_match_learned"]
+    assert report["integer_emulation"]["max_abs_diff_steps"] == 0.0, report["integer_emulation"]

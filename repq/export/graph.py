@@ -14,7 +14,7 @@ from keras import ops
 
 from repq.export.errors import ExportError
 from repq.layers.base import RepConvBlock
-from repq.layers.padded_conv import pad_amounts, zero_pad
+from repq.layers.padded_conv import conv2d, pad_amounts, zero_pad
 from repq.qat.deploy import QuantizedConv2D, QuantizedDense
 from repq.qat.quant_layers import QuantWrapper
 from repq.qat.range_placement import flat_steps
@@ -66,6 +66,7 @@ class SharedInputMixin:
     """
 
     shared_input = False
+    input_max = None  # the producer's ReLU6 bound, folded into this reader's clamp (fold_relu6)
 
     def separated_input(self, x):
         if not self.shared_input or self.act_bits != 8:
@@ -79,11 +80,20 @@ class ExportQuantizedConv2D(SharedInputMixin, QuantizedConv2D):
     """``QuantizedConv2D`` whose quantized, padded input is stored in a finer int8 container
     (``fine_container``; after the padding, which TFLite must keep in one scale)."""
 
+    def quantize_input(self, x):
+        if self.input_max is None:
+            return super().quantize_input(x)
+        qmin, qmax = integer_range(self.act_bits, self.input_signed)
+        qmin8, qmax8 = integer_range(8, self.input_signed)
+        x = ops.minimum(ops.maximum(x, qmin * self.input_step), ops.minimum(qmax * self.input_step, self.input_max))
+        return tf.quantization.fake_quant_with_min_max_vars(x, qmin8 * self.input_step, qmax8 * self.input_step,
+                                                            num_bits=8)
+
     def call(self, inputs):
         x = zero_pad(self.quantize_input(self.separated_input(inputs)), self.pad)
         if any(map(any, pad_amounts(self.pad))):  # without a PAD between them the converter folds the two fake-quants
             x = fine_container(x, self)  # and can lose the rounding to the learned step (ResNets)
-        y = ops.conv(x, self.quantized_kernel(), strides=self.strides, padding="valid")
+        y = conv2d(x, self.quantized_kernel(), self.strides, self.groups)  # depthwise: DEPTHWISE_CONV_2D
         if self.use_bias:
             y = y + self.bias
         return self.activation(y)
@@ -150,9 +160,16 @@ def _check_supported(layer):
 
 
 def _check_groups(layer):
-    if isinstance(layer, QuantizedConv2D) and layer.groups != 1:
-        raise ExportError(f"layer {layer.name!r}: grouped/depthwise quantized convs (groups={layer.groups}) "
-                          "are not supported by the integer export yet.")
+    """Plain and depthwise convs (one output channel per input channel) are exported; TFLite has no int8
+    op for other groupings."""
+    if not isinstance(layer, QuantizedConv2D) or layer.groups == 1:
+        return
+    in_channels = layer.kernel.shape[2] * layer.groups
+    if layer.groups != in_channels or layer.filters != in_channels:
+        raise ExportError(f"layer {layer.name!r}: grouped quantized convs (groups={layer.groups}, {in_channels} -> "
+                          f"{layer.filters} channels) are not supported by the integer export; only plain convs and "
+                          "depthwise convs with one output channel per input channel are (TFLite has no int8 "
+                          "grouped conv).")
 
 
 def export_model(model):
@@ -175,7 +192,45 @@ def export_model(model):
         clone_function=lambda l: (_dense_as_conv(l) if type(l) is QuantizedDense
                                   else _export_conv(l) if type(l) is QuantizedConv2D else l))
     _mark_shared_inputs(exported)
+    fold_relu6(exported)
     return exported
+
+
+def fold_relu6(model):
+    """Move each quantized conv's ReLU6 into the clamps of the quantized convs that read its output.
+
+    ``clamp(relu6(y), 0, q s) = clamp(relu(y), 0, min(q s, 6))`` for an unsigned reader, so the values
+    are unchanged; likewise before an 8-bit range that ends at or below 6. Why: the converter fuses a ReLU followed by the reader's clamp into an int8 conv
+    and a MINIMUM, but leaves the conv in float when a ReLU6 (or a clip at 6) sits before the clamp.
+    A ReLU6 whose output has another kind of reader is left as it is.
+    """
+    readers, producers = {}, {}
+    for layer, _, in_keys, out_keys in flat_steps(model, {}, []):
+        for key in in_keys:
+            readers.setdefault(key, []).append(layer)
+        if isinstance(layer, ExportQuantizedConv2D) and layer.activation is keras.activations.relu6:
+            producers[out_keys[0]] = layer
+    for key, conv in producers.items():
+        folded = readers.get(key, [])
+        if folded and all(_clamps_at_6(r) for r in folded):
+            conv.activation = keras.activations.relu
+            for reader in folded:
+                if isinstance(reader, ExportQuantizedConv2D):
+                    reader.input_max = 6.0
+
+
+def _clamps_at_6(reader):
+    """Whether ``reader`` can take over a ReLU6 of its input: an unsigned quantized conv (its clamp gets the
+    bound), or a non-negative 8-bit range whose top code (after the converter's nudging) 6.0 reaches."""
+    if isinstance(reader, ExportQuantizedConv2D):
+        return reader.act_bits is not None and not reader.input_signed
+    if isinstance(reader, RangeFakeQuant):
+        from repq.export.integer_emulation import fake_quant_params
+
+        scale, zero_point = fake_quant_params(float(reader.lo.numpy()), float(reader.hi.numpy()))
+        # every value >= 6 lands on the top code either way (margin: a quarter step, not just a tie)
+        return float(reader.lo.numpy()) >= 0.0 and (127 - zero_point - 0.25) * scale <= 6.0
+    return False
 
 
 def _mark_shared_inputs(model):

@@ -140,10 +140,17 @@ def conv_dtype(zero_point, kernel_int):
     return tf.float32 if bound < FLOAT32_EXACT_INTEGERS else tf.float64
 
 
-def _conv_acc(x, kernel_int, strides):
-    """``sum (q - z) * w`` as int64 (N, H', W', out); ``x`` :class:`Quantized` (already padded)."""
+def _conv_acc(x, kernel_int, strides, depthwise=False):
+    """``sum (q - z) * w`` as int64 (N, H', W', out); ``x`` :class:`Quantized` (already padded); a
+    ``depthwise`` HWIO kernel ``(kh, kw, 1, C)`` convolves each input channel with its own filter."""
     dtype = conv_dtype(x.zero_point, kernel_int)
-    acc = tf.nn.conv2d(tf.constant(x.q - x.zero_point, dtype), tf.constant(kernel_int, dtype), strides, "VALID")
+    q = tf.constant(x.q - x.zero_point, dtype)
+    if depthwise:
+        kh, kw, _, channels = kernel_int.shape
+        kernel = tf.constant(kernel_int.reshape(kh, kw, channels, 1), dtype)
+        acc = tf.nn.depthwise_conv2d(q, kernel, (1, strides[0], strides[1], 1), "VALID")
+        return acc.numpy().astype(np.int64)
+    acc = tf.nn.conv2d(q, tf.constant(kernel_int, dtype), strides, "VALID")
     return acc.numpy().astype(np.int64)  # exact integers (conv_dtype)
 
 
@@ -183,12 +190,14 @@ def _fine_params(layer):
 @dataclasses.dataclass
 class ConvConstants:
     """A quantized conv's integer form: HWIO ``kernel`` integers, int32 ``bias`` in units of
-    ``acc_scale`` (``s_in * s_w`` per output channel, float32), ``strides`` and a fused ``relu``."""
+    ``acc_scale`` (``s_in * s_w`` per output channel, float32), ``strides``, a fused ``relu`` and
+    whether it is ``depthwise`` (kernel ``(kh, kw, 1, C)``, one filter per channel)."""
     kernel: np.ndarray
     bias: np.ndarray
     acc_scale: np.ndarray
     strides: int
     relu: bool
+    depthwise: bool = False
 
     @classmethod
     def of(cls, layer):
@@ -207,7 +216,8 @@ class ConvConstants:
         bias = (np.rint(layer.bias.numpy().astype(np.float64) / acc_scale.astype(np.float64)).astype(np.int64)
                 if layer.use_bias else np.zeros(acc_scale.shape, np.int64))
         return cls(np.clip(np.floor(kernel.astype(np.float64) / w_step + 0.5), qmin_w, qmax_w), bias,
-                   acc_scale, 1 if dense else layer.strides, activation == "relu")
+                   acc_scale, 1 if dense else layer.strides, activation == "relu",
+                   depthwise=not dense and layer.groups > 1)
 
 
 def _input_of(layer, value):
@@ -215,7 +225,10 @@ def _input_of(layer, value):
     then in the finer container of ``repq.export.graph.fine_container`` when it has one."""
     scale, zp = _storage_params(layer)
     qmin, qmax = integer_range(layer.act_bits, layer.input_signed)
-    x = _pad(store(value, scale, zp, qmin + zp, qmax + zp), getattr(layer, "pad", 0))
+    hi = qmax + zp
+    if getattr(layer, "input_max", None) is not None:  # a folded ReLU6 (repq.export.graph.fold_relu6)
+        hi = min(hi, zp + int(np.floor(np.float64(layer.input_max) / np.float64(scale) + 0.5)))
+    x = _pad(store(value, scale, zp, qmin + zp, hi), getattr(layer, "pad", 0))
     fine = _fine_params(layer)
     return x if fine is None else store(x, *fine)
 
@@ -226,7 +239,7 @@ def _conv(layer, value, constants):
     dense = isinstance(layer, QuantizedDenseAsConv)
     if dense:  # (N, in) -> (N, 1, 1, in), a 1x1 conv
         x = Quantized(x.q.reshape(-1, 1, 1, x.q.shape[-1]), x.scale, x.zero_point)
-    acc = _conv_acc(x, constants.kernel, constants.strides) + constants.bias
+    acc = _conv_acc(x, constants.kernel, constants.strides, constants.depthwise) + constants.bias
     if dense:
         acc = acc.reshape(-1, acc.shape[-1])
 
