@@ -91,3 +91,9 @@ def test_ptq_cli_run_is_exported_by_export_cli(tmp_path, capsys):
     assert export.main(["--checkpoint", str(run), "--output", str(out), "--num_eval", "8", "--num_calib", "16"]) == 0
     report = json.loads((out / "model_int8_fidelity.json").read_text())
     assert report["integer_only"] and report["integer_emulation"]["max_abs_diff_steps"] == 0.0, report
+    # the PTQ model alone (no deployable_model.keras) is exported too, carried over on the export's own data
+    (run / "deployable_model.keras").unlink()
+    out = tmp_path / "export_from_ptq_model"
+    assert export.main(["--checkpoint", str(run), "--output", str(out), "--num_eval", "8", "--num_calib", "16"]) == 0
+    report = json.loads((out / "model_int8_fidelity.json").read_text())
+    assert report["integer_only"] and report["integer_emulation"]["max_abs_diff_steps"] == 0.0, report
