@@ -50,3 +50,20 @@ def test_weight_search_is_per_channel_and_beats_max_scaling(bits):
         return np.mean(np.abs(q - kernel) ** 2.4, axis=(0, 1, 2))
     max_steps = np.abs(kernel).max(axis=(0, 1, 2)) / ((qmax - qmin) / 2)
     assert np.all(error(steps) <= error(max_steps) * (1 + 1e-5))  # i = 0 is max scaling
+
+
+@pytest.mark.parametrize("shape,bits", [((3, 3, 16, 8), 4), ((1, 1, 24, 40), 2), ((200, 6), 8)])
+def test_weight_search_picks_the_brute_force_minimum(shape, bits):
+    """Per-channel search against an independent float64 brute force over the 80 candidate ranges."""
+    rng = np.random.default_rng(2)
+    kernel = rng.standard_t(4, size=shape).astype("float32")
+    qmin, qmax = integer_range(bits, signed=True)
+    steps = np.asarray(mse_initial_step(kernel, qmin, qmax, per_channel=True), np.float64)
+    flat = kernel.reshape(-1, shape[-1]).astype(np.float64)
+    candidates = np.abs(flat).max(axis=0) * (1 - 0.01 * np.arange(80))[:, None] / ((qmax - qmin) / 2)  # (K, C)
+    errors = np.stack([np.mean(np.abs(np.clip(np.floor(flat / c + 0.5), qmin, qmax) * c - flat) ** 2.4, axis=0)
+                       for c in candidates])
+    picked = np.argmin(np.abs(candidates - steps[None, :]), axis=0)
+    np.testing.assert_allclose(steps, candidates[picked, np.arange(shape[-1])], rtol=1e-6)  # one of the candidates
+    chosen = errors[picked, np.arange(shape[-1])]
+    np.testing.assert_array_less(chosen, errors.min(axis=0) * (1 + 1e-4) + 1e-12)  # float32 ties aside, the minimum

@@ -160,16 +160,15 @@ def _check_supported(layer):
 
 
 def _check_groups(layer):
-    """Plain and depthwise convs (one output channel per input channel) are exported; TFLite has no int8
-    op for other groupings."""
+    """Plain and depthwise convs (``groups`` = input channels, a whole number of output channels per input
+    channel: TFLite's depth multiplier) are exported; TFLite has no int8 op for other groupings."""
     if not isinstance(layer, QuantizedConv2D) or layer.groups == 1:
         return
     in_channels = layer.kernel.shape[2] * layer.groups
-    if layer.groups != in_channels or layer.filters != in_channels:
+    if layer.groups != in_channels or layer.filters % in_channels:
         raise ExportError(f"layer {layer.name!r}: grouped quantized convs (groups={layer.groups}, {in_channels} -> "
                           f"{layer.filters} channels) are not supported by the integer export; only plain convs and "
-                          "depthwise convs with one output channel per input channel are (TFLite has no int8 "
-                          "grouped conv).")
+                          "depthwise convs (groups = input channels) are (TFLite has no int8 grouped conv).")
 
 
 def export_model(model):

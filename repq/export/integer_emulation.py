@@ -142,12 +142,13 @@ def conv_dtype(zero_point, kernel_int):
 
 def _conv_acc(x, kernel_int, strides, depthwise=False):
     """``sum (q - z) * w`` as int64 (N, H', W', out); ``x`` :class:`Quantized` (already padded); a
-    ``depthwise`` HWIO kernel ``(kh, kw, 1, C)`` convolves each input channel with its own filter."""
+    ``depthwise`` HWIO kernel ``(kh, kw, 1, C*m)`` convolves each input channel with its own m filters."""
     dtype = conv_dtype(x.zero_point, kernel_int)
     q = tf.constant(x.q - x.zero_point, dtype)
     if depthwise:
-        kh, kw, _, channels = kernel_int.shape
-        kernel = tf.constant(kernel_int.reshape(kh, kw, channels, 1), dtype)
+        kh, kw, _, out = kernel_int.shape
+        channels = x.q.shape[-1]  # output c*m + q reads input channel c (depth multiplier m)
+        kernel = tf.constant(kernel_int.reshape(kh, kw, channels, out // channels), dtype)
         acc = tf.nn.depthwise_conv2d(q, kernel, (1, strides[0], strides[1], 1), "VALID")
         return acc.numpy().astype(np.int64)
     acc = tf.nn.conv2d(q, tf.constant(kernel_int, dtype), strides, "VALID")
@@ -191,7 +192,7 @@ def _fine_params(layer):
 class ConvConstants:
     """A quantized conv's integer form: HWIO ``kernel`` integers, int32 ``bias`` in units of
     ``acc_scale`` (``s_in * s_w`` per output channel, float32), ``strides``, a fused ``relu`` and
-    whether it is ``depthwise`` (kernel ``(kh, kw, 1, C)``, one filter per channel)."""
+    whether it is ``depthwise`` (kernel ``(kh, kw, 1, C*m)``, m filters per input channel)."""
     kernel: np.ndarray
     bias: np.ndarray
     acc_scale: np.ndarray
@@ -320,6 +321,8 @@ def _mean(x, axes, keepdims):
     count = int(np.prod([x.q.shape[a] for a in axes]))
 
     def requantize(scale, zero_point):
+        if (scale, zero_point) == (x.scale, x.zero_point) and count == 1:  # a mean of one value: a copy
+            return total + zero_point
         if (scale, zero_point) == (x.scale, x.zero_point):  # measured: the runtime rounds differently then
             raise ExportError("a MEAN whose output keeps its input's int8 scale is not emulated (the export "
                               "gives pooling outputs the reading layer's learned step).")

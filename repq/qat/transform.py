@@ -4,8 +4,10 @@ import warnings
 
 import keras
 
+from repq.graph_rebuild import flatten_model
 from repq.layers.base import RepConvBlock
 from repq.qat.config import EXCLUDE, LayerBits, QuantizeConfig, annotation, merge
+from repq.qat.prepare import prepare_keras_model
 from repq.qat.quant_layers import QuantConv2D, QuantCustom, QuantDense, QuantRepConv
 from repq.qat.quantizable import is_quantizable, spec_for
 from repq.qat.range_placement import with_range_quantizers
@@ -60,8 +62,6 @@ def _with_nested_models_inlined(model):
     if others:
         raise ValueError(f"model {model.name!r} nests the models {', '.join(others)} whose layers would be left "
                          "unquantized; rebuild it flat (call their layers on the outer model's tensors) first.")
-    from repq.baselines.merged_lsq import flatten_model
-
     return flatten_model(model)
 
 
@@ -163,7 +163,7 @@ def quantize_model(model, weight_bits=4, act_bits=4, bn="repq", keep_bn=None, ru
     if keep_bn is None:
         keep_bn = model_defaults(model).keep_bn if bn == "bnest" else ()
     keep_bn = set(keep_bn)
-    model = _with_nested_models_inlined(model)
+    model = prepare_keras_model(_with_nested_models_inlined(model))
     chosen, excluded = _layer_choices(model, config)
     _warn_float_layers(model, excluded)
     first, last = _first_and_last(model, excluded)
@@ -209,7 +209,7 @@ def quantize_model(model, weight_bits=4, act_bits=4, bn="repq", keep_bn=None, ru
 def check_config(model, config):
     """Raise ValueError unless ``config`` (a :class:`QuantizeConfig`) fits ``model``: every pattern
     names a layer, and layers given bits can be quantized (what ``quantize_model`` would check)."""
-    _layer_choices(_with_nested_models_inlined(model), config)
+    _layer_choices(prepare_keras_model(_with_nested_models_inlined(model)), config)
 
 
 def quantized_layers(model):
