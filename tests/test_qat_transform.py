@@ -264,10 +264,12 @@ def test_nested_functional_model_is_refused():
 
 
 def test_layers_left_float_are_named_in_a_warning():
+    """A BatchNormalization after an Add (nothing to fold it into) and a layer class without a quantizer."""
     inputs = keras.Input((8, 8, 1))
-    x = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(keras.layers.Conv2D(4, 3, padding="same")(inputs))
-    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(keras.layers.Add()([x, x]))
+    x = keras.layers.LayerNormalization(name="ln")(x)
     fp = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x)))
-    with pytest.warns(UserWarning, match=r"2 layer\(s\) with weights in float: dw \(DepthwiseConv2D\), bn "
-                                         r"\(BatchNormalization\)"):
+    with pytest.warns(UserWarning, match=r"2 layer\(s\) with weights in float: bn \(BatchNormalization\), ln "
+                                         r"\(LayerNormalization\)"):
         quantize_model(fp, 4, 4)

@@ -92,18 +92,21 @@ class QuantizeConfig:
                              "'layers' and 'exclude'.")
         return cls(dict(config.get("layers", {})), tuple(config.get("exclude", ())))
 
-    def resolve(self, names, quantizable):
+    def resolve(self, names, quantizable, folded=()):
         """``(bits, excluded)`` for a model's layers: ``bits`` maps the names of quantizable
         layers an entry matches to their :class:`LayerBits`, ``excluded`` is a set of names.
 
         Args:
           names: every layer name of the model.
           quantizable: the names of the layers ``quantize_model`` can quantize.
+          folded: names of layers ``quantize_model`` folded into the layer before them (a BatchNormalization,
+            ZeroPadding2D or ReLU after a conv: ``repq.qat.prepare``); patterns may name them, but not give them bits.
 
         An excluded layer stays float even where an entry of ``layers`` matches it.
         Raises ValueError naming a pattern that matches no layer, or a layer given bits that
         cannot be quantized.
         """
+        names = list(names) + [n for n in folded if n not in names]
         excluded = set()
         for pattern in self.exclude:
             hit = [n for n in names if matches(pattern, n)]
@@ -118,6 +121,10 @@ class QuantizeConfig:
                 raise ValueError(f"QuantizeConfig.layers names {_describe(pattern)}, which matches no layer of "
                                  f"the model (layers: {_preview(names)}).")
             targets = [n for n in hit if n in quantizable]
+            if not targets and set(hit) <= set(folded):
+                raise ValueError(f"QuantizeConfig.layers names {_describe(pattern)}, which matches only layers "
+                                 f"folded into the conv or dense before them ({_preview(hit)}); give the bits to "
+                                 "that layer.")
             if not targets:
                 raise ValueError(f"QuantizeConfig.layers names {_describe(pattern)}, which matches only layers "
                                  f"that cannot be quantized ({_preview(hit)}); register their class with "

@@ -88,9 +88,17 @@ def _first_and_last(model, excluded):
     return quantizable[0].name, quantizable[-1].name
 
 
-def _layer_choices(model, config):
+def _prepared(model):
+    """``(model ready to wrap, names of the layers folded away)``: nested Sequentials inlined and
+    :func:`repq.qat.prepare.prepare_keras_model` applied."""
+    flat = _with_nested_models_inlined(model)
+    prepared = prepare_keras_model(flat)
+    return prepared, {l.name for l in flat.layers} - {l.name for l in prepared.layers}
+
+
+def _layer_choices(model, config, folded=()):
     """``(bits, excluded)``: per-layer :class:`LayerBits` from annotations overridden by ``config``,
-    and the names of the layers left float."""
+    and the names of the layers left float (``folded``: names ``config`` may match that are gone)."""
     bits, excluded = {}, set()
     for layer in model.layers:
         choice = annotation(layer)
@@ -104,7 +112,8 @@ def _layer_choices(model, config):
             bits[layer.name] = choice
     if config is not None:
         names = [l.name for l in model.layers]
-        config_bits, config_excluded = config.resolve(names, {l.name for l in model.layers if is_quantizable(l)})
+        config_bits, config_excluded = config.resolve(names, {l.name for l in model.layers if is_quantizable(l)},
+                                                      folded)
         excluded |= config_excluded
         bits.update({name: merge(bits.get(name), entry) for name, entry in config_bits.items()})
     return {n: b for n, b in bits.items() if n not in excluded}, excluded
@@ -163,8 +172,8 @@ def quantize_model(model, weight_bits=4, act_bits=4, bn="repq", keep_bn=None, ru
     if keep_bn is None:
         keep_bn = model_defaults(model).keep_bn if bn == "bnest" else ()
     keep_bn = set(keep_bn)
-    model = prepare_keras_model(_with_nested_models_inlined(model))
-    chosen, excluded = _layer_choices(model, config)
+    model, folded = _prepared(model)
+    chosen, excluded = _layer_choices(model, config, folded)
     _warn_float_layers(model, excluded)
     first, last = _first_and_last(model, excluded)
 
@@ -209,7 +218,8 @@ def quantize_model(model, weight_bits=4, act_bits=4, bn="repq", keep_bn=None, ru
 def check_config(model, config):
     """Raise ValueError unless ``config`` (a :class:`QuantizeConfig`) fits ``model``: every pattern
     names a layer, and layers given bits can be quantized (what ``quantize_model`` would check)."""
-    _layer_choices(prepare_keras_model(_with_nested_models_inlined(model)), config)
+    prepared, folded = _prepared(model)
+    _layer_choices(prepared, config, folded)
 
 
 def quantized_layers(model):
