@@ -92,7 +92,7 @@ def test_applications_like_model_trains_and_exports_bit_exact(tmp_path):
         warnings.simplefilter("error", UserWarning)  # no "left in float" warning
         qat = repq.quantize_model(model, 4, 4)
     assert sum(isinstance(l, QuantConv2D) for l in qat.layers) == 5
-    repq.calibrate(qat, [x])
+    repq.calibrate(qat, x)
     qat.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     before = [w.numpy().copy() for w in qat.trainable_weights]
     history = qat.fit(x, np.arange(16) % 10, batch_size=16, epochs=1, verbose=0)
@@ -120,7 +120,7 @@ def test_keras_applications_train_a_step_and_export_bit_exact(name, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         qat = repq.quantize_model(model, 4, 4)
-    repq.calibrate(qat, [x])
+    repq.calibrate(qat, x)
     qat.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     assert np.isfinite(qat.train_on_batch(x, np.arange(8) % 10))
     _, report = repq.export_tflite(qat, str(tmp_path / "m.tflite"), x, (images(8, 32, seed=1), np.zeros(8)))
