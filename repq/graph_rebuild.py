@@ -60,7 +60,8 @@ def flatten_model(model):
             return copy_layer(layer)(*args, **kwargs)
         out = args[0]
         for inner in layer.layers:
-            out = copy_layer(inner, inner.name if inner.name.startswith(layer.name) else f"{layer.name}_{inner.name}")(out)
+            name = inner.name if inner.name.startswith(layer.name) else f"{layer.name}_{inner.name}"
+            out = copy_layer(inner, name)(out)
         return out
 
     return rebuild(model, call)

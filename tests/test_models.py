@@ -9,8 +9,9 @@ import repq
 from tests.conftest import randomize_norms, rel_max_error
 
 TOL = 1e-4
-CLASSIFIERS = ["repvgg_a0", "repvgg_b0", "ac_resnet18", "orepa_resnet18", "resnet18", "mobilenetv2"]
-SR_MODELS = ["ecbsr_m4c16_x2", "ecbsr_m4c16_x4"]
+# Every registered model, so a newly registered one is tested too (ECBSR: super-resolution).
+CLASSIFIERS = [n for n in models.list_models() if not n.startswith("ecbsr")]
+SR_MODELS = [n for n in models.list_models() if n.startswith("ecbsr_m4c16_x")]
 
 
 def build(name, input_size, stem="auto"):

@@ -83,7 +83,8 @@ def _padded_conv(padding, conv):
     (top, bottom), (left, right) = padding.padding
     (ctop, cbottom), (cleft, cright) = pad_amounts(getattr(conv, "pad", 0))
     config = {k: v for k, v in conv.get_config().items() if k != "padding"}
-    padded = PaddedConv2D.from_config(dict(config, pad=((top + ctop, bottom + cbottom), (left + cleft, right + cright))))
+    pad = ((top + ctop, bottom + cbottom), (left + cleft, right + cright))
+    padded = PaddedConv2D.from_config(dict(config, pad=pad))
     padded.build(padding.input.shape)
     padded.set_weights(conv.get_weights())
     copy_annotation(conv, padded)
