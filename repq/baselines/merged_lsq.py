@@ -4,7 +4,7 @@ The multi-branch model is merged into a plain net first, so QAT trains one conv 
 block and loses the multi-branch training dynamics RepQ keeps.
 """
 
-from repq.graph_rebuild import flatten_model
+from repq.graph import flatten_model
 from repq.models import model_defaults
 from repq.qat import quantize_model
 from repq.reparam import reparametrize

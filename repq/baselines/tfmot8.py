@@ -81,20 +81,21 @@ def build_tf_keras_model(model, tf_keras):
     """The tf_keras twin of a flat functional Keras 3 model, with its weights."""
     import keras
 
+    from repq.graph import call_nodes
+
     mapping = {id(t): tf_keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t.name) for t in model.inputs}
     inputs = [mapping[id(t)] for t in model.inputs]
-    for depth in sorted(model._nodes_by_depth, reverse=True):
-        for node in model._nodes_by_depth[depth]:
-            layers = _translate(node.operation, tf_keras)
-            if layers is None:
-                continue
-            args = [mapping[id(t)] for t in node.input_tensors]
-            out = args[0] if len(args) == 1 else args
-            for twin in layers:
-                out = twin(out)
-            if node.operation.weights:
-                layers[-1].set_weights([keras.ops.convert_to_numpy(w) for w in node.operation.weights])
-            mapping[id(node.output_tensors[0])] = out
+    for node in call_nodes(model):
+        layers = _translate(node.operation, tf_keras)
+        if layers is None:
+            continue
+        args = [mapping[id(t)] for t in node.input_tensors]
+        out = args[0] if len(args) == 1 else args
+        for twin in layers:
+            out = twin(out)
+        if node.operation.weights:
+            layers[-1].set_weights([keras.ops.convert_to_numpy(w) for w in node.operation.weights])
+        mapping[id(node.output_tensors[0])] = out
     return tf_keras.Model(inputs, [mapping[id(t)] for t in model.outputs][0], name=model.name)
 
 

@@ -266,7 +266,7 @@ def run_tfmot8(fp_model, recipe, output_dir):
     import json
 
     import repq
-    from repq.graph_rebuild import flatten_model
+    from repq.graph import flatten_model
     from repq.training import save_model
 
     merged_path = os.path.join(output_dir, "merged_fp_model.keras")

@@ -12,6 +12,7 @@ from repq.export import convert, fidelity, integer_emulation, tflite_graph
 from repq.qat import range_placement as ranges
 from repq.export.errors import ExportError
 from repq.export.files import atomic_directory
+from repq.graph import output_layer
 from repq.export.graph import export_model, graph_layers, is_quantized
 from repq.outputs import atomic_file
 from repq.qat.deploy import QuantizedConv2D, QuantizedDense
@@ -123,7 +124,7 @@ def export_graph(model, representative_data=None):
         raise ExportError(f"{len(calibrated)} tensors (e.g. the model output) have no learned quantization; "
                           "pass representative_data (a few batches of model inputs) to calibrate them.")
     ranges.calibrate(graph, calibrated, batches)
-    step = graph.outputs[0]._keras_history.operation.step()  # the output's RangeFakeQuant
+    step = output_layer(graph).step()  # the output's RangeFakeQuant
     return graph, step
 
 

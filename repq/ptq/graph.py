@@ -7,8 +7,9 @@ and the reconstruction units refer to tensors by these ids.
 import dataclasses
 
 import keras
-
 from keras import tree
+
+from repq.graph import call_nodes, is_graph_model
 
 
 @dataclasses.dataclass
@@ -47,18 +48,15 @@ class Graph:
 
     def __init__(self, model, may_hold_weights=is_weight_layer):
         self.may_hold_weights = may_hold_weights
-        if not hasattr(model, "_nodes_by_depth"):
+        if not is_graph_model(model):
             raise TypeError(f"PTQ needs a functional or Sequential model, got {type(model).__name__}.")
         self.model = model
         self.tensors = {}
         self.ops = []
-        for depth in sorted(model._nodes_by_depth, reverse=True):
-            for node in model._nodes_by_depth[depth]:
-                if node.operation is None or node.is_input:
-                    for t in node.output_tensors:
-                        self.tensors[id(t)] = t
-                    continue
-                self._add(node)
+        for t in model.inputs:
+            self.tensors[id(t)] = t
+        for node in call_nodes(model):
+            self._add(node)
         self.input_ids = [id(t) for t in model.inputs]
         self.output_ids = [id(t) for t in model.outputs]
         self.consumers = {tid: [] for tid in self.tensors}

@@ -21,7 +21,7 @@ A BatchNormalization anywhere else (after an ``Add``, or read by several layers)
 import keras
 import numpy as np
 
-from repq.graph_rebuild import copy_layer, fuse_pairs, rebuild
+from repq.graph import copy_layer, fuse_pairs, rebuild
 from repq.layers.padded_conv import PaddedConv2D, pad_amounts, same_padding
 from repq.qat.config import copy_annotation
 

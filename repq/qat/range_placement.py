@@ -21,6 +21,7 @@ import re
 import keras
 import numpy as np
 
+from repq.graph import call_nodes
 from repq.qat.deploy import QuantizedConv2D
 from repq.qat.quant_layers import QuantWrapper
 from repq.qat.range_quant import LearnedStepContainer, RangeFakeQuant, container_range, learned_input_step
@@ -62,20 +63,17 @@ def flat_steps(model, alias, steps):
     """
     functional = getattr(model, "_functional", None) or model
     key = lambda t: alias.get(id(t), id(t))  # noqa: E731
-    for depth in sorted(functional._nodes_by_depth, reverse=True):
-        for node in functional._nodes_by_depth[depth]:
-            layer = node.operation
-            if isinstance(layer, keras.layers.InputLayer):
-                continue
-            if isinstance(layer, keras.Model):
-                inner = getattr(layer, "_functional", None) or layer
-                for t_inner, t_outer in zip(keras.tree.flatten(inner.inputs), node.input_tensors):
-                    alias[id(t_inner)] = key(t_outer)
-                flat_steps(layer, alias, steps)
-                for t_outer, t_inner in zip(node.outputs, keras.tree.flatten(inner.outputs)):
-                    alias[id(t_outer)] = key(t_inner)
-                continue
-            steps.append((layer, node, [key(t) for t in node.input_tensors], [id(t) for t in node.outputs]))
+    for node in call_nodes(functional):
+        layer = node.operation
+        if isinstance(layer, keras.Model):
+            inner = getattr(layer, "_functional", None) or layer
+            for t_inner, t_outer in zip(keras.tree.flatten(inner.inputs), node.input_tensors):
+                alias[id(t_inner)] = key(t_outer)
+            flat_steps(layer, alias, steps)
+            for t_outer, t_inner in zip(node.outputs, keras.tree.flatten(inner.outputs)):
+                alias[id(t_outer)] = key(t_inner)
+            continue
+        steps.append((layer, node, [key(t) for t in node.input_tensors], [id(t) for t in node.outputs]))
     return steps
 
 

@@ -16,6 +16,7 @@ import tensorflow as tf
 from keras import ops
 
 from repq.distribute import replicated
+from repq.graph import co_readers
 from repq.quantizers import integer_range
 
 
@@ -124,19 +125,12 @@ class LearnedStepContainer(keras.layers.Layer):
         self.leader = leader
         self._leader_ref = None  # weak: the leader belongs to the model, not to this layer
 
-    def _siblings(self):
-        """Layers that read the same tensors as this one (through every graph it is part of)."""
-        for node in self._inbound_nodes:
-            for parent in node.parent_nodes:
-                for out in parent.operation._outbound_nodes:
-                    yield out.operation
-
     def leader_layer(self):
         """The sibling layer whose learned step this container uses (looked up once)."""
         leader = self._leader_ref() if self._leader_ref is not None else None
         if leader is not None:
             return leader
-        for layer in self._siblings():
+        for layer in co_readers(self):
             candidates = layer.layers if isinstance(layer, keras.Model) else [layer]
             for candidate in candidates:
                 if candidate.name.startswith(self.leader) and learned_input_step(candidate) is not None:

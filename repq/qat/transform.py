@@ -4,7 +4,7 @@ import warnings
 
 import keras
 
-from repq.graph_rebuild import flatten_model
+from repq.graph import flatten_model, single_producer
 from repq.layers.base import RepConvBlock
 from repq.qat.config import EXCLUDE, LayerBits, QuantizeConfig, annotation, merge
 from repq.qat.prepare import prepare_keras_model
@@ -21,13 +21,6 @@ BN_MODES = ("repq", "bnest")
 SIGN_PRESERVING = (keras.layers.MaxPooling2D, keras.layers.GlobalAveragePooling2D,
                    keras.layers.AveragePooling2D, keras.layers.Flatten, keras.layers.Dropout,
                    keras.layers.ZeroPadding2D, keras.layers.Identity)
-
-
-def _producer(layer):
-    """The single layer feeding ``layer`` (None for the model input or merges)."""
-    node = layer._inbound_nodes[0]
-    parents = node.parent_nodes
-    return parents[0].operation if len(parents) == 1 else None
 
 
 def _ends_in_relu(layer):
@@ -47,7 +40,7 @@ def is_non_negative(layer):
             return True
         if not isinstance(layer, SIGN_PRESERVING):
             return False
-        layer = _producer(layer)
+        layer = single_producer(layer)
     return False
 
 
@@ -192,7 +185,7 @@ def quantize_model(model, weight_bits=4, act_bits=4, bn="repq", keep_bn=None, ru
         if not is_quantizable(layer) or layer.name in excluded:
             return copy_layer(layer)
         w_bits, a_bits = bits_for(layer)
-        signed = not is_non_negative(_producer(layer))
+        signed = not is_non_negative(single_producer(layer))
         inner = copy_layer(layer)
         if spec_for(layer) is not None:
             return QuantCustom(inner, w_bits, a_bits, signed, name=layer.name)

@@ -1,8 +1,10 @@
-"""Rebuilding functional Keras graphs: copy, inline nested ``Sequential`` models, fuse layer pairs.
+"""The one walk over functional Keras graphs, and the rebuilds on it.
 
-Every function returns a new functional model whose layers are independent copies (weights
-included); the input model is left as it is. Layers are visited in topological order
-(``model._nodes_by_depth``, deepest first), so a layer is called on the copies of its inputs.
+:func:`call_nodes` visits a model's layer calls in topological order; QAT's range placement, PTQ's
+graph, the tfmot twin and the rebuilds below all walk models with it (Keras 3 has no public node
+API: this is the one place that reads ``_nodes_by_depth``). The rebuilds (:func:`rebuild`,
+:func:`flatten_model`, :func:`fuse_pairs`) return a new functional model whose layers are
+independent copies (weights included); the input model is left as it is.
 """
 
 import keras
@@ -26,12 +28,22 @@ def _replace(structure, mapping):
         lambda t: mapping[id(t)] if isinstance(t, keras.KerasTensor) else t, structure)
 
 
-def _nodes(model):
-    """The model's call nodes (not its inputs) in topological order."""
-    for depth in sorted(model._nodes_by_depth, reverse=True):
-        for node in model._nodes_by_depth[depth]:
+def call_nodes(model):
+    """The model's layer-call nodes (not its inputs) in topological order (inputs before readers).
+
+    Each node has ``operation`` (the layer), ``arguments`` (its call's args/kwargs), ``input_tensors``,
+    ``output_tensors`` and ``parent_nodes``.
+    """
+    functional = getattr(model, "_functional", None) or model  # a built Sequential runs a functional twin
+    for depth in sorted(functional._nodes_by_depth, reverse=True):
+        for node in functional._nodes_by_depth[depth]:
             if not isinstance(node.operation, keras.layers.InputLayer):
                 yield node
+
+
+def is_graph_model(model):
+    """Whether ``model`` is a functional or built Sequential model (a graph of layer calls)."""
+    return isinstance(model, keras.Model) and hasattr(getattr(model, "_functional", None) or model, "_nodes_by_depth")
 
 
 def rebuild(model, call=None):
@@ -40,7 +52,7 @@ def rebuild(model, call=None):
     call = call or (lambda layer, args, kwargs: copy_layer(layer)(*args, **kwargs))
     inputs = [keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t.name) for t in model.inputs]
     mapping = {id(old): new for old, new in zip(model.inputs, inputs)}
-    for node in _nodes(model):
+    for node in call_nodes(model):
         out = call(node.operation, _replace(node.arguments.args, mapping), _replace(node.arguments.kwargs, mapping))
         for old, new in zip(node.output_tensors, keras.tree.flatten(out)):
             mapping[id(old)] = new
@@ -75,7 +87,7 @@ def fuse_pairs(model, fuse):
     the layer that replaces both (called on the producer's inputs), or None to keep them. A layer
     takes part in one fused pair at most per call. ``model`` itself is returned when no pair fuses.
     """
-    nodes = list(_nodes(model))
+    nodes = list(call_nodes(model))
     readers = {}
     for node in nodes:
         for parent in node.parent_nodes:
@@ -111,3 +123,23 @@ def fuse_pairs(model, fuse):
         return copy_layer(layer)(*args, **kwargs)
 
     return rebuild(model, call)
+
+
+def co_readers(layer):
+    """Layers that read the same tensors as ``layer`` (through every graph it is part of), itself included."""
+    for node in layer._inbound_nodes:
+        for parent in node.parent_nodes:
+            for out in parent.operation._outbound_nodes:
+                yield out.operation
+
+
+def output_layer(model):
+    """The layer that computes ``model``'s (first) output."""
+    output = keras.tree.flatten(model.outputs)[0]
+    return next(node.operation for node in call_nodes(model) if any(t is output for t in node.output_tensors))
+
+
+def single_producer(layer):
+    """The layer whose output is ``layer``'s single input (None for a model input or a merge)."""
+    parents = layer._inbound_nodes[0].parent_nodes
+    return parents[0].operation if len(parents) == 1 else None
