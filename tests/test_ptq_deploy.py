@@ -97,3 +97,25 @@ def test_ptq_cli_run_is_exported_by_export_cli(tmp_path, capsys):
     assert export.main(["--checkpoint", str(run), "--output", str(out), "--num_eval", "8", "--num_calib", "16"]) == 0
     report = json.loads((out / "model_int8_fidelity.json").read_text())
     assert report["integer_only"] and report["integer_emulation"]["max_abs_diff_steps"] == 0.0, report
+
+
+@pytest.mark.slow  # two CLI runs (~3 min)
+def test_ptq_vs_qat_command_writes_one_table(tmp_path):
+    """benchmarks/ptq_vs_qat.py at tiny size: a PTQ and a QAT run from one FP checkpoint, one table row each."""
+    import json
+
+    from benchmarks import ptq_vs_qat
+    from repq import models
+    from repq.training import save_model
+
+    fp = models.create_model("repvgg_a0", num_classes=10, input_shape=(32, 32, 3))
+    save_model(fp, str(tmp_path / "fp.keras"))
+    assert ptq_vs_qat.main(["--model", "repvgg_a0", "--fp_checkpoint", str(tmp_path / "fp.keras"), "--bits", "8",
+                            "--ptq", "rtn", "--qat", "repq", "--seeds", "0", "--ptq_iters", "1", "--calib_size", "32",
+                            "--qat_epochs", "1", "--limit", "32", "--runs_dir", str(tmp_path / "runs"),
+                            "--results_dir", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "ptq_vs_qat_repvgg_a0.json").read_text())
+    assert [(r["kind"], r["method"], r["bits"]) for r in report["rows"]] == [("ptq", "rtn", 8), ("qat", "repq", 8)]
+    assert all(0.0 <= r["mean"] <= 100.0 for r in report["rows"])
+    assert "| PTQ rtn | " in (tmp_path / "ptq_vs_qat_repvgg_a0.md").read_text()
+    assert (tmp_path / "ptq_vs_qat_repvgg_a0.png").stat().st_size > 0
