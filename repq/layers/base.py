@@ -26,7 +26,7 @@ Subclass contract (shapes NHWC / HWIO):
 import keras
 from keras import ops
 
-from repq.layers.norm_stats import (batch_moments, estimate_output_moments, fold_norm,
+from repq.layers.norm_stats import (batch_moments, estimate_output_moments, fold_norm, input_moments,
                                     update_moving_moments)
 from repq.layers.padded_conv import PaddedConv2D, conv2d, symmetric_pad
 
@@ -177,7 +177,8 @@ class RepConvBlock(keras.layers.Layer):
     def batch_moments(self, inputs, kernels):
         """Per-branch (mean, var) of this batch, ``None`` for branches without norm."""
         if self.norm_mode == "bnest":
-            return [estimate_output_moments(inputs, k, b, self.groups) if n is not None else None
+            moments = input_moments(inputs)  # once per block: every branch reads the same input
+            return [estimate_output_moments(inputs, k, b, self.groups, moments) if n is not None else None
                     for (k, b), n in zip(kernels, self.norms)]
         outputs = self.branch_outputs(inputs)
         return [batch_moments(o) if n is not None else None for o, n in zip(outputs, self.norms)]
