@@ -38,6 +38,7 @@ from repq import models  # noqa: E402
 import repq  # noqa: E402
 from repq import data  # noqa: E402
 from repq.data import common  # noqa: E402
+from benchmarks.provenance import markdown_header, provenance  # noqa: E402
 from repq.training.artifacts import atomic_write, write_json, write_text  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
@@ -136,8 +137,9 @@ def main():
     meta = dict(reps=args.reps, batches_per_round=args.batches, steps_per_round=args.steps, bits=args.bits,
                 cpu_count=os.cpu_count(), tensorflow=tf.__version__,
                 note="each item timed alone (no overlap), interleaved rounds on a shared, loaded 2-core CPU")
-    write_json(os.path.join(RESULTS, "input_pipeline.json"), dict(meta=meta, rows=rows))
-    lines = [f"Train split, images/s (median of {args.reps} interleaved rounds; pipeline {args.batches} batches, "
+    info = provenance()
+    write_json(os.path.join(RESULTS, "input_pipeline.json"), dict(provenance=info, meta=meta, rows=rows))
+    lines = [markdown_header(info), f"Train split, images/s (median of {args.reps} interleaved rounds; pipeline {args.batches} batches, "
              f"step {args.steps} steps per round), {os.cpu_count()} shared CPU cores. Headroom = pipeline images/s "
              "/ train-step images/s (fastest step; slowest step): > 1 means the step, not the input, is the "
              "bottleneck.", "",

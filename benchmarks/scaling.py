@@ -145,8 +145,10 @@ def main():
                 tensorflow=tf.__version__, worker_setup=setup, paired_ratios_2_over_1=ratios,
                 median_paired_ratio=statistics.median(ratios),
                 caveat="2 logical devices split from one shared 2-core CPU; not multi-GPU scaling")
-    write_json(os.path.join(RESULTS, "scaling.json"), dict(meta=meta, rows=rows))
-    lines = [f"RepQ QAT RepVGG-A0 32x32, W{args.bits}A{args.bits}, `model.fit`, global batch {args.batch}, "
+    from benchmarks.provenance import markdown_header, provenance
+    info = provenance()
+    write_json(os.path.join(RESULTS, "scaling.json"), dict(provenance=info, meta=meta, rows=rows))
+    lines = [markdown_header(info), f"RepQ QAT RepVGG-A0 32x32, W{args.bits}A{args.bits}, `model.fit`, global batch {args.batch}, "
              f"{os.cpu_count()} shared CPU cores, median of {args.reps} interleaved timed fits (one process per "
              "configuration) "
              f"x {args.steps} steps after {args.warmup} warm-up", "",

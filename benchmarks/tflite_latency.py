@@ -26,6 +26,8 @@ import repq  # noqa: E402
 from repq.data import get_dataset  # noqa: E402
 from repq.export import float_tflite, integer_tflite  # noqa: E402
 from repq.qat import quantize_model  # noqa: E402
+from repq.training.artifacts import write_json, write_text  # noqa: E402
+from benchmarks.provenance import markdown_header, provenance  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 VARIANTS = ("multi_branch_fp", "merged_fp", "merged_int8")
@@ -82,10 +84,9 @@ def main(argv=None):
 
 
 def write(results):
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "tflite_latency.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    lines = ["# TFLite latency (single image, median ms; ratio to multi-branch FP)", "",
+    info = provenance()
+    write_json(os.path.join(RESULTS, "tflite_latency.json"), dict(provenance=info, models=results))
+    lines = ["# TFLite latency (single image, median ms; ratio to multi-branch FP)", "", markdown_header(info),
              "| model | variant | 1 thread ms | ratio | 2 threads ms | ratio | size KiB |",
              "|---|---|---|---|---|---|---|"]
     for name, r in results.items():
@@ -94,8 +95,7 @@ def write(results):
             lines.append(f"| {name} | {v} | {r[v]['ms_1thread']:.3f} | {r[v]['ms_1thread'] / base['ms_1thread']:.2f} "
                          f"| {r[v]['ms_2thread']:.3f} | {r[v]['ms_2thread'] / base['ms_2thread']:.2f} "
                          f"| {r[v]['size_bytes'] / 1024:.0f} |")
-    with open(os.path.join(RESULTS, "tflite_latency.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    write_text(os.path.join(RESULTS, "tflite_latency.md"), "\n".join(lines) + "\n")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
