@@ -13,6 +13,11 @@ A pooling output (GAP/average pooling) that feeds quantized convs gets their
 learned step explicitly in the export: otherwise the converter keeps MEAN's output
 in its input scale and adds a requantization, a second rounding the QAT model
 does not have (with many exact ties: a mean of 16 integers ends in .5 often).
+A tensor read only by quantized convs with different sub-8-bit learned steps (a block output
+read by the next conv1 and a projection shortcut, once trained) is stored explicitly in the
+first reader's step, and the others requantize it (TFLite's QUANTIZE): left to the
+converter, which reader's scale it stores depends on an op order the integer emulation
+cannot see (keras.applications' ResNet50 defines the shortcut before conv1, the zoo after).
 """
 
 import itertools
@@ -48,6 +53,18 @@ def _is_relu(layer):
         return config.get("activation") == "relu"
     return (config.get("max_value") is None and not config.get("negative_slope")
             and not config.get("threshold"))
+
+
+def _readers_disagree(readers):
+    """Whether quantized ``readers`` of one tensor, all with sub-8-bit inputs, have different learned steps.
+
+    Measured with the converter: such a tensor is stored in one reader's scale chosen by an op order the
+    integer emulation cannot see, so the export stores it explicitly (see the module docstring). With
+    8-bit readers an explicit storage makes the converter add a RELU and a QUANTIZE (two roundings); left
+    alone it stores the tensor in the last reader's scale, which the emulation follows.
+    """
+    return (len({_learned_range(u) for u in readers}) > 1
+            and all((getattr(u, "act_bits", None) or 8) < 8 for u in readers))
 
 
 def _has_input_quant(layer):
@@ -125,7 +142,7 @@ def with_range_quantizers(model, mode="export"):
             return tensor, tensor  # fused into the producer: the ReLU output is the stored tensor
         quantized = [u for u in users if _has_input_quant(u)]
         if k not in out_keys and users and len(quantized) == len(users):
-            if mode == "export" and isinstance(producer, SAME_SCALE):
+            if mode == "export" and (isinstance(producer, SAME_SCALE) or _readers_disagree(quantized)):
                 tensor = fresh(RangeFakeQuant, *_learned_range(quantized[0]))(tensor)
             return tensor, tensor
         if k not in out_keys and users and all(isinstance(u, PASS_THROUGH) for u in users):
