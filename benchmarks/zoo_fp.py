@@ -4,7 +4,7 @@ Runs ``train.py --method=fp`` for each zoo classifier on mnist5k (plus its BNEst
 ``--bnest`` applies) and for ECBSR x2 on skimage_sr, and checks the bars results are compared
 against: FP top-1 >= 98.5 % on mnist5k; ECBSR at least 1.0 dB above bicubic on the same images.
 
-  python benchmarks/zoo_fp.py [--models repvgg_a0 ...] [--seed 0]
+  python benchmarks/zoo_fp.py [--models repvgg_a0 ...] [--seed 0] [--no_bnest | --only_bnest]
 
 Writes benchmarks/results/zoo_fp.{json,md} (rows of other models are kept), with the commit and
 the command.
@@ -71,6 +71,7 @@ def main():
                         help="run in this order")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no_bnest", action="store_true", help="skip the BNEst variants")
+    parser.add_argument("--only_bnest", action="store_true", help="run only the BNEst variants")
     args = parser.parse_args()
     path = os.path.join(RESULTS, "zoo_fp.json")
     rows = []
@@ -80,7 +81,7 @@ def main():
     info = provenance()
     runs = [(model, flags) for wanted in args.models for model, flags in RUNS if model == wanted]  # in --models order
     for model, flags in runs:
-        if not (flags and args.no_bnest):
+        if not (flags and args.no_bnest) and not (args.only_bnest and not flags):
             row = run(model, flags, args.seed, os.path.abspath(args.runs_dir))
             row.update(commit=info["commit"], dirty=info["dirty"])
             rows = [r for r in rows if (r["model"], r["bnest"], r["seed"]) != (model, row["bnest"], args.seed)] + [row]
