@@ -11,14 +11,17 @@ import keras
 
 
 def copy_layer(layer, name=None):
-    """An independent copy of a built ``layer`` with its weights (and quantize annotation), optionally renamed."""
+    """An independent copy of ``layer``, with its weights when built (and its quantize annotation),
+    optionally renamed."""
     from repq.qat.config import copy_annotation  # repq.qat imports this module
 
     config = layer.get_config()
     config["name"] = name or config["name"]
     clone = layer.__class__.from_config(config)
-    clone.build_from_config(layer.get_build_config())
-    clone.set_weights(layer.get_weights())
+    build_config = layer.get_build_config() if layer.built else None
+    if build_config:
+        clone.build_from_config(build_config)
+        clone.set_weights(layer.get_weights())
     copy_annotation(layer, clone)
     return clone
 

@@ -2,17 +2,8 @@
 
 import keras
 
+from repq.graph import copy_layer
 from repq.layers.base import RepConvBlock
-
-
-def copy_layer(layer):
-    """A fresh, independent copy of a non-rep layer, with its weights."""
-    clone = layer.__class__.from_config(layer.get_config())
-    build_config = layer.get_build_config() if layer.built else None
-    if build_config:
-        clone.build_from_config(build_config)
-        clone.set_weights(layer.get_weights())
-    return clone
 
 
 def _deploy_clone(layer):

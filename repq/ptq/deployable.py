@@ -16,7 +16,7 @@ from repq.layers.padded_conv import PaddedConv2D
 from repq.ptq.graph import Graph, run_ops
 from repq.ptq.qmodel import ActQuant, QuantDense, QuantWeightLayer
 from repq.qat.rules import PrecisionRule
-from repq.reparam import copy_layer
+from repq.graph import copy_layer
 
 
 def _float_layer(layer):

@@ -84,11 +84,7 @@ def _padded_conv(padding, conv):
     (ctop, cbottom), (cleft, cright) = pad_amounts(getattr(conv, "pad", 0))
     config = {k: v for k, v in conv.get_config().items() if k != "padding"}
     pad = ((top + ctop, bottom + cbottom), (left + cleft, right + cright))
-    padded = PaddedConv2D.from_config(dict(config, pad=pad))
-    padded.build(padding.input.shape)
-    padded.set_weights(conv.get_weights())
-    copy_annotation(conv, padded)
-    return padded
+    return _replacement(conv, PaddedConv2D, dict(config, pad=pad), padding.input.shape, conv.get_weights())
 
 
 def _linear(layer):
@@ -104,13 +100,10 @@ def _folded_norm(producer, norm):
     scale = (norm.gamma.numpy() if norm.scale else 1.0) / std
     shift = norm.beta.numpy() if norm.center else 0.0
     bias = producer.bias.numpy() if producer.use_bias else 0.0
-    config = dict(producer.get_config(), use_bias=True)
-    folded = producer.__class__.from_config(config)
-    folded.build(producer.input.shape)
-    folded.set_weights([(producer.kernel.numpy() * scale).astype(np.float32),
-                        (shift + (bias - norm.moving_mean.numpy()) * scale).astype(np.float32)])
-    copy_annotation(producer, folded)
-    return folded
+    weights = [(producer.kernel.numpy() * scale).astype(np.float32),
+               (shift + (bias - norm.moving_mean.numpy()) * scale).astype(np.float32)]
+    return _replacement(producer, type(producer), dict(producer.get_config(), use_bias=True), producer.input.shape,
+                        weights)
 
 
 def _relu_name(layer):
@@ -131,8 +124,14 @@ def _fused_relu(producer, relu):
     activation = _relu_name(relu)
     if activation is None or not isinstance(producer, FOLDS_INTO) or not _linear(producer):
         return None
-    fused = producer.__class__.from_config(dict(producer.get_config(), activation=activation))
-    fused.build(producer.input.shape)
-    fused.set_weights(producer.get_weights())
-    copy_annotation(producer, fused)
-    return fused
+    return _replacement(producer, type(producer), dict(producer.get_config(), activation=activation),
+                        producer.input.shape, producer.get_weights())
+
+
+def _replacement(original, cls, config, input_shape, weights):
+    """``cls(**config)`` built for ``input_shape`` with ``weights``, carrying ``original``'s quantize annotation."""
+    layer = cls.from_config(config)
+    layer.build(input_shape)
+    layer.set_weights(weights)
+    copy_annotation(original, layer)
+    return layer

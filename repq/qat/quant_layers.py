@@ -18,7 +18,7 @@ from repq.qat.deploy import QuantizedConv2D, QuantizedCustom, QuantizedDense
 from repq.qat.quantizable import spec_for
 from repq.qat.range_quant import RangeFakeQuant
 from repq.quantizers import ActivationQuantizer, WeightQuantizer, round_ste
-from repq.reparam import copy_layer
+from repq.graph import copy_layer
 
 
 class QuantWrapper(keras.layers.Layer):

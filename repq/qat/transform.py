@@ -4,7 +4,7 @@ import warnings
 
 import keras
 
-from repq.graph import flatten_model, single_producer
+from repq.graph import copy_layer, flatten_model, single_producer
 from repq.layers.base import RepConvBlock
 from repq.qat.config import EXCLUDE, LayerBits, QuantizeConfig, annotation, merge
 from repq.qat.prepare import prepare_keras_model
@@ -14,7 +14,6 @@ from repq.qat.range_placement import with_range_quantizers
 from repq.qat.range_quant import RangeFakeQuant
 from repq.qat.rules import HIGH_BITS, PrecisionRule
 from repq.quantizers import integer_range
-from repq.reparam import copy_layer
 
 BN_MODES = ("repq", "bnest")
 # Layers that pass the sign of their input through unchanged.
