@@ -58,24 +58,17 @@ class CalibCache:
         self.original = QuantModel.calibrate
         cache = self
 
-        def calibrate(qm, batches):
+        def calibrate(qm, batches, verbose=0):
             key = cache.key
             if key is None:
-                return cache.original(qm, batches)
+                return cache.original(qm, batches, verbose)
             if key not in cache.store:
                 start = time.perf_counter()
-                cache.original(qm, batches)
+                cache.original(qm, batches, verbose)
                 cache.seconds[key] = time.perf_counter() - start
-                cache.store[key] = ([q.scale.numpy() for q in qm.act_quants.values()],
-                                    {i: l.scale.numpy() for i, l in qm.weight_layers.items()})
+                cache.store[key] = qm.model.get_weights()  # steps, ranges: all the calibration sets
                 return None
-            acts, weights = cache.store[key]
-            assert len(acts) == len(qm.act_quants) and set(weights) == set(qm.weight_layers)
-            for q, step in zip(qm.act_quants.values(), acts):
-                q.scale.assign(step)
-            for i, layer in qm.weight_layers.items():
-                layer.scale.assign(weights[i])
-                layer.state.assign(1.0)  # NEAREST, as QuantWeightLayer.calibrate leaves it
+            qm.model.set_weights(cache.store[key])
             return None
 
         QuantModel.calibrate = calibrate

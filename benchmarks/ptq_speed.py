@@ -143,7 +143,7 @@ def unit_types(data, out):
                 mem = max(mem, delta)
                 names.append(unit.name)
             row = {"block": block.name, "kind": kind, "units": names,
-                   "weights": int(sum(np.prod(qm.weight_layers[op.index].kernel_shape)
+                   "weights": int(sum(np.prod(qm.weight_layers[op.index].layer.kernel.shape)
                                       for u in members[kind] for op in u.weight_ops)),
                    "iters_per_s": 1.0 / sec_per_iter, "ms_per_iter": 1000 * sec_per_iter,
                    "trace_s": trace, "peak_rss_delta_mb": mem}

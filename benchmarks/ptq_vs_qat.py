@@ -1,7 +1,7 @@
 """PTQ and QAT from the same FP checkpoint: every method at each bit width, one table and one plot.
 
 PTQ rows run ``ptq.py`` (reconstruction on the reparametrized, i.e. merged, model; the number is the
-deployable model's top-1, ``deploy_top1``); QAT rows run ``train.py --fp_checkpoint`` (the deploy
+deploy model's top-1, ``deploy_top1``); QAT rows run ``train.py --fp_checkpoint`` (the deploy
 model's top-1). Every run is one seed; rows give mean +- std over ``--seeds``. Finished runs (a
 results.json in their directory) are read, not rerun, so the command resumes.
 
@@ -82,7 +82,7 @@ def markdown(args, runs, rows, info):
     fp = [r["fp"] for r in sorted(runs, key=lambda r: r["kind"] != "ptq") if r["fp"] is not None][:1]
     lines = [markdown_header(info),
              f"{args.model} from `{args.fp_checkpoint}` (FP top-1 {fp[0] if fp else float('nan'):.2f} %); PTQ: ptq.py, "
-             f"{args.ptq_iters} iterations/unit, {args.calib_size} calibration images, deployable model's top-1; "
+             f"{args.ptq_iters} iterations/unit, {args.calib_size} calibration images, deploy model's top-1; "
              f"QAT: train.py from the same checkpoint, deploy model's top-1. Mean ± std over seeds "
              f"{', '.join(str(s) for s in args.seeds)} (n per row).", "",
              "| method | " + " | ".join(f"W{b}A{b}" for b in args.bits) + " |",

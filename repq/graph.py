@@ -60,7 +60,14 @@ def rebuild(model, call=None):
         for old, new in zip(node.output_tensors, keras.tree.flatten(out)):
             mapping[id(old)] = new
     outputs = [mapping[id(t)] for t in model.outputs]
-    return keras.Model(inputs, outputs[0] if len(outputs) == 1 else outputs, name=model.name)
+    return functional_model(inputs, outputs, model.name)
+
+
+def functional_model(inputs, outputs, name):
+    """``keras.Model`` on lists of tensors, a single input or output passed bare (so the model is
+    called on a tensor, not a one-element list)."""
+    return keras.Model(inputs[0] if len(inputs) == 1 else inputs, outputs[0] if len(outputs) == 1 else outputs,
+                       name=name)
 
 
 def flatten_model(model):

@@ -198,6 +198,11 @@ class LSQQuantizer(keras.layers.Layer):
         self.bits, self.signed = bits, bool(signed)
         self.per_channel_axis = per_channel_axis
         self.calibrating = False  # set by repq.qat.calibrate: initialise from the next input
+        # PTQ reconstruction (repq.ptq) sets these on its workspace copies: ``drop(x_quant, x)`` mixes
+        # quantized and float values (QDrop), ``rounding(x, quantizer)`` replaces round-to-nearest
+        # (AdaRound's learned rounding of a kernel).
+        self.drop = None
+        self.rounding = None
 
     def build(self, input_shape):
         shape = () if self.per_channel_axis is None else (int(input_shape[self.per_channel_axis]),)
@@ -235,7 +240,12 @@ class LSQQuantizer(keras.layers.Layer):
     def call(self, x, training=False):
         if self.calibrating or (training and not replicated()):
             self.initialize_from(ops.stop_gradient(x))
-        return self.fake_quant(x)
+        return self.quantized(x)
+
+    def quantized(self, x):
+        """``x`` on the grid: round-to-nearest (LSQ) unless a ``rounding`` is set, then ``drop``."""
+        x_quant = self.fake_quant(x) if self.rounding is None else self.rounding(x, self)
+        return x_quant if self.drop is None else self.drop(x_quant, x)
 
     def fake_quant(self, x):
         factor = lsq_grad_factor(self.elements_per_step(x.shape), self.qmax)
@@ -259,7 +269,7 @@ class WeightQuantizer(LSQQuantizer):
     def call(self, x, training=False):
         # Kernels are known when the layer is built: QuantWrapper.build initialises
         # the step there, so the training graph never carries the search.
-        return self.fake_quant(x)
+        return self.quantized(x)
 
     def elements_per_step(self, shape):
         return int(math.prod(shape[:-1]))

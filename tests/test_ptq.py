@@ -12,6 +12,7 @@ from repq.ptq.graph import Graph
 from repq.ptq.qmodel import QuantModel
 from repq.ptq.reconstruct import ReconConfig, cache_unit, reconstruct_unit
 from repq.ptq.units import block_units, layer_units, parse_scheme, scheme_groups
+from repq.qat.transform import quantized_layers
 
 # MRECG-anon loss_distribute_all_alg.jpg, MobileNetV2 BRECQ per-unit losses (SPEC Part C §6.4).
 MBV2_BRECQ_LOSSES = [1.0, 1.5, 7.0, 4.0, 5.1, 7.4, 5.2, 7.4, 8.1, 9.4, 7.3, 10.1, 14.6, 6.7, 10.9,
@@ -63,10 +64,10 @@ def test_qdrop_mask_rate():
 
 
 def _single_conv_setup(bits=3):
-    qm = QuantModel(conv_model(), bits, 8)
+    qm = QuantModel(conv_model(), bits, 8)  # the first layer (8-bit weights) is unit 0; 'head' holds ``bits``
     calib = [data(32, 1), data(32, 2)]
     qm.calibrate(calib)
-    unit = layer_units(qm.graph)[0]
+    unit = layer_units(qm.graph)[1]
     return qm, unit, calib
 
 
@@ -77,19 +78,24 @@ def _unit_mse(qm, unit, x):
     return float(tf.reduce_mean(tf.square(y - cache.target[0])))
 
 
+def _integer_codes(wrapper):
+    """``W/s`` of a wrapper's stored float kernel (float64, not rounded) and its weight quantizer."""
+    quantizer = wrapper.weight_quantizer
+    kernel = np.asarray(wrapper.float_kernel_and_bias()[0], np.float64)
+    return kernel / np.asarray(quantizer.positive_step(), np.float64), quantizer
+
+
 def test_adaround_beats_nearest_and_lands_on_grid():
     qm, unit, calib = _single_conv_setup(bits=3)
     held_out = data(64, 9)
-    qm.act_quants[unit.inputs[0]].enabled.assign(0.0)  # weights only: isolate rounding
     mse_rtn = _unit_mse(qm, unit, held_out)
     cache = cache_unit(qm, unit, calib, with_fp=False)
     reconstruct_unit(qm, unit, cache, ReconConfig(iters=300, learn_scales=False, verbose=0))
     mse_ada = _unit_mse(qm, unit, held_out)
     assert mse_ada < mse_rtn
-    layer = qm.weight_layers[unit.weight_ops[0].index]
-    codes = layer.integer_kernel()
+    codes, quantizer = _integer_codes(qm.weight_layers[unit.weight_ops[0].index])
     np.testing.assert_allclose(codes, np.round(codes), atol=1e-3)
-    assert codes.min() >= layer.qmin - 1e-3 and codes.max() <= layer.qmax + 1e-3
+    assert codes.min() >= quantizer.qmin - 1e-3 and codes.max() <= quantizer.qmax + 1e-3
 
 
 def test_block_units_resnet_like():
@@ -135,7 +141,7 @@ def test_modcap_selection_resnet18_released_scheme():
     model = repq.reparametrize(models.create_model("resnet18", num_classes=10, input_shape=(32, 32, 3)))
     qm = QuantModel(model, 4, 4)
     units = block_units(qm.graph)
-    groups, _ = mrecg.modcap_groups(units, lambda op: qm.weight_layers[op.index].bits, 2,
+    groups, _ = mrecg.modcap_groups(units, lambda op: qm.weight_layers[op.index].weight_bits, 2,
                                     edge_ops=qm.edge_ops)
     assert groups == scheme_groups(mrecg.RELEASED_SCHEMES["resnet18"], 10)
 
@@ -148,10 +154,9 @@ def test_quantize_ptq_deterministic_and_on_grid():
         outs.append(qmodel(x).numpy())
     np.testing.assert_array_equal(outs[0], outs[1])
     assert len(report["unit_losses"]) == 3
-    for layer in qmodel.layers:
-        if hasattr(layer, "integer_kernel"):
-            codes = layer.integer_kernel()
-            np.testing.assert_allclose(codes, np.round(codes), atol=1e-3)
+    for wrapper in quantized_layers(qmodel):
+        codes, _ = _integer_codes(wrapper)
+        np.testing.assert_allclose(codes, np.round(codes), atol=1e-3)
 
 
 # residual_model: 4 layer units (AdaRound), 3 block units (BRECQ/QDrop), 2 after MRECG-loss's one merge;
@@ -166,12 +171,13 @@ def test_methods_reconstruct_their_units_onto_the_grid(method, units):
     qmodel, report = quantize_ptq(model, x, method, 4, 4, iters=5, batch_size=16, topk=1, verbose=0)
     assert len(report["unit_losses"]) == units and all(np.isfinite(report["unit_losses"]))
     moved = False
-    for layer, nearest in zip(qmodel.layers, rtn.layers):
-        if hasattr(layer, "integer_kernel"):
-            codes = np.asarray(layer.quantized_kernel(), np.float64) / np.asarray(layer.scale, np.float64)
-            np.testing.assert_allclose(codes, np.round(codes), atol=1e-3)
-            assert layer.qmin <= np.round(codes).min() and np.round(codes).max() <= layer.qmax
-            moved |= not np.array_equal(np.asarray(layer.quantized_kernel()), np.asarray(nearest.quantized_kernel()))
+    for wrapper, nearest in zip(quantized_layers(qmodel), quantized_layers(rtn), strict=True):
+        kernel = np.asarray(wrapper.quantized_kernel_and_bias()[0], np.float64)
+        codes = kernel / np.asarray(wrapper.weight_quantizer.positive_step(), np.float64)
+        np.testing.assert_allclose(codes, np.round(codes), atol=1e-3)
+        quantizer = wrapper.weight_quantizer
+        assert quantizer.qmin <= np.round(codes).min() and np.round(codes).max() <= quantizer.qmax
+        moved |= not np.array_equal(kernel, np.asarray(nearest.quantized_kernel_and_bias()[0], np.float64))
     assert moved == (units > 0)
 
 

@@ -20,7 +20,7 @@ def set_norm_statistics(model, x):
     random network's BNs normalise (Keras initialises mean 0, variance 1) and folding changes values."""
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
-            features = keras.Model(model.inputs, layer.input)(x).numpy()
+            features = keras.Model(model.input, layer.input)(x).numpy()
             axes = tuple(range(features.ndim - 1))
             layer.moving_mean.assign(features.mean(axes))
             layer.moving_variance.assign(features.var(axes))

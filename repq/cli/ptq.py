@@ -7,9 +7,8 @@ The defaults (256 calibration images, 100 iterations per unit) are a CPU budget 
 minutes on the embedded data; the papers reconstruct with 1,024 images and 20,000 iterations
 (docs/ptq.md). Without --fp_checkpoint a small FP model is trained first (repq.ptq.fp_baseline,
 3 epochs Adam) and saved as fp_model.keras. Stage lines go to stderr, the progress bars and
-per-unit lines to stdout. Writes results.json, unit_losses.json, unit_losses.png, the PTQ model
-(ptq_model.keras) and its deployable QAT-format twin (deployable_model.keras,
-repq.ptq.deployable_model; `export.py --checkpoint OUTPUT_DIR` exports it) to --output_dir
+per-unit lines to stdout. Writes results.json, unit_losses.json, unit_losses.png and the PTQ model
+(ptq_model.keras, a QAT-format model: `export.py --checkpoint OUTPUT_DIR` exports it) to --output_dir
 (atomically). Resumable: the calibrated model and every reconstructed unit are
 checkpointed in --output_dir/checkpoints (repq.ptq.checkpoint); rerunning the same command
 after a crash or SIGTERM/SIGINT resumes after the last finished unit and ends with the same
@@ -210,11 +209,10 @@ def write_outputs(output_dir, results, report, models_by_name):
 
 def run(info):
     """The PTQ run of the command line (``info``: DatasetInfo of --dataset)."""
-    import numpy as np
-
+    import repq
     from repq import models
     from repq.data import calibration_batches, get_dataset
-    from repq.ptq import deployable_model, quantize_ptq
+    from repq.ptq import quantize_ptq
     from repq.ptq.fp_baseline import top1_accuracy
     from repq.ptq.units import parse_scheme
     from repq.data.subsets import classes_covered
@@ -236,21 +234,19 @@ def run(info):
                                   topk=FLAGS.topk, seed=FLAGS.seed,
                                   checkpoint_dir=os.path.join(output_dir, CHECKPOINTS),
                                   crash_after_units=FLAGS.crash_after_units)
-    stage("carrying the PTQ model over to the deployable (QAT-format) model, 8-bit tensor ranges from the "
-          "calibration images")
-    deployable = deployable_model(qmodel, np.concatenate([x for x, _ in calib]))
-    stage(f"evaluating the FP, PTQ and deployable models on the {info.num_test} {FLAGS.dataset} test images")
+    stage(f"evaluating the FP, PTQ and deploy (repq.reparametrize) models on the {info.num_test} {FLAGS.dataset} "
+          "test images")
     labels = []
     fp_top1, q_top1 = top1_accuracy(model, test, labels), top1_accuracy(qmodel, test)
-    deploy_top1 = top1_accuracy(deployable, test)
+    deploy_top1 = top1_accuracy(repq.reparametrize(qmodel), test)
     results = {"model": FLAGS.model, "dataset": FLAGS.dataset, "fp_top1": fp_top1, "ptq_top1": q_top1,
-               "deploy_top1": deploy_top1,
+               "deploy_top1": deploy_top1, "deploy_matches_ptq": deploy_top1 == q_top1,
                "eval_images": len(labels), "classes_covered": classes_covered(labels),
                "num_classes": info.num_classes, "calib_classes_covered": calib_classes,
                **{k: v for k, v in report.items() if k not in ("unit_losses", "unit_losses_init")}}
     results["scheme"] = str(report["scheme"]) if report["scheme"] else None
-    write_outputs(output_dir, results, report, {"ptq_model": qmodel, "deployable_model": deployable})
-    print(f"| model | W/A | method | FP top-1 | PTQ top-1 | deployable top-1 | time (s) |\n"
+    write_outputs(output_dir, results, report, {"ptq_model": qmodel})
+    print(f"| model | W/A | method | FP top-1 | PTQ top-1 | deploy top-1 | time (s) |\n"
           f"|---|---|---|---|---|---|---|\n"
           f"| {FLAGS.model} | {FLAGS.weight_bits}/{FLAGS.act_bits} | {FLAGS.method} | {fp_top1:.2f} | "
           f"{q_top1:.2f} | {deploy_top1:.2f} | {report['ptq_time_s']:.0f} |")

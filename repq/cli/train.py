@@ -290,12 +290,12 @@ def run_tfmot8(fp_model, recipe, output_dir):
 
 
 def ptq_initialised(fp_model, train_ds, w_bits, a_bits, score, results):
-    """A merged QAT model that starts from ``--ptq_init`` PTQ of ``fp_model`` (``repq.ptq.deployable_model``:
-    PTQ's first/last-layer rule, 8-bit first and last layers); the PTQ model's metric goes to
+    """A merged QAT model that starts from ``--ptq_init`` PTQ of ``fp_model`` (the PTQ model itself, a QAT-format
+    model with PTQ's first/last-layer rule: 8-bit first and last layers); the PTQ model's metric goes to
     ``results["metrics"]["ptq"]``."""
     import numpy as np
 
-    from repq.ptq import deployable_model, quantize_ptq
+    from repq.ptq import quantize_ptq
 
     images, count = [], 0
     for x, _ in train_ds:
@@ -309,7 +309,7 @@ def ptq_initialised(fp_model, train_ds, w_bits, a_bits, score, results):
     ptq_model, _ = quantize_ptq(fp_model, calib, FLAGS.ptq_init, w_bits, a_bits, iters=FLAGS.ptq_iters,
                                 batch_size=min(32, len(calib)), seed=FLAGS.seed, verbose=1)
     results["metrics"]["ptq"] = score(ptq_model)
-    return deployable_model(ptq_model, calib)
+    return ptq_model
 
 
 def results_markdown(results):

@@ -49,22 +49,6 @@ def _x_batches(data, input_shape=None):
     return [x.astype(np.float32) for x in batches]
 
 
-def _from_ptq(model, representative_data, range_quantizers=True):
-    """``model``, or for a PTQ model (``repq.ptq.quantize_ptq``) its QAT-format twin
-    (``repq.ptq.deployable_model``, 8-bit tensor ranges from ``representative_data``)."""
-    from repq.ptq.deployable import deployable_model, is_ptq_model
-
-    if not is_ptq_model(model):
-        return model
-    if not range_quantizers:
-        return deployable_model(model, range_quantizers=False)
-    batches = _x_batches(representative_data, model.inputs[0].shape[1:])
-    if not batches:
-        raise ExportError(f"model {model.name!r} is a PTQ model: pass representative_data (e.g. its calibration "
-                          "images) to calibrate the 8-bit tensor ranges its integer form adds.")
-    return deployable_model(model, np.concatenate(batches))
-
-
 def _deploy(model):
     has_rep = any(isinstance(l, QuantWrapper) or hasattr(l, "deploy_layer") for l in graph_layers(model))
     return reparametrize(model) if has_rep else model
@@ -83,7 +67,7 @@ def export_savedmodel(model, path, dataset=None):
 
     check_built_model(model)
     check_finite_weights(model)
-    deploy = _deploy(_from_ptq(model, None, range_quantizers=False))
+    deploy = _deploy(model)
     shape = (None, *deploy.inputs[0].shape[1:])
     archive = keras.export.ExportArchive()
     archive.track(deploy)
@@ -150,7 +134,7 @@ def integer_predict(model, x, representative_data=None, batch_size=32, graph=Non
     x = np.asarray(x)
     check_images(x, model.inputs[0].shape[1:])
     if graph is None:
-        graph = export_graph(_from_ptq(model, representative_data), _x_batches(representative_data))[0]
+        graph = export_graph(model, _x_batches(representative_data))[0]
     program = graph if isinstance(graph, integer_emulation.Program) else integer_emulation.Program(graph)
     return np.concatenate([program(x[i:i + batch_size].astype(np.float32)).dequantize()
                            for i in range(0, len(x), batch_size)])
@@ -166,8 +150,8 @@ def export_tflite(model, path, representative_data=None, eval_data=None, float_i
     """Write a full-integer .tflite of a QAT model and a fidelity report next to it.
 
     Args:
-      model: QAT model (``repq.quantize_model``/train.py) or its ``repq.reparametrize`` form, or a
-        PTQ model (``repq.ptq.quantize_ptq``/ptq.py), exported as ``repq.ptq.deployable_model`` of it.
+      model: QAT model (``repq.quantize_model``/train.py, or ``repq.ptq.quantize_ptq``/ptq.py, which
+        reconstruct on the same wrappers) or its ``repq.reparametrize`` form.
       path: the .tflite file to write; the report goes to ``<path stem>_fidelity.{json,md}``.
       representative_data: model inputs for the tensors without learned quantization: a numpy
         batch ``(N, H, W, C)``, a ``tf.data.Dataset`` or an iterable of batches (``x`` or ``(x, y)``).
@@ -186,7 +170,6 @@ def export_tflite(model, path, representative_data=None, eval_data=None, float_i
 
     check_built_model(model)
     log = log or (lambda message: None)
-    model = _from_ptq(model, representative_data)
     if not is_quantized(model):
         raise ExportError(f"model {model.name!r} has no quantizers: run train.py or repq.qat.quantize_model "
                           "first, or use float_tflite for a float model.")

@@ -10,7 +10,7 @@ import keras
 from repq.export.errors import ExportError
 from repq.outputs import check_export_dir, ordinary_mode, write_marker
 
-RUN_DIR_FILES = ("qat_model.keras", "deployable_model.keras", "ptq_model.keras", "deploy_model.keras")  # train.py, ptq.py
+RUN_DIR_FILES = ("qat_model.keras", "ptq_model.keras", "deploy_model.keras")  # train.py, ptq.py
 
 
 @contextlib.contextmanager

@@ -1,9 +1,9 @@
 """Post-training quantization with block reconstruction: AdaRound, BRECQ, QDrop, MRECG.
 
-Entry points: :func:`quantize_ptq`, and :func:`deployable_model` for the export; see docs/ptq.md.
+Entry point: :func:`quantize_ptq`; its model is a QAT-format model that the exports take as it is.
+See docs/ptq.md.
 """
 
-from repq.ptq.deployable import deployable_model
 from repq.ptq.driver import METHODS, quantize_ptq
 
-__all__ = ["METHODS", "deployable_model", "quantize_ptq"]
+__all__ = ["METHODS", "quantize_ptq"]

@@ -3,6 +3,7 @@
 Constants and formulas from SPEC Part C §3 (MQBench ``AdaRoundFakeQuantize``).
 """
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -48,3 +49,34 @@ def round_loss(alphas, beta):
     """``Σ (1 - |2 h(α) - 1|^β)`` over every α tensor (before λ)."""
     return tf.add_n([tf.reduce_sum(1.0 - tf.pow(tf.abs(2.0 * rectified_sigmoid(a) - 1.0), beta))
                      for a in alphas])
+
+
+class SoftRounding:
+    """AdaRound's learned rounding as a weight quantizer's ``rounding`` (:class:`repq.quantizers.LSQQuantizer`).
+
+    While ``active`` (1.0) the quantizer gives ``clip(floor(W/s) + h(α), qmin, qmax) s``, else its
+    round-to-nearest value. ``alpha`` has the kernel's shape and is what reconstruction trains.
+    """
+
+    def __init__(self, kernel_shape):
+        self.alpha = keras.Variable(np.zeros(kernel_shape, np.float32), name="alpha")
+        self.active = keras.Variable(0.0, trainable=False, name="soft_rounding_active")
+
+    def __call__(self, kernel, quantizer):
+        step = quantizer.positive_step()
+
+        def soft():
+            return tf.clip_by_value(soft_integer(kernel, step, self.alpha), quantizer.qmin, quantizer.qmax) * step
+
+        return tf.cond(self.active > 0, soft, lambda: quantizer.fake_quant(kernel))
+
+    def start(self, kernel, step):
+        """α with ``h(α) = W/s - floor(W/s)`` (the soft kernel starts at W); soft rounding on."""
+        self.alpha.assign(init_alpha(keras.ops.convert_to_numpy(kernel), keras.ops.convert_to_numpy(step)))
+        self.active.assign(1.0)
+
+    def hard_kernel(self, kernel, quantizer):
+        """The kernel rounded by α's sign, ``clip(floor(W/s) + 1[α >= 0]) s``; soft rounding off."""
+        step = quantizer.positive_step()
+        self.active.assign(0.0)
+        return tf.clip_by_value(hard_integer(kernel, step, self.alpha), quantizer.qmin, quantizer.qmax) * step

@@ -40,8 +40,8 @@ class UnitCache:
 class _Side:
     """Live tensors of one model (quantized or FP): tensor id -> ``(num_batches, batch, ...)``."""
 
-    def __init__(self, graph, values, layer_fn, post_fn=None):
-        self.graph, self.values, self.layer_fn, self.post_fn = graph, values, layer_fn, post_fn
+    def __init__(self, graph, values, layer_fn):
+        self.graph, self.values, self.layer_fn = graph, values, layer_fn
         self.done = set()
 
     def run(self, ops, keep_ids=()):
@@ -59,7 +59,7 @@ class _Side:
         needed = {t for op in ops for t in op.inputs} & self.values.keys()
         rows = []
         for b in range(self._num_batches()):
-            got = run_ops(ops, {t: self.values[t][b] for t in needed}, self.layer_fn, self.post_fn)
+            got = run_ops(ops, {t: self.values[t][b] for t in needed}, self.layer_fn)
             rows.append([got[t] for t in keep])
         for i, t in enumerate(keep):
             self.values[t] = tf.stack([row[i] for row in rows])
@@ -93,17 +93,8 @@ class Carry:
             raise TypeError(f"PTQ caching needs a single-input model, got {len(graph.input_ids)} inputs.")
         tid = graph.input_ids[0]
         x = tf.constant(np.stack(batches))
-        quant = qmodel.act_quants.get(tid)
-        xq = tf.stack([quant(v) for v in x]) if quant is not None else x
-        self.fp = _Side(graph, {tid: x}, lambda op: op.layer)
-        self.quant = _Side(graph, {tid: xq}, lambda op: qmodel.layers[op.index], self._post(qmodel))
-
-    @staticmethod
-    def _post(qmodel):
-        def post(op, y):
-            quant = qmodel.act_quants.get(op.output)
-            return quant(y) if quant is not None else y
-        return post
+        self.fp = _Side(graph, {tid: x}, qmodel.fp_layer)
+        self.quant = _Side(graph, {tid: x}, lambda op: qmodel.layers[op.index])
 
     def cache(self, unit, with_fp):
         """:class:`UnitCache` of ``unit``: quantized inputs (previous units

@@ -106,10 +106,10 @@ def _quantize(model, batches, method, weight_bits, act_bits, iters, batch_size, 
     keras.utils.set_random_seed(seed)
     start = time.perf_counter()
     plain = repq.reparametrize(model)
-    qm = QuantModel(plain, weight_bits, act_bits, seed=seed)
+    qm = QuantModel(plain, weight_bits, act_bits)
     if verbose:
-        print(f"observer calibration: {sum(len(b) for b in batches)} images, {len(qm.act_quants)} activation and "
-              f"{len(qm.weight_layers)} weight quantizers", flush=True)
+        print(f"observer calibration: {sum(len(b) for b in batches)} images, {len(qm.weight_layers)} quantized "
+              f"layers", flush=True)
     run.calibrate(qm, batches, verbose)
     defaults = model_defaults(model)
     lam = defaults.adaround_lambda if reg_lambda is None else reg_lambda
@@ -158,7 +158,7 @@ def _mrecg_units(qm, units, batches, config, scheme, topk, selection, stride_fac
         groups = scheme_groups(scheme, len(units))
     elif report["method"] == "mrecg_modcap":
         groups, caps = mrecg.modcap_groups(
-            units, lambda op: qm.weight_layers[op.index].bits, k,
+            units, lambda op: qm.weight_layers[op.index].weight_bits, k,
             stride_factor or mrecg.inverse_stride, selection or mrecg.select_oscillation, qm.edge_ops)
         report["modcap"] = caps
     else:

@@ -1,7 +1,7 @@
 """A flat view of a functional Keras model: ops in topological order and tensor ids.
 
-Tensor ids are ``id(KerasTensor)`` of the *reparametrized FP* model; the quantized model
-and the reconstruction units refer to tensors by these ids.
+Tensor ids are ``id(KerasTensor)`` of the quantized model (:class:`repq.ptq.qmodel.QuantModel`);
+the reconstruction units and the FP mirror refer to tensors by these ids.
 """
 
 import dataclasses
@@ -10,6 +10,7 @@ import keras
 from keras import tree
 
 from repq.graph import call_nodes, is_graph_model
+from repq.qat.quant_layers import QuantWrapper
 
 
 @dataclasses.dataclass
@@ -30,10 +31,15 @@ class Op:
     def has_weights(self):
         return is_weight_layer(self.layer)
 
+    @property
+    def float_layer(self):
+        """The FP layer this op computes: a QAT wrapper's wrapped layer, else the layer itself."""
+        return self.layer.layer if isinstance(self.layer, QuantWrapper) else self.layer
+
 
 def is_weight_layer(layer):
-    """Conv2D (incl. ``PaddedConv2D`` and grouped/depthwise-as-groups) or Dense."""
-    return isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))
+    """Conv2D (incl. ``PaddedConv2D`` and grouped/depthwise-as-groups), Dense, or a QAT wrapper of one."""
+    return isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense, QuantWrapper))
 
 
 class Graph:

@@ -48,8 +48,9 @@ def modcap(unit, bits_of, stride_factor=inverse_stride):
     """
     total = 0.0
     for op in unit.weight_ops:
-        stride = getattr(op.layer, "strides", (1,))[0]
-        total += math.prod(op.layer.kernel.shape) * bits_of(op) * stride_factor(stride)
+        layer = op.float_layer
+        stride = getattr(layer, "strides", (1,))[0]
+        total += math.prod(layer.kernel.shape) * bits_of(op) * stride_factor(stride)
     return total
 
 

@@ -14,11 +14,6 @@ from repq.quantizers import mse_initial_step
 EMA_RATIO = 0.9
 
 
-def weight_steps(kernel, qmin, qmax):
-    """Per-output-channel (last axis) MSE-searched steps ``(C,)`` of an HWIO / (in, out) kernel."""
-    return mse_initial_step(kernel, qmin, qmax, per_channel=True)
-
-
 class EMAStepObserver:
     """Per-tensor MSE step search on every batch, EMA (ratio 0.9) of the chosen steps."""
 

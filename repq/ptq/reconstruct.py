@@ -2,9 +2,9 @@
 
 For one unit: inputs come from the quantized model (previous units already hard-rounded),
 targets from the FP model. AdaRound α of every weight layer in the unit is trained with
-Adam(1e-3); with ``learn_scales`` the steps of the unit's activation quantizers are trained
+Adam(1e-3); with ``learn_scales`` the input steps of the unit's wrappers are trained
 with Adam(CosineDecay(4e-5 -> 0)). Loss ``L_rec + λ Σ (1 - |2h(α) - 1|^β)``. With ``prob < 1``
-(QDrop) the unit input and every activation quantizer inside the unit mix quantized and FP
+(QDrop) the unit input and every input quantizer inside the unit mix quantized and FP
 values elementwise. At the end the weights are hard-rounded and dropping is switched off.
 """
 
@@ -18,7 +18,6 @@ from keras import ops
 
 from repq.ptq import adaround
 from repq.ptq.carry import Carry, UnitCache
-from repq.ptq.qmodel import NEAREST
 from repq.ptq.unit_step import UnitStep, signature
 
 
@@ -62,11 +61,6 @@ def cache_unit(qmodel, unit, batches, with_fp):
                      stack(fp, len(fp_ids) - 1))
 
 
-def unit_seeds(seed, count):
-    """``count`` int seeds (< 2**31) derived from ``seed``, one per activation quantizer of a unit."""
-    return [int(s >> 1) for s in np.random.SeedSequence([seed, 1]).generate_state(count)] if count else []
-
-
 def reconstruct_unit(qmodel, unit, cache, config, seed=0, on_step=None, steps=None):
     """Optimise one unit in place; returns ``{"loss_init", "loss", "seconds", "iters_per_s",
     "first_step_s", "traced"}`` (``iters_per_s`` leaves out the first step, which traces the step
@@ -86,11 +80,7 @@ def reconstruct_unit(qmodel, unit, cache, config, seed=0, on_step=None, steps=No
         steps[key] = program
     program.load(qmodel, unit, seed)
     loss_init = program.evaluate(cache)
-    for layer in program.weight_layers:
-        layer.start_adaround()
-    for quant, quant_seed in zip(program.quant_list, unit_seeds(seed, len(program.quant_list))):
-        quant.prob.assign(config.prob)
-        quant.reseed(quant_seed)
+    program.start()
     bar = keras.utils.Progbar(config.iters, verbose=config.verbose, stateful_metrics=["rec", "reg"])
     start = time.perf_counter()
     every = max(1, min(100, config.iters // 20))
@@ -106,11 +96,7 @@ def reconstruct_unit(qmodel, unit, cache, config, seed=0, on_step=None, steps=No
     # steady-state rate: the first step (tf.function tracing) is left out when there are others
     rate = ((config.iters - 1) / max(seconds - first_step, 1e-9) if config.iters > 1
             else 1.0 / max(seconds, 1e-9))
-    for layer in program.weight_layers:
-        layer.finalize()
-        assert int(layer.state.numpy()) == NEAREST
-    for quant in program.quant_list:
-        quant.prob.assign(1.0)
+    program.finish()
     loss = program.evaluate(cache)
     program.store(qmodel, unit)
     return {"loss_init": loss_init, "loss": loss, "seconds": seconds, "iters_per_s": rate,

@@ -26,7 +26,7 @@ import re
 import keras
 import numpy as np
 
-from repq.graph import call_nodes
+from repq.graph import call_nodes, functional_model
 from repq.qat.deploy import QuantizedConv2D
 from repq.qat.quant_layers import QuantWrapper
 from repq.qat.range_quant import LearnedStepContainer, RangeFakeQuant, container_range, learned_input_step
@@ -170,7 +170,7 @@ def with_range_quantizers(model, mode="export"):
         for k, t in zip(out_keys_of_layer, outputs):
             tensors[k], others[k] = quantize(k, t, layer)
     outputs = [tensors[key(t)] for t in keras.tree.flatten(model.outputs)]
-    return keras.Model(inputs, outputs[0] if len(outputs) == 1 else outputs, name=model.name), new
+    return functional_model(inputs, outputs, model.name), new
 
 
 def calibrate(model, quantizers, batches):

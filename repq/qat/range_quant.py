@@ -139,6 +139,10 @@ class LearnedStepContainer(keras.layers.Layer):
         raise ValueError(f"{self.name}: no layer {self.leader!r} with a learned input step reads the "
                          "same tensor; this layer only works inside the model it was placed in.")
 
+    def follow(self, layer):
+        """Use ``layer``'s learned input step from now on (e.g. a copy of the leader; PTQ's workspaces)."""
+        self._leader_ref = weakref.ref(layer)
+
     def compute_output_spec(self, x):
         # Symbolic calls (model construction) must not look up the leader: it may not be wired yet.
         return keras.KerasTensor(x.shape, x.dtype)
