@@ -8,7 +8,8 @@ results.json in their directory) are read, not rerun, so the command resumes.
   python benchmarks/ptq_vs_qat.py --model repvgg_a0 --fp_checkpoint runs/zoo_fp/repvgg_a0_s0/fp_model.keras \
       --bits 8 6 4 --ptq rtn brecq qdrop --qat repq merged_lsq --seeds 0 1 2
 
-Writes benchmarks/results/ptq_vs_qat_<model>.{json,md,png} after every run, with the commit and the command.
+Writes benchmarks/results/ptq_vs_qat_<model>.{json,md,png} (or ``--name``) after every run, with the commit
+and the command. Runs share ``--runs_dir``: a run of an earlier table (same model, method, bits, seed) is reused.
 """
 
 import argparse
@@ -41,6 +42,7 @@ def parse_args(argv=None):
     parser.add_argument("--limit", type=int, default=None, help="train.py --limit (smoke tests)")
     parser.add_argument("--runs_dir", default=os.path.join("runs", "ptq_vs_qat"))
     parser.add_argument("--results_dir", default=os.path.join(ROOT, "benchmarks", "results"))
+    parser.add_argument("--name", default=None, help="artifact name in --results_dir (default: ptq_vs_qat_<model>)")
     return parser.parse_args(argv)
 
 
@@ -121,7 +123,7 @@ def main(argv=None):
         sys.exit(f"ptq_vs_qat.py: error: --fp_checkpoint {args.fp_checkpoint!r} does not exist; train one with "
                  f"`python train.py --model {args.model} --method fp`.")
     info = provenance()
-    base = os.path.join(args.results_dir, f"ptq_vs_qat_{args.model}")
+    base = os.path.join(args.results_dir, args.name or f"ptq_vs_qat_{args.model}")
     runs = []
     for bits in args.bits:
         for seed in args.seeds:
