@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from repq.ptq.observers import EMAStepObserver
+from repq.observers import EMAStepObserver
 from repq.quantizers import MAX_SEARCH_ELEMENTS, integer_range, mse_initial_step
 
 

@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from repq.graph import copy_layer
 from repq.ptq.graph import Graph, run_ops
-from repq.ptq.observers import EMAStepObserver
+from repq.observers import EMAStepObserver
 from repq.qat.quant_layers import QuantWrapper
 from repq.qat.range_quant import LearnedStepContainer, RangeFakeQuant
 from repq.qat.rules import PrecisionRule

@@ -1,6 +1,7 @@
-"""PTQ observers on QAT's grid: the MSE step search of :mod:`repq.quantizers`, per batch, EMA'd.
+"""Observers (no gradients) on the quantizers' grid: the MSE step search of :mod:`repq.quantizers`, per
+batch, EMA'd.
 
-One search serves QAT's step initialisation and PTQ's calibration
+One search serves QAT's step initialisation (one batch, inside the quantizer) and PTQ's calibration
 (:func:`repq.quantizers.mse_initial_step`: MQBench's ``MSEObserver`` scoring, p = 2.4, 80
 shrinking ranges, symmetric with zero point 0). PTQ follows MQBench's ``EMAMSEObserver``: a
 search on every calibration batch, an EMA (ratio 0.9) of the chosen steps; a symmetric grid's
