@@ -11,8 +11,10 @@ layer by layer in tf_keras from its weights: ``PaddedConv2D`` -> ``ZeroPadding2D
 ``Conv2D('valid')``; ``Dense``, ``ReLU``, ``Add``, pooling and ``PReLU`` map to their
 tf_keras twins; ``PixelShuffleResidual`` -> a ``Lambda`` (``depth_to_space(f + lr)``).
 Every layer tfmot's default 8-bit registry supports is annotated; the rest (PReLU, the
-Lambda) stay float, as tfmot leaves them. Training: the recipe's optimizer at the
-merged-8-bit LR (SGD: cosine decay per iteration; Adam: constant), no weight decay.
+Lambda) stay float, as tfmot leaves them. Training: the recipe (Table S1) at the merged-8-bit LR,
+as train.py passes it: optimizer, LR schedule per iteration with its warmup (tf_keras
+``CosineDecay``), coupled L2 weight decay on the conv/dense kernels (the recipe's ``no_decay``
+kinds, biases and quantizer ranges, are not decayed) and label smoothing.
 The result (``{"top1": %}`` or ``{"psnr": dB}``) is written as JSON to ``--output``.
 """
 
@@ -35,6 +37,11 @@ flags.DEFINE_integer("limit", None, "Examples per split (smoke tests).")
 flags.DEFINE_float("lr", 0.001, "Learning rate (Table S1 merged 8-bit LR).")
 flags.DEFINE_string("optimizer", "sgd", "sgd | adam.")
 flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
+flags.DEFINE_enum("schedule", "cosine", ["warmup_cosine", "cosine", "constant"],
+                  "LR schedule, stepped per iteration (the recipe's).")
+flags.DEFINE_float("warmup_epochs", 0.0, "Linear warmup from 0 (with --schedule=warmup_cosine).")
+flags.DEFINE_float("weight_decay", 0.0, "Coupled L2 weight decay on conv/dense kernels (the recipe's).")
+flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing of the classification loss (the recipe's).")
 flags.DEFINE_integer("seed", 0, "Random seed.")
 FLAGS = flags.FLAGS
 
@@ -119,6 +126,18 @@ def quantize(model):
     return tfmot.quantization.keras.quantize_apply(annotated)
 
 
+def learning_rate(tf_keras, total_steps, warmup_steps):
+    """The recipe's schedule in tf_keras: ``constant``, ``cosine`` to 0, or ``warmup_cosine`` (linear from 0
+    to ``--lr`` over ``warmup_steps``, then cosine to 0 at ``total_steps``)."""
+    if FLAGS.schedule == "constant":
+        return FLAGS.lr
+    warmup = min(warmup_steps, total_steps - 1) if FLAGS.schedule == "warmup_cosine" else 0
+    if not warmup:
+        return tf_keras.optimizers.schedules.CosineDecay(FLAGS.lr, total_steps)
+    return tf_keras.optimizers.schedules.CosineDecay(0.0, total_steps - warmup, warmup_target=FLAGS.lr,
+                                                     warmup_steps=warmup)
+
+
 def train_and_evaluate(q_model, tf_keras):
     import numpy as np
 
@@ -133,15 +152,22 @@ def train_and_evaluate(q_model, tf_keras):
     steps = FLAGS.steps_per_epoch or sum(1 for _ in train)
     if FLAGS.steps_per_epoch:
         train = train.repeat()
+    lr = learning_rate(tf_keras, max(steps * FLAGS.epochs, 1), int(FLAGS.warmup_epochs * steps))
     if FLAGS.optimizer == "sgd":
-        lr = tf_keras.optimizers.schedules.CosineDecay(FLAGS.lr, max(steps * FLAGS.epochs, 1))
         optimizer = tf_keras.optimizers.SGD(lr, momentum=FLAGS.momentum)
     else:
-        optimizer = tf_keras.optimizers.Adam(FLAGS.lr, epsilon=1e-8)
-    if FLAGS.task == "classification":
+        optimizer = tf_keras.optimizers.Adam(lr, epsilon=1e-8)  # PyTorch's Adam epsilon
+    if FLAGS.task == "classification" and FLAGS.label_smoothing:
+        classes = q_model.outputs[0].shape[-1]
+        train = train.map(lambda x, y: (x, tf.one_hot(y, classes)))
+        loss = tf_keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=FLAGS.label_smoothing)
+    elif FLAGS.task == "classification":
         loss = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     else:
         loss = tf_keras.losses.MeanAbsoluteError()
+    if FLAGS.weight_decay:
+        kernels = [v for v in q_model.trainable_variables if v.name.split("/")[-1] == "kernel:0"]
+        q_model.add_loss(lambda: 0.5 * FLAGS.weight_decay * tf.add_n([tf.reduce_sum(tf.square(k)) for k in kernels]))
     q_model.compile(optimizer=optimizer, loss=loss)
     q_model.fit(train, epochs=FLAGS.epochs, steps_per_epoch=steps, verbose=2)
     values = []

@@ -276,7 +276,8 @@ def run_tfmot8(fp_model, recipe, output_dir):
            f"--output={result_path}", f"--dataset={recipe.data.name}", f"--task={recipe.task}",
            f"--scale={recipe.data.scale}", f"--epochs={recipe.qat_epochs}", f"--lr={recipe.lr.merged8}",
            f"--optimizer={recipe.optimizer}", f"--momentum={recipe.momentum}", f"--batch_size={recipe.batch_size}",
-           f"--seed={FLAGS.seed}"]
+           f"--schedule={recipe.schedule}", f"--warmup_epochs={recipe.warmup_epochs}",
+           f"--weight_decay={recipe.weight_decay}", f"--label_smoothing={recipe.label_smoothing}", f"--seed={FLAGS.seed}"]
     for flag, value in (("limit", recipe.data.limit_train), ("steps_per_epoch", recipe.steps_per_epoch),
                         ("data_dir", FLAGS.data_dir), ("patch_size", recipe.data.patch_size)):
         if value:
