@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from repq.graph import all_layers
 from repq.qat import quantized_layers
 from repq.quantizers import LSQQuantizer
 from repq.reparam import reparametrize
@@ -38,7 +39,7 @@ def initialize_step_sizes(model, data):
     Args:
       data: a batch ``x``, an ``(x, y)`` tuple or a ``tf.data.Dataset`` (first batch).
     """
-    quantizer_vars = {id(v) for layer in model._flatten_layers(include_self=False)
+    quantizer_vars = {id(v) for layer in all_layers(model)
                       if isinstance(layer, LSQQuantizer) for v in layer.variables}
     others = [v for v in model.non_trainable_variables if id(v) not in quantizer_vars]
     saved = [ops.convert_to_numpy(v) for v in others]
@@ -191,7 +192,7 @@ class NaNGuard(keras.callbacks.Callback):
         self._epoch, self._steps = 0, []
 
     def on_train_begin(self, logs=None):
-        self._steps = [v for layer in self.model._flatten_layers(include_self=False)
+        self._steps = [v for layer in all_layers(self.model)
                        if isinstance(layer, LSQQuantizer) for v in layer.trainable_variables]
 
     def on_epoch_begin(self, epoch, logs=None):

@@ -30,10 +30,10 @@ def check_built_model(model, argument="model"):
 
 def quantized_layer_names(model):
     """Names of the QAT wrappers (repq.qat) in ``model``."""
+    from repq.graph import all_layers
     from repq.qat.quant_layers import QuantWrapper
 
-    return [layer.name for layer in model._flatten_layers(include_self=False, recursive=True)
-            if isinstance(layer, QuantWrapper)]
+    return [layer.name for layer in all_layers(model) if isinstance(layer, QuantWrapper)]
 
 
 def check_not_quantized(model, argument="model", fix="pass the floating-point model"):

@@ -2,7 +2,8 @@
 
 :func:`call_nodes` visits a model's layer calls in topological order; QAT's range placement, PTQ's
 graph, the tfmot twin and the rebuilds below all walk models with it (Keras 3 has no public node
-API: this is the one place that reads ``_nodes_by_depth``). The rebuilds (:func:`rebuild`,
+API: this is the one place that reads ``_nodes_by_depth``; :func:`all_layers` is the one recursive layer
+walk, on ``_flatten_layers``, for which Keras has no public counterpart either). The rebuilds (:func:`rebuild`,
 :func:`flatten_model`, :func:`fuse_pairs`) return a new functional model whose layers are
 independent copies (weights included); the input model is left as it is.
 """
@@ -47,6 +48,11 @@ def call_nodes(model):
 def is_graph_model(model):
     """Whether ``model`` is a functional or built Sequential model (a graph of layer calls)."""
     return isinstance(model, keras.Model) and hasattr(getattr(model, "_functional", None) or model, "_nodes_by_depth")
+
+
+def all_layers(layer):
+    """Every layer inside ``layer`` (nested models and a wrapper's wrapped layer included), not itself."""
+    return list(layer._flatten_layers(include_self=False, recursive=True))
 
 
 def rebuild(model, call=None):

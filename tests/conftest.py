@@ -7,6 +7,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from repq.graph import all_layers  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -17,7 +18,7 @@ def _seed():
 def randomize_norms(model_or_layer, seed=0):
     """Give every BatchNormalization non-trivial gamma, beta and moving statistics."""
     rng = np.random.default_rng(seed)
-    layers = model_or_layer._flatten_layers(include_self=True, recursive=True)
+    layers = [model_or_layer, *all_layers(model_or_layer)]
     for layer in layers:
         if isinstance(layer, keras.layers.BatchNormalization) and layer.built:
             shape = layer.moving_mean.shape

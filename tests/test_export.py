@@ -15,6 +15,7 @@ from repq.export.api import integer_tflite
 from repq.export.files import load_checkpoint
 from repq.qat import quantize_model
 from repq.training.evaluation import evaluate
+from repq.graph import all_layers
 from tests.conftest import randomize_norms
 
 CLASSIFIERS = ["repvgg_a0", "ac_resnet18", "orepa_resnet18"]
@@ -90,7 +91,7 @@ def test_tensor_read_with_two_learned_steps(bits, tmp_path):
     graph stays integer (8 bits: the converter used to leave that ADD in float) and the
     integer-exact inference follows TFLite's choice of scale."""
     qat, rep, test = _qat_model("ac_resnet18", bits)
-    shortcuts = [l for l in qat._flatten_layers(include_self=False, recursive=True)
+    shortcuts = [l for l in all_layers(qat)
                  if "shortcut" in l.name and getattr(l, "input_quantizer", None) is not None]
     assert len(shortcuts) == 3
     for layer in shortcuts:

@@ -11,6 +11,7 @@ from repq.layers import (ACBlock, ConvBN, ECBlock, OREPABlock, OREPALargeConv, P
                          RepVGGBlock)
 from repq.layers.norm_stats import estimate_output_moments
 from repq.layers.orepa import frequency_prior
+from repq.graph import all_layers
 from tests.conftest import randomize_norms, rel_max_error
 
 TOL = 1e-4  # max abs error relative to the output scale
@@ -210,7 +211,7 @@ def test_reparametrize_sequential_and_nested_models():
         model(x, training=True)
         randomize_norms(model)
         deployed = repq.reparametrize(model)
-        kinds = {type(l).__name__ for l in deployed._flatten_layers(include_self=False, recursive=True)}
+        kinds = {type(l).__name__ for l in all_layers(deployed)}
         assert not kinds & {"ACBlock", "RepVGGBlock", "ECBlock", "OREPABlock"}, kinds
         assert rel_max_error(model(x), deployed(x)) < TOL
     # the copy shares no variables with the original

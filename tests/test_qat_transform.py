@@ -9,6 +9,7 @@ import repq
 from repq.qat import PrecisionRule, QuantDense, QuantRepConv, quantize_model, quantized_layers
 from repq.qat.deploy import QuantizedConv2D
 from repq.quantizers import integer_range
+from repq.graph import all_layers
 from tests.conftest import randomize_norms
 
 
@@ -77,7 +78,7 @@ def test_bnest_mode_respects_keep_bn():
 def test_deploy_form_is_bit_exact_with_qat_inference(name, bn):
     qat, x = prepared_qat(name, bn=bn)
     deployed = repq.reparametrize(qat)
-    assert any(isinstance(l, QuantizedConv2D) for l in deployed._flatten_layers(recursive=True))
+    assert any(isinstance(l, QuantizedConv2D) for l in all_layers(deployed))
     np.testing.assert_array_equal(np.asarray(qat(x)), np.asarray(deployed(x)))
 
 

@@ -13,6 +13,7 @@ import tensorflow as tf
 from keras import ops
 
 from repq.export.errors import ExportError
+from repq.graph import all_layers
 from repq.layers.base import RepConvBlock
 from repq.layers.padded_conv import conv2d, pad_amounts, zero_pad
 from repq.qat.deploy import QuantizedConv2D, QuantizedDense
@@ -119,7 +120,7 @@ class QuantizedDenseAsConv(SharedInputMixin, QuantizedDense):
 def is_quantized(model):
     """Whether ``model`` carries learned quantization (QAT wrappers or quantized deploy layers)."""
     return any(isinstance(l, (QuantWrapper, QuantizedConv2D, QuantizedDense))
-               for l in model._flatten_layers(include_self=False, recursive=True))
+               for l in all_layers(model))
 
 
 def _export_conv(layer):

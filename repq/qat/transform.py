@@ -4,7 +4,7 @@ import warnings
 
 import keras
 
-from repq.graph import copy_layer, flatten_model, single_producer
+from repq.graph import all_layers, copy_layer, flatten_model, single_producer
 from repq.layers.base import RepConvBlock
 from repq.qat.config import EXCLUDE, LayerBits, QuantizeConfig, annotation, merge
 from repq.qat.prepare import prepare_keras_model
@@ -47,7 +47,7 @@ def _with_nested_models_inlined(model):
     """``model`` with nested ``Sequential`` models inlined (their layers become the model's own);
     a nested functional or subclassed model holding layers to quantize raises ValueError."""
     nested = [l for l in model.layers if isinstance(l, keras.Model)
-              and any(is_quantizable(inner) for inner in l._flatten_layers(include_self=False, recursive=True))]
+              and any(is_quantizable(inner) for inner in all_layers(l))]
     if not nested:
         return model
     others = [l.name for l in nested if not isinstance(l, keras.Sequential)]
@@ -217,9 +217,9 @@ def check_config(model, config):
 def quantized_layers(model):
     """The QAT wrappers of a model from :func:`quantize_model`, in layer order."""
     from repq.qat.quant_layers import QuantWrapper
-    return [l for l in model._flatten_layers(include_self=False, recursive=True) if isinstance(l, QuantWrapper)]
+    return [l for l in all_layers(model) if isinstance(l, QuantWrapper)]
 
 
 def range_quantizers(model):
     """The :class:`~repq.qat.range_quant.RangeFakeQuant` layers of ``model``, in layer order."""
-    return [l for l in model._flatten_layers(include_self=False, recursive=True) if isinstance(l, RangeFakeQuant)]
+    return [l for l in all_layers(model) if isinstance(l, RangeFakeQuant)]
