@@ -76,3 +76,20 @@ def test_tfmot8_follows_the_recipe_schedule_and_regularisers(tmp_path):
                     "--schedule=warmup_cosine", "--warmup_epochs=0.5", "--weight_decay=0.0001",
                     "--label_smoothing=0.1"], check=True, cwd=ROOT, timeout=600)
     assert 0.0 <= json.loads(out.read_text())["top1"] <= 100.0
+
+
+def test_tfmot8_command_carries_the_recipe():
+    """train.py gives the tfmot 8-bit baseline the recipe's schedule, warmup, weight decay and label smoothing
+    (Table S1), not only its optimizer and LR."""
+    import importlib
+
+    from repq.cli.train import tfmot8_command
+
+    recipe = importlib.import_module("repq.configs.repvgg_a0").get_config("imagenet")  # all four set
+    cmd = tfmot8_command(recipe, "merged.keras", "out.json", seed=3)
+    flags_given = dict(arg[2:].split("=", 1) for arg in cmd if arg.startswith("--"))
+    assert flags_given["schedule"] == recipe.schedule == "warmup_cosine"
+    assert float(flags_given["warmup_epochs"]) == recipe.warmup_epochs > 0
+    assert float(flags_given["weight_decay"]) == recipe.weight_decay > 0
+    assert float(flags_given["label_smoothing"]) == recipe.label_smoothing > 0
+    assert float(flags_given["lr"]) == recipe.lr.merged8 and flags_given["seed"] == "3"

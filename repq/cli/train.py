@@ -261,6 +261,22 @@ def check_run_config(output_dir, w_bits, a_bits, recipe, write):
         print(f"train.py: {note}", file=sys.stderr)
 
 
+def tfmot8_command(recipe, merged_path, result_path, seed, data_dir=None):
+    """The ``repq.baselines.tfmot8`` command line for ``recipe``: its data, epochs, merged-8-bit LR,
+    optimizer, schedule and warmup, weight decay and label smoothing."""
+    cmd = [sys.executable, "-m", "repq.baselines.tfmot8", f"--deploy_model={merged_path}",
+           f"--output={result_path}", f"--dataset={recipe.data.name}", f"--task={recipe.task}",
+           f"--scale={recipe.data.scale}", f"--epochs={recipe.qat_epochs}", f"--lr={recipe.lr.merged8}",
+           f"--optimizer={recipe.optimizer}", f"--momentum={recipe.momentum}", f"--batch_size={recipe.batch_size}",
+           f"--schedule={recipe.schedule}", f"--warmup_epochs={recipe.warmup_epochs}",
+           f"--weight_decay={recipe.weight_decay}", f"--label_smoothing={recipe.label_smoothing}", f"--seed={seed}"]
+    for flag, value in (("limit", recipe.data.limit_train), ("steps_per_epoch", recipe.steps_per_epoch),
+                        ("data_dir", data_dir), ("patch_size", recipe.data.patch_size)):
+        if value:
+            cmd.append(f"--{flag}={value}")
+    return cmd
+
+
 def run_tfmot8(fp_model, recipe, output_dir):
     """tfmot 8-bit QAT of the merged model in a subprocess (tfmot flips TF to tf_keras)."""
     import json
@@ -272,16 +288,7 @@ def run_tfmot8(fp_model, recipe, output_dir):
     merged_path = os.path.join(output_dir, "merged_fp_model.keras")
     save_model(flatten_model(repq.reparametrize(fp_model)), merged_path)
     result_path = os.path.join(output_dir, "tfmot8.json")
-    cmd = [sys.executable, "-m", "repq.baselines.tfmot8", f"--deploy_model={merged_path}",
-           f"--output={result_path}", f"--dataset={recipe.data.name}", f"--task={recipe.task}",
-           f"--scale={recipe.data.scale}", f"--epochs={recipe.qat_epochs}", f"--lr={recipe.lr.merged8}",
-           f"--optimizer={recipe.optimizer}", f"--momentum={recipe.momentum}", f"--batch_size={recipe.batch_size}",
-           f"--schedule={recipe.schedule}", f"--warmup_epochs={recipe.warmup_epochs}",
-           f"--weight_decay={recipe.weight_decay}", f"--label_smoothing={recipe.label_smoothing}", f"--seed={FLAGS.seed}"]
-    for flag, value in (("limit", recipe.data.limit_train), ("steps_per_epoch", recipe.steps_per_epoch),
-                        ("data_dir", FLAGS.data_dir), ("patch_size", recipe.data.patch_size)):
-        if value:
-            cmd.append(f"--{flag}={value}")
+    cmd = tfmot8_command(recipe, merged_path, result_path, FLAGS.seed, FLAGS.data_dir)
     # the child imports the same repq as this process (a checkout or the installed package)
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(repq.__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")])))

@@ -87,15 +87,12 @@ class Graph:
         self.ops.append(Op(len(self.ops), layer, node, [id(t) for t in node.input_tensors], id(out)))
 
 
-def run_ops(ops, values, layer_fn, post_fn=None):
+def run_ops(ops, values, layer_fn):
     """Execute ``ops`` in order on ``values`` (tensor id -> tensor), in place; returns ``values``.
 
-    ``layer_fn(op)`` gives the callable for an op; ``post_fn(op, y)`` transforms its output
-    (e.g. an activation quantizer).
+    ``layer_fn(op)`` gives the callable for an op (its layer, a copy, or an FP stand-in).
     """
     for op in ops:
         args, kwargs = op.node.arguments.fill_in(values)
-        y = layer_fn(op)(*args, **kwargs)
-        y = tree.flatten(y)[0]
-        values[op.output] = post_fn(op, y) if post_fn else y
+        values[op.output] = tree.flatten(layer_fn(op)(*args, **kwargs))[0]
     return values

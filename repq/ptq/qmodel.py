@@ -99,17 +99,19 @@ class QuantModel:
 
         readers = [(op.inputs[0], layer.input_quantizer) for op in self.graph.ops if op.has_weights
                    for layer in [op.layer] if layer.input_quantizer is not None]
+        # one observer per tensor and grid: readers of one tensor on the same grid get the same step
+        observers = {key: EMAStepObserver(key[1], key[2])
+                     for key in dict.fromkeys((t, q.qmin, q.qmax) for t, q in readers)}
         tids = list(dict.fromkeys(t for t, _ in readers))
         probe = self.fp_submodel(tids)
-        observers = [EMAStepObserver(q.qmin, q.qmax) for _, q in readers]
         bar = keras.utils.Progbar(len(batches) + 1, verbose=verbose, unit_name="step")
         for x in batches:
             values = dict(zip(tids, probe(x)))
-            for (t, _), observer in zip(readers, observers):
+            for (t, _, _), observer in observers.items():
                 observer.update(keras.ops.convert_to_numpy(values[t]))
             bar.add(1)
-        for (_, quantizer), observer in zip(readers, observers):
-            quantizer.step.assign(observer.step())
+        for t, quantizer in readers:
+            quantizer.step.assign(observers[t, quantizer.qmin, quantizer.qmax].step())
             quantizer.initialized.assign(1.0)
         calibrate(self.model, np.concatenate(batches))
         bar.add(1)
