@@ -6,10 +6,14 @@ model's top-1). Every run is one seed; rows give mean +- std over ``--seeds``. F
 results.json in their directory) are read, not rerun, so the command resumes.
 
   python benchmarks/ptq_vs_qat.py --model repvgg_a0 --fp_checkpoint runs/zoo_fp/repvgg_a0_s0/fp_model.keras \
-      --bits 8 6 4 --ptq rtn brecq qdrop --qat repq merged_lsq --seeds 0 1 2
+      --bits 8 6 4 2/4 --ptq rtn brecq qdrop --qat repq merged_lsq --seeds 0 1 2
 
+``--bits``: ``B`` (weights and activations B bits) or ``W/A`` (e.g. ``2/4``: W2A4).
 Writes benchmarks/results/ptq_vs_qat_<model>.{json,md,png} (or ``--name``) after every run, with the commit
-and the command. Runs share ``--runs_dir``: a run of an earlier table (same model, method, bits, seed) is reused.
+and the command, and ``<name>_loss_curves.png``: each reconstruction unit's training L_rec against its
+optimisation step (the first seed of every PTQ method and bit width), to show whether the losses stopped
+falling. The table under it gives the median over units of the last quarter's fall (see ``late_fall``).
+Runs share ``--runs_dir``: a run of an earlier table (same model, method, bits, seed) is reused.
 """
 
 import argparse
@@ -28,11 +32,30 @@ from benchmarks.provenance import markdown_header, provenance  # noqa: E402
 from repq.training.artifacts import atomic_write, write_json, write_text  # noqa: E402
 
 
+def bit_widths(text):
+    """``"4"`` -> (4, 4); ``"2/4"`` -> (2, 4): (weight bits, activation bits), each 2..8."""
+    try:
+        bits = tuple(int(part) for part in text.split("/"))
+    except ValueError:
+        bits = ()
+    if len(bits) == 1:
+        bits *= 2
+    if len(bits) != 2 or not all(2 <= b <= 8 for b in bits):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a bit width: give B or W/A with 2..8 bits, e.g. 4 or 2/4")
+    return bits
+
+
+def label(bits):
+    """(2, 4) -> ``"W2A4"``."""
+    return f"W{bits[0]}A{bits[1]}"
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="repvgg_a0")
     parser.add_argument("--fp_checkpoint", required=True, help="the trained FP model (.keras) every run starts from")
-    parser.add_argument("--bits", type=int, nargs="+", default=[8, 6, 4], help="weight = activation bits")
+    parser.add_argument("--bits", type=bit_widths, nargs="+", default=[(8, 8), (6, 6), (4, 4)],
+                        help="B (weights = activations = B bits) or W/A, e.g. 2/4")
     parser.add_argument("--ptq", nargs="*", default=["rtn", "brecq", "qdrop"], help="ptq.py methods")
     parser.add_argument("--qat", nargs="*", default=["repq", "merged_lsq"], help="train.py methods")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -47,15 +70,17 @@ def parse_args(argv=None):
 
 
 def run_one(args, kind, method, bits, seed):
-    """One ptq.py / train.py run -> ``{"top1": deployed top-1 %, "fp": FP top-1 %, ...}``."""
-    out = os.path.abspath(os.path.join(args.runs_dir, f"{args.model}_{kind}_{method}_w{bits}a{bits}_s{seed}"))
+    """One ptq.py / train.py run at ``bits`` = (weight, activation) -> ``{"top1": deployed top-1 %,
+    "fp": FP top-1 %, "unit_loss_curves": PTQ's per-unit curves (None for QAT), ...}``."""
+    w_bits, a_bits = bits
+    out = os.path.abspath(os.path.join(args.runs_dir, f"{args.model}_{kind}_{method}_{label(bits).lower()}_s{seed}"))
     common = [f"--model={args.model}", f"--fp_checkpoint={os.path.abspath(args.fp_checkpoint)}",
               f"--seed={seed}", f"--output_dir={out}"]
     if kind == "ptq":
-        cmd = ["ptq.py", *common, f"--method={method}", f"--weight_bits={bits}", f"--act_bits={bits}",
+        cmd = ["ptq.py", *common, f"--method={method}", f"--weight_bits={w_bits}", f"--act_bits={a_bits}",
                f"--iters={args.ptq_iters}", f"--calib_size={args.calib_size}"]
     else:
-        cmd = ["train.py", *common, f"--method={method}", f"--bits={bits}"]
+        cmd = ["train.py", *common, f"--method={method}", f"--bits={w_bits}"] + [f"--act_bits={a_bits}"] * (a_bits != w_bits)
         cmd += [f"--epochs={args.qat_epochs}"] * (args.qat_epochs is not None) + [f"--limit={args.limit}"] * bool(args.limit)
     results_path = os.path.join(out, "results.json")
     start = time.time()
@@ -63,21 +88,48 @@ def run_one(args, kind, method, bits, seed):
         subprocess.run([sys.executable, os.path.join(ROOT, cmd[0]), *cmd[1:]], check=True, cwd=ROOT)
     with open(results_path) as f:
         result = json.load(f)
+    curves = None
     if kind == "ptq":
         top1, fp = result["deploy_top1"], result["fp_top1"]
+        with open(os.path.join(out, "unit_losses.json")) as f:
+            curves = json.load(f).get("unit_loss_curves")
     else:
         top1, fp = result["metrics"]["deploy"], result["metrics"].get("fp")
-    return dict(kind=kind, method=method, bits=bits, seed=seed, top1=top1, fp=fp, wall_s=time.time() - start,
-                command="python " + " ".join(cmd))
+    return dict(kind=kind, method=method, bits=label(bits), weight_bits=w_bits, act_bits=a_bits, seed=seed,
+                top1=top1, fp=fp, wall_s=time.time() - start, command="python " + " ".join(cmd),
+                unit_loss_curves=curves)
+
+
+def late_fall(curve):
+    """Relative fall of a unit's training L_rec over the last quarter of its recorded steps:
+    ``1 - mean(last quarter) / mean(third quarter)`` (0: flat, i.e. plateaued; 0.1: still 10 % lower)."""
+    rec = curve["rec"]
+    q = len(rec) // 4
+    if q == 0:
+        return float("nan")
+    return float(1.0 - np.mean(rec[-q:]) / np.mean(rec[-2 * q:-q]))
+
+
+def median_late_fall(run):
+    """Median of :func:`late_fall` over a PTQ run's units (None: no curves, e.g. RTN or QAT)."""
+    falls = [late_fall(c) for c in run.get("unit_loss_curves") or [] if c]
+    return float(np.nanmedian(falls)) if falls else None
 
 
 def summary(runs):
-    """Rows ``(kind, method, bits, mean, std, n)`` over seeds, in run order."""
+    """Rows ``(kind, method, bits label, mean, std, n, late_fall)`` over seeds, in run order
+    (``late_fall``: median over seeds of :func:`median_late_fall`)."""
     groups = {}
     for r in runs:
-        groups.setdefault((r["kind"], r["method"], r["bits"]), []).append(r["top1"])
-    return [dict(kind=k, method=m, bits=b, mean=float(np.mean(v)), std=float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
-                 n=len(v)) for (k, m, b), v in groups.items()]
+        groups.setdefault((r["kind"], r["method"], r["bits"]), []).append(r)
+    rows = []
+    for (k, m, b), group in groups.items():
+        top1 = [r["top1"] for r in group]
+        falls = [f for f in (median_late_fall(r) for r in group) if f is not None]
+        rows.append(dict(kind=k, method=m, bits=b, mean=float(np.mean(top1)),
+                         std=float(np.std(top1, ddof=1)) if len(top1) > 1 else 0.0, n=len(top1),
+                         late_fall=float(np.median(falls)) if falls else None))
+    return rows
 
 
 def markdown(args, runs, rows, info):
@@ -87,15 +139,21 @@ def markdown(args, runs, rows, info):
              f"{args.ptq_iters} iterations/unit, {args.calib_size} calibration images, deploy model's top-1; "
              f"QAT: train.py from the same checkpoint, deploy model's top-1. Mean ± std over seeds "
              f"{', '.join(str(s) for s in args.seeds)} (n per row).", "",
-             "| method | " + " | ".join(f"W{b}A{b}" for b in args.bits) + " |",
+             "| method | " + " | ".join(label(b) for b in args.bits) + " |",
              "|---|" + "---|" * len(args.bits)]
+    falls = ["", "Plateau check: median over units (and seeds) of the fall of each unit's training L_rec "
+             "over the last quarter of its iterations (`late_fall`: 0 = flat; curves in `*_loss_curves.png`).", "",
+             "| method | " + " | ".join(label(b) for b in args.bits) + " |", "|---|" + "---|" * len(args.bits)]
     for kind, method in [("ptq", m) for m in args.ptq] + [("qat", m) for m in args.qat]:
-        cells = []
+        cells, fall_cells = [], []
         for bits in args.bits:
-            row = next((r for r in rows if (r["kind"], r["method"], r["bits"]) == (kind, method, bits)), None)
+            row = next((r for r in rows if (r["kind"], r["method"], r["bits"]) == (kind, method, label(bits))), None)
             cells.append("-" if row is None else f"{row['mean']:.2f} ± {row['std']:.2f} (n={row['n']})")
+            fall_cells.append("-" if row is None or row["late_fall"] is None else f"{100 * row['late_fall']:+.1f} %")
         lines.append(f"| {kind.upper()} {method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        if kind == "ptq" and method != "rtn":
+            falls.append(f"| {method} | " + " | ".join(fall_cells) + " |")
+    return "\n".join(lines + (falls if len(falls) > 5 else [])) + "\n"
 
 
 def plot(args, rows, path):
@@ -103,17 +161,53 @@ def plot(args, rows, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    labels = [label(b) for b in args.bits]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for kind, method in sorted({(r["kind"], r["method"]) for r in rows}):
-        mine = sorted((r for r in rows if (r["kind"], r["method"]) == (kind, method)), key=lambda r: r["bits"])
-        ax.errorbar([r["bits"] for r in mine], [r["mean"] for r in mine], yerr=[r["std"] for r in mine],
+        mine = sorted((r for r in rows if (r["kind"], r["method"]) == (kind, method)), key=lambda r: labels.index(r["bits"]))
+        ax.errorbar([labels.index(r["bits"]) for r in mine], [r["mean"] for r in mine], yerr=[r["std"] for r in mine],
                     marker="o", capsize=3, linestyle="--" if kind == "ptq" else "-", label=f"{kind.upper()} {method}")
-    ax.set_xlabel("bits (weights = activations)")
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_xlabel("bit width")
     ax.set_ylabel("top-1 % (deployed)")
     ax.set_title(args.model)
     ax.legend(fontsize=7)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+
+
+def plot_curves(args, runs, path):
+    """Per-unit training L_rec (relative to its first recorded value) against the step: one panel per
+    PTQ method (columns) and bit width (rows), the first seed's run; written atomically as PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [m for m in args.ptq if any(r["method"] == m and r["unit_loss_curves"] for r in runs)]
+    if not methods:
+        return
+    fig, axes = plt.subplots(len(args.bits), len(methods), figsize=(2.6 * len(methods), 2.2 * len(args.bits)),
+                             squeeze=False, sharex=True)
+    for i, bits in enumerate(args.bits):
+        for j, method in enumerate(methods):
+            ax = axes[i][j]
+            run = next((r for r in runs if r["kind"] == "ptq" and r["method"] == method and r["bits"] == label(bits)
+                        and r["unit_loss_curves"]), None)
+            for k, curve in enumerate(run["unit_loss_curves"] if run else []):
+                if curve and curve["rec"][0] > 0:
+                    ax.plot(curve["step"], [v / curve["rec"][0] for v in curve["rec"]], lw=0.8,
+                            color=plt.cm.viridis(k / max(1, len(run["unit_loss_curves"]) - 1)))
+            ax.set_yscale("log")
+            ax.set_title(f"{method} {label(bits)}" + (f" s{run['seed']}" if run else " (not run)"), fontsize=8)
+            ax.tick_params(labelsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel("step", fontsize=8)
+    for row in axes:
+        row[0].set_ylabel("L_rec / first", fontsize=8)
+    fig.suptitle(f"{args.model}: training L_rec per unit (colour: unit, dark = first)", fontsize=9)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
 
 
@@ -133,6 +227,7 @@ def main(argv=None):
                 write_json(base + ".json", dict(provenance=info, args=vars(args), runs=runs, rows=rows))
                 write_text(base + ".md", markdown(args, runs, rows, info))
     plot(args, summary(runs), base + ".png")
+    plot_curves(args, runs, base + "_loss_curves.png")
     print(markdown(args, runs, summary(runs), info))
     return 0
 

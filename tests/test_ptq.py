@@ -90,9 +90,11 @@ def test_adaround_beats_nearest_and_lands_on_grid():
     held_out = data(64, 9)
     mse_rtn = _unit_mse(qm, unit, held_out)
     cache = cache_unit(qm, unit, calib, with_fp=False)
-    reconstruct_unit(qm, unit, cache, ReconConfig(iters=300, learn_scales=False, verbose=0))
+    result = reconstruct_unit(qm, unit, cache, ReconConfig(iters=300, learn_scales=False, verbose=0))
     mse_ada = _unit_mse(qm, unit, held_out)
     assert mse_ada < mse_rtn
+    assert result["curve"]["step"] == list(range(15, 301, 15))  # ~20 points, the last step included
+    assert all(np.isfinite(result["curve"]["rec"])) and min(result["curve"]["rec"]) > 0
     codes, quantizer = _integer_codes(qm.weight_layers[unit.weight_ops[0].index])
     np.testing.assert_allclose(codes, np.round(codes), atol=1e-3)
     assert codes.min() >= quantizer.qmin - 1e-3 and codes.max() <= quantizer.qmax + 1e-3

@@ -98,7 +98,24 @@ def test_ptq_vs_qat_command_writes_one_table(tmp_path):
                             "--qat_epochs", "1", "--limit", "32", "--runs_dir", str(tmp_path / "runs"),
                             "--results_dir", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "ptq_vs_qat_repvgg_a0.json").read_text())
-    assert [(r["kind"], r["method"], r["bits"]) for r in report["rows"]] == [("ptq", "rtn", 8), ("qat", "repq", 8)]
+    assert [(r["kind"], r["method"], r["bits"]) for r in report["rows"]] == [("ptq", "rtn", "W8A8"), ("qat", "repq", "W8A8")]
     assert all(0.0 <= r["mean"] <= 100.0 for r in report["rows"])
     assert "| PTQ rtn | " in (tmp_path / "ptq_vs_qat_repvgg_a0.md").read_text()
     assert (tmp_path / "ptq_vs_qat_repvgg_a0.png").stat().st_size > 0
+
+
+def test_ptq_vs_qat_bit_widths_and_plateau_measure():
+    """``--bits`` takes B or W/A; ``late_fall`` is the last quarter's fall against the third quarter."""
+    import argparse
+
+    from benchmarks import ptq_vs_qat
+
+    assert ptq_vs_qat.parse_args(["--fp_checkpoint", "x", "--bits", "4", "2/4"]).bits == [(4, 4), (2, 4)]
+    for bad in ("1", "2/9", "4/4/4", "four"):
+        with pytest.raises(argparse.ArgumentTypeError, match="2..8 bits"):
+            ptq_vs_qat.bit_widths(bad)
+    rec = [9.0, 9.0, 4.0, 4.0, 2.0, 2.0, 1.0, 1.0]  # quarters: 9, 4, 2, 1
+    assert ptq_vs_qat.late_fall({"step": list(range(8)), "rec": rec}) == pytest.approx(0.5)
+    assert ptq_vs_qat.late_fall({"step": [0, 1, 2, 3], "rec": [3.0, 3.0, 3.0, 3.0]}) == 0.0
+    run = {"unit_loss_curves": [{"rec": rec}, {"rec": [3.0] * 4}, None]}
+    assert ptq_vs_qat.median_late_fall(run) == pytest.approx(0.25)

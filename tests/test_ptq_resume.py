@@ -165,6 +165,7 @@ def test_cli_crash_and_rerun_gives_the_same_results(capsys, tmp_path, fp_checkpo
     assert results["resumed_units"] == 2 and ref_results["resumed_units"] == 0
     assert results["ptq_top1"] == ref_results["ptq_top1"] and results["fp_top1"] == ref_results["fp_top1"]
     assert losses == ref_losses
+    assert len(losses["unit_loss_curves"]) == len(losses["units"]) and losses["unit_loss_curves"][0]["step"] == [1, 2, 3, 4]
     for a, b in zip(ref_weights, weights):
         np.testing.assert_array_equal(a, b)
 

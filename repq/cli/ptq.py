@@ -139,21 +139,33 @@ def check_model(model, info):
                          f"{FLAGS.model}; pass the matching --model.")
 
 
+UNIT_LOSS_KEYS = ("units", "unit_losses", "unit_losses_init", "baseline_unit_losses", "unit_loss_curves")
+
+
 def plot_losses(report, path):
-    """Per-unit L_rec plot, written atomically as PNG."""
+    """Per-unit L_rec after reconstruction (left) and each unit's training L_rec against its
+    optimisation step, relative to the unit's first recorded value (right: flat at the end = the
+    loss has stopped falling); written atomically as PNG."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from repq.training import atomic_write
 
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, (ax, curves) = plt.subplots(1, 2, figsize=(11, 3.5))
     if report.get("baseline_unit_losses"):
         ax.plot(report["baseline_unit_losses"], "o-", label="QDrop (base units)")
     ax.plot(report["unit_losses"], "s-", label=report["method"])
     ax.set_xlabel("reconstruction unit")
     ax.set_ylabel("L_rec after reconstruction")
     ax.legend()
+    for i, curve in enumerate(report.get("unit_loss_curves") or []):
+        if curve and curve["rec"] and curve["rec"][0] > 0:
+            curves.plot(curve["step"], [v / curve["rec"][0] for v in curve["rec"]], lw=1,
+                        color=plt.cm.viridis(i / max(1, len(report["unit_loss_curves"]) - 1)))
+    curves.set_xlabel("optimisation step (colour: unit, dark = first)")
+    curves.set_ylabel("training L_rec / its first value")
+    curves.set_yscale("log")
     fig.tight_layout()
     try:
         atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"), ".png")
@@ -203,7 +215,7 @@ def write_outputs(output_dir, results, report, models_by_name):
         save_model(model, os.path.join(output_dir, f"{name}.keras"))
     write_json(os.path.join(output_dir, "results.json"), results)
     write_json(os.path.join(output_dir, "unit_losses.json"),
-               {k: report.get(k) for k in ("units", "unit_losses", "unit_losses_init", "baseline_unit_losses")})
+               {k: report.get(k) for k in UNIT_LOSS_KEYS})
     plot_losses(report, os.path.join(output_dir, "unit_losses.png"))
 
 
@@ -243,7 +255,7 @@ def run(info):
                "deploy_top1": deploy_top1, "deploy_matches_ptq": deploy_top1 == q_top1,
                "eval_images": len(labels), "classes_covered": classes_covered(labels),
                "num_classes": info.num_classes, "calib_classes_covered": calib_classes,
-               **{k: v for k, v in report.items() if k not in ("unit_losses", "unit_losses_init")}}
+               **{k: v for k, v in report.items() if k not in ("unit_losses", "unit_losses_init", "unit_loss_curves")}}
     results["scheme"] = str(report["scheme"]) if report["scheme"] else None
     write_outputs(output_dir, results, report, {"ptq_model": qmodel})
     print(f"| model | W/A | method | FP top-1 | PTQ top-1 | deploy top-1 | time (s) |\n"

@@ -78,6 +78,8 @@ def quantize_ptq(model, calib_data, method, weight_bits=4, act_bits=4, iters=200
     (steady state, first step left out), unit_first_step_s (first step incl. tracing unless
     shared), unit_traced (whether the unit traced its step or reused one of the same signature),
     unit_cache_s (carrying its inputs/targets forward), unit_carry_mb (carried tensors, MiB),
+    unit_loss_curves (per unit ``{"step", "rec"}``: training L_rec at ~20 steps; None for units
+    restored from a checkpoint written before curves were recorded),
     scheme, search_time_s, baseline_unit_losses, ptq_time_s (this call only), resumed_units (units
     loaded from checkpoints; their times are those of the earlier call).
     """
@@ -118,7 +120,7 @@ def _quantize(model, batches, method, weight_bits, act_bits, iters, batch_size, 
               "seed": seed, "scheme": None, "search_time_s": None, "baseline_unit_losses": None}
     if method == "rtn":
         report.update(units=[], unit_losses=[], unit_losses_init=[], unit_seconds=[], iters_per_s=[],
-                      unit_first_step_s=[], unit_traced=[], unit_cache_s=[], unit_carry_mb=[],
+                      unit_first_step_s=[], unit_traced=[], unit_cache_s=[], unit_carry_mb=[], unit_loss_curves=[],
                       ptq_time_s=time.perf_counter() - start)
         return qm.model, report
     config = ReconConfig(iters=iters, reg_lambda=lam, verbose=verbose,
@@ -141,6 +143,7 @@ def _quantize(model, batches, method, weight_bits, act_bits, iters, batch_size, 
                   unit_traced=[r.get("traced", True) for r in results],
                   unit_cache_s=[r.get("cache_s", 0.0) for r in results],
                   unit_carry_mb=[r.get("carry_mb", 0.0) for r in results],
+                  unit_loss_curves=[r.get("curve") for r in results],
                   unit_sizes=[len(u.weight_ops) for u in units],
                   ptq_time_s=time.perf_counter() - start)
     return qm.model, report

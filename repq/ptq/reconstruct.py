@@ -63,8 +63,10 @@ def cache_unit(qmodel, unit, batches, with_fp):
 
 def reconstruct_unit(qmodel, unit, cache, config, seed=0, on_step=None, steps=None):
     """Optimise one unit in place; returns ``{"loss_init", "loss", "seconds", "iters_per_s",
-    "first_step_s", "traced"}`` (``iters_per_s`` leaves out the first step, which traces the step
-    function unless a trace of the same signature was reused; ``traced``: whether it did).
+    "first_step_s", "traced", "curve"}`` (``iters_per_s`` leaves out the first step, which traces the step
+    function unless a trace of the same signature was reused; ``traced``: whether it did; ``curve``:
+    ``{"step": [...], "rec": [...]}``, the training ``L_rec`` of the step's batch (soft rounding, QDrop
+    dropping) at about 20 evenly spaced steps, to see whether the loss has stopped falling).
 
     ``loss_init`` is ``L_rec`` with round-to-nearest weights, ``loss`` after hard rounding,
     both on the whole cache without dropping. Every random stream of the unit (batch sampling,
@@ -83,15 +85,19 @@ def reconstruct_unit(qmodel, unit, cache, config, seed=0, on_step=None, steps=No
     program.start()
     bar = keras.utils.Progbar(config.iters, verbose=config.verbose, stateful_metrics=["rec", "reg"])
     start = time.perf_counter()
-    every = max(1, min(100, config.iters // 20))
+    every = max(1, config.iters // 20)
+    curve = {"step": [], "rec": []}
     for t in range(1, config.iters + 1):
         rec, reg = program.step(tf.constant(t, tf.int64), cache.x_quant, cache.x_fp, cache.target)
         if t == 1:
             first_step = time.perf_counter() - start  # includes tracing the step unless shared
         if on_step is not None:
             on_step()
-        if config.verbose and (t % every == 0 or t == config.iters):
-            bar.update(t, [("rec", float(rec)), ("reg", float(reg))])
+        if t % every == 0 or t == config.iters:
+            curve["step"].append(t)
+            curve["rec"].append(float(rec))
+            if config.verbose:
+                bar.update(t, [("rec", curve["rec"][-1]), ("reg", float(reg))])
     seconds = time.perf_counter() - start
     # steady-state rate: the first step (tf.function tracing) is left out when there are others
     rate = ((config.iters - 1) / max(seconds - first_step, 1e-9) if config.iters > 1
@@ -100,7 +106,7 @@ def reconstruct_unit(qmodel, unit, cache, config, seed=0, on_step=None, steps=No
     loss = program.evaluate(cache)
     program.store(qmodel, unit)
     return {"loss_init": loss_init, "loss": loss, "seconds": seconds, "iters_per_s": rate,
-            "first_step_s": first_step, "traced": traced}
+            "first_step_s": first_step, "traced": traced, "curve": curve}
 
 
 def reconstruct_units(qmodel, units, batches, config, seed=0, log=print, checkpoint=None):
