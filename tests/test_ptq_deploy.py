@@ -119,3 +119,8 @@ def test_ptq_vs_qat_bit_widths_and_plateau_measure():
     assert ptq_vs_qat.late_fall({"step": [0, 1, 2, 3], "rec": [3.0, 3.0, 3.0, 3.0]}) == 0.0
     run = {"unit_loss_curves": [{"rec": rec}, {"rec": [3.0] * 4}, None]}
     assert ptq_vs_qat.median_late_fall(run) == pytest.approx(0.25)
+    runs = [dict(kind="ptq", method="brecq", bits="W2A4", top1=t, unit_loss_curves=[{"rec": rec}], output_loss=o)
+            for t, o in ((50.0, 2.0), (54.0, 4.0))]
+    [row] = ptq_vs_qat.summary(runs)
+    assert (row["mean"], row["std"], row["n"]) == (52.0, pytest.approx(2.0 ** 1.5), 2)
+    assert (row["late_fall"], row["output_loss"], row["output_loss_std"]) == (pytest.approx(0.5), 3.0, pytest.approx(2 ** 0.5))

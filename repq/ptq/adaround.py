@@ -75,8 +75,11 @@ class SoftRounding:
         self.alpha.assign(init_alpha(keras.ops.convert_to_numpy(kernel), keras.ops.convert_to_numpy(step)))
         self.active.assign(1.0)
 
-    def hard_kernel(self, kernel, quantizer):
-        """The kernel rounded by α's sign, ``clip(floor(W/s) + 1[α >= 0]) s``; soft rounding off."""
-        step = quantizer.positive_step()
+    def stop(self):
+        """Soft rounding off: the quantizer rounds to nearest again."""
         self.active.assign(0.0)
+
+    def hard_kernel(self, kernel, quantizer):
+        """The kernel rounded by α's sign, ``clip(floor(W/s) + 1[α >= 0]) s``."""
+        step = quantizer.positive_step()
         return tf.clip_by_value(hard_integer(kernel, step, self.alpha), quantizer.qmin, quantizer.qmax) * step

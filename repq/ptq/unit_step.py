@@ -161,6 +161,7 @@ class UnitStep:
         for layer, rounding in zip(self.weight_layers, self.roundings):
             kernel = layer.float_kernel_and_bias()[0]
             kernel.assign(rounding.hard_kernel(kernel, layer.weight_quantizer))
+            rounding.stop()
         for drop in self.drops:
             drop.prob.assign(1.0)
 
