@@ -69,16 +69,26 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def run_dir(args, kind, method, bits, seed):
+    return os.path.abspath(os.path.join(args.runs_dir, f"{args.model}_{kind}_{method}_{label(bits).lower()}_s{seed}"))
+
+
 def run_one(args, kind, method, bits, seed):
     """One ptq.py / train.py run at ``bits`` = (weight, activation) -> ``{"top1": deployed top-1 %,
-    "fp": FP top-1 %, "unit_loss_curves": PTQ's per-unit curves (None for QAT), ...}``."""
+    "fp": FP top-1 %, "unit_loss_curves": PTQ's per-unit curves (None for QAT), ...}``.
+
+    ``mrecg_loss`` reads its search losses from the same seed's finished QDrop run (``ptq.py
+    --baseline_run``: that pass is MRECG's search pass) instead of repeating it."""
     w_bits, a_bits = bits
-    out = os.path.abspath(os.path.join(args.runs_dir, f"{args.model}_{kind}_{method}_{label(bits).lower()}_s{seed}"))
+    out = run_dir(args, kind, method, bits, seed)
     common = [f"--model={args.model}", f"--fp_checkpoint={os.path.abspath(args.fp_checkpoint)}",
               f"--seed={seed}", f"--output_dir={out}"]
     if kind == "ptq":
         cmd = ["ptq.py", *common, f"--method={method}", f"--weight_bits={w_bits}", f"--act_bits={a_bits}",
                f"--iters={args.ptq_iters}", f"--calib_size={args.calib_size}"]
+        qdrop = run_dir(args, "ptq", "qdrop", bits, seed)
+        if method == "mrecg_loss" and os.path.exists(os.path.join(qdrop, "results.json")):
+            cmd.append(f"--baseline_run={qdrop}")
     else:
         cmd = ["train.py", *common, f"--method={method}", f"--bits={w_bits}"] + [f"--act_bits={a_bits}"] * (a_bits != w_bits)
         cmd += [f"--epochs={args.qat_epochs}"] * (args.qat_epochs is not None) + [f"--limit={args.limit}"] * bool(args.limit)

@@ -199,3 +199,35 @@ def test_cli_sigterm_then_rerun_resumes(tmp_path, fp_checkpoint):
     done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((tmp_path / "results.json").read_text())["resumed_units"] >= 1
+
+
+def test_mrecg_loss_search_is_the_qdrop_run_and_can_reuse_it(capsys, tmp_path, fp_checkpoint):
+    """MRECG-loss's search pass equals a QDrop run with the same settings (same per-unit losses), so
+    ``--baseline_run`` of that run gives the same MRECG result without repeating the pass."""
+    runs = {}
+    for name, extra in (("qdrop", []), ("mrecg", ["--method=mrecg_loss"]),
+                        ("reuse", ["--method=mrecg_loss", f"--baseline_run={tmp_path / 'qdrop'}"])):
+        code, err = run_ptq(capsys, *ptq_args(fp_checkpoint, tmp_path / name, *extra))
+        assert code == 0, err[-2000:]
+        runs[name] = _outputs(tmp_path / name)
+    qdrop_losses = runs["qdrop"][1]["unit_losses"]
+    assert runs["mrecg"][1]["baseline_unit_losses"] == qdrop_losses
+    assert runs["reuse"][1]["baseline_unit_losses"] == qdrop_losses
+    (mrecg, mrecg_losses, mrecg_weights), (reuse, reuse_losses, reuse_weights) = runs["mrecg"], runs["reuse"]
+    assert reuse["scheme"] == mrecg["scheme"] and reuse["ptq_top1"] == mrecg["ptq_top1"]
+    assert reuse_losses["unit_losses"] == mrecg_losses["unit_losses"]
+    assert reuse["baseline_run"] == str(tmp_path / "qdrop") and mrecg["baseline_run"] is None
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--method=qdrop"], "applies to --method=mrecg_loss"),
+    (["--method=mrecg_loss", "--iters=5"], "ran with --iters=4, this run has --iters=5"),
+])
+def test_bad_baseline_run_is_refused(capsys, tmp_path, fp_checkpoint, extra, needle):
+    code, err = run_ptq(capsys, *ptq_args(fp_checkpoint, tmp_path / "qdrop"))
+    assert code == 0, err[-2000:]
+    code, err = run_ptq(capsys, *ptq_args(fp_checkpoint, tmp_path / "run", f"--baseline_run={tmp_path / 'qdrop'}", *extra))
+    assert code == 2 and needle in err and "Traceback" not in err, err[-2000:]
+    code, err = run_ptq(capsys, *ptq_args(fp_checkpoint, tmp_path / "run2", "--method=mrecg_loss",
+                                          f"--baseline_run={tmp_path / 'nothing'}"))
+    assert code == 2 and "is not a finished ptq.py run" in err, err[-2000:]

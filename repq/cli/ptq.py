@@ -2,6 +2,7 @@
 
     python ptq.py --model resnet18 --weight_bits 4 --act_bits 4 --method qdrop
     python ptq.py ... --calib_size 1024 --iters 20000 --fp_checkpoint fp.keras   # the papers' protocol
+    python ptq.py ... --method mrecg_loss --baseline_run QDROP_RUN_DIR   # reuse a QDrop run as MRECG's search
 
 The defaults (256 calibration images, 100 iterations per unit) are a CPU budget that finishes in
 minutes on the embedded data; the papers reconstruct with 1,024 images and 20,000 iterations
@@ -46,6 +47,9 @@ flags.DEFINE_string("scheme", None, "MRECG scheme, e.g. '0,(1,2),3,...' (one ent
 flags.DEFINE_integer("topk", None, "MRECG merges (default: --model's registry entry, 2 for ResNet-18, 7 for "
                      "MobileNetV2, else units // 5)",
                      flag_values=FLAGS)
+flags.DEFINE_string("baseline_run", None, "mrecg_loss only: a finished ptq.py --method=qdrop run directory with "
+                    "the same settings; its per-unit losses are MRECG's search pass (the same QDrop pass), which "
+                    "is then not repeated", flag_values=FLAGS)
 flags.DEFINE_float("width_multiplier", None, "MobileNetV2 width when training a new FP model", flag_values=FLAGS)
 flags.DEFINE_integer("seed", 0, "random seed", flag_values=FLAGS)
 flags.DEFINE_bool("verbose_errors", False, "Show tracebacks for errors.", flag_values=FLAGS)
@@ -86,6 +90,8 @@ def check_flags():
         raise UsageError(f"--topk={FLAGS.topk} must be >= 0.")
     if (FLAGS.scheme or FLAGS.topk is not None) and not FLAGS.method.startswith("mrecg"):
         raise UsageError(f"--scheme / --topk apply to the mrecg_* methods, not --method={FLAGS.method}.")
+    if FLAGS.baseline_run and FLAGS.method != "mrecg_loss":
+        raise UsageError(f"--baseline_run applies to --method=mrecg_loss, not --method={FLAGS.method}.")
     if FLAGS.fp_checkpoint and not os.path.isfile(FLAGS.fp_checkpoint):
         raise UsageError(f"--fp_checkpoint {FLAGS.fp_checkpoint!r} does not exist.")
     try:
@@ -95,6 +101,28 @@ def check_flags():
     if info.task != "classification":
         raise UsageError(f"--dataset {FLAGS.dataset} is for {info.task}; ptq.py quantizes classifiers.")
     return info
+
+
+def baseline_losses(run_dir):
+    """Per-unit losses of the QDrop run in ``run_dir`` (``--baseline_run``), checked to be a finished
+    ptq.py QDrop run with this command's settings (a UsageError names the first difference)."""
+    import json
+
+    paths = {name: os.path.join(run_dir, f"{name}.json") for name in ("run_config", "results", "unit_losses")}
+    missing = [p for p in paths.values() if not os.path.isfile(p)]
+    if missing:
+        raise UsageError(f"--baseline_run {run_dir!r} is not a finished ptq.py run ({missing[0]} is missing); "
+                         "run ptq.py --method=qdrop with the same settings into it first.")
+    with open(paths["run_config"]) as f:
+        config = json.load(f)
+    if config.get("method") != "qdrop":
+        raise UsageError(f"--baseline_run {run_dir!r} is a --method={config.get('method')} run; it must be qdrop.")
+    for key in RUN_KEYS:
+        if key not in ("method", "scheme", "topk") and config.get(key) != getattr(FLAGS, key):
+            raise UsageError(f"--baseline_run {run_dir!r} ran with --{key}={config.get(key)}, this run has "
+                             f"--{key}={getattr(FLAGS, key)}; the QDrop run must match every setting.")
+    with open(paths["unit_losses"]) as f:
+        return json.load(f)["unit_losses"]
 
 
 def prepare_output_dir(output_dir):
@@ -233,6 +261,7 @@ def run(info):
     output_dir = FLAGS.output_dir
     prepare_output_dir(output_dir)
     stage(f"output directory {output_dir}")
+    baseline = baseline_losses(FLAGS.baseline_run) if FLAGS.baseline_run else None
     model = models.set_registry_name(fp_model(output_dir), FLAGS.model)  # quantized with --model's defaults
     check_model(model, info)
     test, _ = get_dataset(FLAGS.dataset, "test", 250)  # the whole test split
@@ -243,7 +272,7 @@ def run(info):
           + ("" if FLAGS.method == "rtn" else f", {FLAGS.iters} iterations per unit"))
     qmodel, report = quantize_ptq(model, [x for x, _ in calib], FLAGS.method, FLAGS.weight_bits, FLAGS.act_bits,
                                   iters=FLAGS.iters, batch_size=FLAGS.batch_size, scheme=scheme,
-                                  topk=FLAGS.topk, seed=FLAGS.seed,
+                                  topk=FLAGS.topk, seed=FLAGS.seed, baseline_losses=baseline,
                                   checkpoint_dir=os.path.join(output_dir, CHECKPOINTS),
                                   crash_after_units=FLAGS.crash_after_units)
     stage(f"evaluating the FP, PTQ and deploy (repq.reparametrize) models on the {info.num_test} {FLAGS.dataset} "
@@ -255,6 +284,7 @@ def run(info):
                "deploy_top1": deploy_top1, "deploy_matches_ptq": deploy_top1 == q_top1,
                "eval_images": len(labels), "classes_covered": classes_covered(labels),
                "num_classes": info.num_classes, "calib_classes_covered": calib_classes,
+               "baseline_run": FLAGS.baseline_run,
                **{k: v for k, v in report.items() if k not in ("unit_losses", "unit_losses_init", "unit_loss_curves")}}
     results["scheme"] = str(report["scheme"]) if report["scheme"] else None
     write_outputs(output_dir, results, report, {"ptq_model": qmodel})
