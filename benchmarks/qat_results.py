@@ -7,9 +7,11 @@ FP model. Each row is reported as mean +- std over the seeds, and the RepQ claim
 ("beyond noise": the difference of the means exceeds twice its standard error).
 
   python benchmarks/qat_results.py --models repvgg_a0 --seeds 0 1 2 [--tfmot8] [--low_bits]
+  python benchmarks/qat_results.py --models repvgg_a0 --rows "Merged 8-bit (tfmot) W8A8"   # add one row
 
-Writes benchmarks/results/qat_results.{json,md} (rows of other models are kept), with the
-commit and the command; per-run artefacts stay under --runs_dir.
+Writes benchmarks/results/qat_results.{json,md} (rows of other models, and with ``--rows`` the other
+rows of these models, are kept from the earlier table), with the commit and the command; each run
+records its own commit (the table's "commits" column); per-run artefacts stay under --runs_dir.
 """
 
 import argparse
@@ -78,7 +80,8 @@ def summarize(runs):
                deploy_equals_qat=all(r.get("deploy_matches_qat", True) for r in runs),
                integer_equals_qat=all(r["metrics"].get("integer", r["metrics"].get("qat")) == r["metrics"].get("qat")
                                       for r in runs),
-               wall_s_mean=float(np.mean([r["wall_s"] for r in runs])))
+               wall_s_mean=float(np.mean([r["wall_s"] for r in runs])),
+               commits=sorted({r.get("commit", "?")[:7] for r in runs}))
     if q is not None:
         row.update(q_mean=float(q.mean()), q_std=std(q), q=q.tolist(), drop_mean=float((q - fp).mean()),
                    drop_std=std(q - fp))
@@ -118,12 +121,13 @@ def claims(rows):
 def markdown(rows, claim_rows, info):
     pm = lambda m, s: f"{m:.2f} ± {s:.2f}"  # noqa: E731
     lines = [markdown_header(info), "| model | method | metric | seeds | FP | quantized | quantized − FP | "
-             "deploy == QAT | integer == QAT | wall (s/run) |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "deploy == QAT | integer == QAT | wall (s/run) | commits |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         q = pm(r["q_mean"], r["q_std"]) if "q_mean" in r else "-"
         d = pm(r["drop_mean"], r["drop_std"]) if "drop_mean" in r else "-"
         lines.append(f"| {r['model']} | {r['label']} | {r['metric']} | {len(r['seeds'])} | {pm(r['fp_mean'], r['fp_std'])} "
-                     f"| {q} | {d} | {r['deploy_equals_qat']} | {r['integer_equals_qat']} | {r['wall_s_mean']:.0f} |")
+                     f"| {q} | {d} | {r['deploy_equals_qat']} | {r['integer_equals_qat']} | {r['wall_s_mean']:.0f} "
+                     f"| {', '.join(r['commits'])} |")
     lines += ["", "| model | claim | holds | beyond noise | measured |", "|---|---|---|---|---|"]
     for c in claim_rows:
         lines.append(f"| {c['model']} | {c['claim']} | {c['holds']} | {c.get('beyond_noise', '-')} | {c['detail']} |")
@@ -139,19 +143,29 @@ def load_runs():
     return data.get("runs", []) if isinstance(data, dict) else []  # a list: the single-seed format, superseded
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs_dir", default=os.path.join("runs", "qat_results"))
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=MODELS)
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     parser.add_argument("--tfmot8", action="store_true", help="also the tfmot 8-bit baseline")
     parser.add_argument("--low_bits", action="store_true", help="also W3A3 and W2A4 rows")
-    args = parser.parse_args()
+    parser.add_argument("--rows", nargs="+", default=None, choices=[label for label, _ in ROWS + TFMOT8 + LOW_BITS],
+                        metavar="LABEL", help="run only these rows (their FP checkpoints must be in --runs_dir); "
+                        "the other rows of --models are kept from the earlier table")
+    args = parser.parse_args(argv)
     info = provenance()
-    runs = [r for r in load_runs() if r["model"] not in args.models]  # other models keep their rows
+    runs = [r for r in load_runs() if r["model"] not in args.models or (args.rows and r["label"] not in args.rows)]
     for model in args.models:
         rows = [r for r in ROWS if not (model.startswith("ecbsr") and "--bnest" in r[1])]
         rows += (TFMOT8 if args.tfmot8 else []) + (LOW_BITS if args.low_bits else [])
+        if args.rows:
+            rows = [r for r in ROWS + TFMOT8 + LOW_BITS if r[0] in args.rows]
+            for seed in args.seeds:
+                fp = os.path.join(args.runs_dir, f"{model}_s{seed}_fp", "fp_model.keras")
+                if any("--bnest" not in flags for _, flags in rows) and not os.path.isfile(fp):
+                    sys.exit(f"qat_results.py: error: --rows needs the FP checkpoint {fp}; run the FP row first "
+                             "(without --rows).")
         for seed in args.seeds:
             for label, flags in rows:
                 runs.append({**run(model, label, flags, seed, os.path.abspath(args.runs_dir)),

@@ -93,3 +93,17 @@ def test_tfmot8_command_carries_the_recipe():
     assert float(flags_given["weight_decay"]) == recipe.weight_decay > 0
     assert float(flags_given["label_smoothing"]) == recipe.label_smoothing > 0
     assert float(flags_given["lr"]) == recipe.lr.merged8 and flags_given["seed"] == "3"
+
+
+def test_qat_results_adds_one_row_from_existing_fp_checkpoints(tmp_path):
+    """``qat_results.py --rows`` runs only the named rows and needs the FP checkpoints of the table's runs;
+    each row lists the commits its runs were made at."""
+    from benchmarks import qat_results
+
+    with pytest.raises(SystemExit, match="needs the FP checkpoint .*repvgg_a0_s0_fp"):
+        qat_results.main(["--models", "repvgg_a0", "--seeds", "0", "--rows", "Merged 8-bit (tfmot) W8A8",
+                          "--runs_dir", str(tmp_path)])
+    runs = [dict(model="m", label="RepQ W8A8", metric="top1", seed=s, metrics={"fp": 98.0, "qat": 97.0 + s},
+                 wall_s=1.0, commit=c) for s, c in ((0, "4fa85ac0"), (1, "abcdef12"), (2, "4fa85ac0"))]
+    row = qat_results.summarize(runs)
+    assert row["commits"] == ["4fa85ac", "abcdef1"] and row["q_mean"] == 98.0 and row["drop_mean"] == 0.0
