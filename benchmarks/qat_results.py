@@ -106,7 +106,7 @@ def claims(rows):
             if label in by and "q" in by[label]:
                 r = by[label]
                 out.append(dict(model=model, claim=f"{label} within {tol} {unit} of its FP",
-                                holds=r["drop_mean"] >= -tol,
+                                holds=round(r["drop_mean"], 6) >= -tol,
                                 detail=f"drop {r['drop_mean']:+.2f} +- {r['drop_std']:.2f} {unit}"))
         for label in ("RepQ W4A4", "RepQ-BNEst W4A4", "RepQ W3A3", "RepQ W2A4"):
             base = label.replace("RepQ-BNEst", "RepQ").replace("RepQ", "Merged LSQ")

@@ -79,3 +79,14 @@ def test_ptq_initialised_merged_qat_at_tiny_size(tmp_path):
     assert results["deploy_matches_qat"]
     bad = train("--model=repvgg_a0", "--method=repq", "--ptq_init=qdrop", f"--output_dir={tmp_path / 'bad'}")
     assert bad.returncode == 2 and "use it with --method=merged_lsq" in bad.stderr
+
+
+@pytest.mark.parametrize("fp, quantized", [(98.8, 98.5), (98.9, 98.6), (99.0, 98.7)])
+def test_verdict_at_exactly_the_tolerance_is_kept(fp, quantized):
+    """A drop of exactly 0.3 pt is within the 8-bit tolerance whatever the float rounding of the difference
+    (98.6 - 98.9 is -0.30000000000000426); 0.1 pt more is not."""
+    from repq.cli.train import verdict
+
+    kept, line = verdict("top1", fp, quantized, 8)
+    assert kept and "KEPT" in line and "-0.30 pt" in line
+    assert not verdict("top1", fp, round(quantized - 0.1, 1), 8)[0]

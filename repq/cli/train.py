@@ -351,7 +351,7 @@ def verdict(metric, fp, quantized, bits):
     """-> (kept, one line) saying whether the quantized model kept the FP metric within the claim's tolerance."""
     tolerance = KEEP_TOLERANCE[metric][8 if bits >= 8 else "low"]
     unit = " pt" if metric == "top1" else " dB"
-    kept = quantized >= fp - tolerance
+    kept = round(quantized - fp, 6) >= -tolerance  # rounded: 98.6 - 98.9 is -0.30000000000000426 in floats
     return kept, (f"{bits}-bit model {'KEPT' if kept else 'did NOT keep'} the FP {metric}: {quantized:.2f} vs FP "
                   f"{fp:.2f} ({quantized - fp:+.2f}{unit}; tolerance {tolerance}{unit}).")
 
