@@ -77,9 +77,11 @@ def summarize(runs):
     std = lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0  # noqa: E731
     row = dict(model=runs[0]["model"], label=runs[0]["label"], metric=runs[0]["metric"], seeds=[r["seed"] for r in runs],
                fp_mean=float(fp.mean()), fp_std=std(fp), fp=fp.tolist(),
-               deploy_equals_qat=all(r.get("deploy_matches_qat", True) for r in runs),
-               integer_equals_qat=all(r["metrics"].get("integer", r["metrics"].get("qat")) == r["metrics"].get("qat")
-                                      for r in runs),
+               # None where the runs have no deploy / integer model (FP, tfmot8): not measured, shown as "-"
+               deploy_equals_qat=(all(r["deploy_matches_qat"] for r in runs)
+                                  if all("deploy_matches_qat" in r for r in runs) else None),
+               integer_equals_qat=(all(r["metrics"]["integer"] == r["metrics"].get("qat") for r in runs)
+                                   if all("integer" in r["metrics"] for r in runs) else None),
                wall_s_mean=float(np.mean([r["wall_s"] for r in runs])),
                commits=sorted({r.get("commit", "?")[:7] for r in runs}))
     if q is not None:
@@ -118,6 +120,10 @@ def claims(rows):
     return out
 
 
+def dash(value):
+    return "-" if value is None else value
+
+
 def markdown(rows, claim_rows, info):
     pm = lambda m, s: f"{m:.2f} ± {s:.2f}"  # noqa: E731
     lines = [markdown_header(info), "| model | method | metric | seeds | FP | quantized | quantized − FP | "
@@ -126,7 +132,7 @@ def markdown(rows, claim_rows, info):
         q = pm(r["q_mean"], r["q_std"]) if "q_mean" in r else "-"
         d = pm(r["drop_mean"], r["drop_std"]) if "drop_mean" in r else "-"
         lines.append(f"| {r['model']} | {r['label']} | {r['metric']} | {len(r['seeds'])} | {pm(r['fp_mean'], r['fp_std'])} "
-                     f"| {q} | {d} | {r['deploy_equals_qat']} | {r['integer_equals_qat']} | {r['wall_s_mean']:.0f} "
+                     f"| {q} | {d} | {dash(r['deploy_equals_qat'])} | {dash(r['integer_equals_qat'])} | {r['wall_s_mean']:.0f} "
                      f"| {', '.join(r['commits'])} |")
     lines += ["", "| model | claim | holds | beyond noise | measured |", "|---|---|---|---|---|"]
     for c in claim_rows:

@@ -107,3 +107,9 @@ def test_qat_results_adds_one_row_from_existing_fp_checkpoints(tmp_path):
                  wall_s=1.0, commit=c) for s, c in ((0, "4fa85ac0"), (1, "abcdef12"), (2, "4fa85ac0"))]
     row = qat_results.summarize(runs)
     assert row["commits"] == ["4fa85ac", "abcdef1"] and row["q_mean"] == 98.0 and row["drop_mean"] == 0.0
+    assert row["deploy_equals_qat"] is None and row["integer_equals_qat"] is None  # not measured: "-", not True
+    for r in runs:
+        r.update(deploy_matches_qat=True, metrics={**r["metrics"], "integer": r["metrics"]["qat"]})
+    runs[1]["metrics"]["integer"] -= 0.1
+    row = qat_results.summarize(runs)
+    assert row["deploy_equals_qat"] is True and row["integer_equals_qat"] is False
