@@ -155,10 +155,9 @@ def markdown(args, runs, rows, info):
              f"{args.model} from `{args.fp_checkpoint}` (FP top-1 {fp[0] if fp else float('nan'):.2f} %); PTQ: ptq.py, "
              f"{args.ptq_iters} iterations/unit, {args.calib_size} calibration images, deploy model's top-1; "
              f"QAT: train.py from the same checkpoint, deploy model's top-1. Mean ± std over seeds "
-             f"{', '.join(str(s) for s in args.seeds)} (n per row).", "",
-             "| method | " + " | ".join(label(b) for b in args.bits) + " |",
-             "|---|" + "---|" * len(args.bits)]
+             f"{', '.join(str(s) for s in args.seeds)} (n per row).", ""]
     header = ["| method | " + " | ".join(label(b) for b in args.bits) + " |", "|---|" + "---|" * len(args.bits)]
+    lines += header
     falls = ["", "Plateau check: median over units (and seeds) of the fall of each unit's training L_rec "
              "over the last quarter of its iterations (`late_fall`: 0 = flat; curves in `*_loss_curves.png`).", "",
              *header]
@@ -178,7 +177,47 @@ def markdown(args, runs, rows, info):
             falls.append(f"| {method} | " + " | ".join(fall_cells) + " |")
             outputs.append(f"| {method} | " + " | ".join(output_cells) + " |")
     reconstructed = any(m != "rtn" for m in args.ptq)
-    return "\n".join(lines + (falls + outputs if reconstructed else [])) + "\n"
+    order = ["", "The seed's ordering (MRECG ≥ QDrop ≥ BRECQ ≥ AdaRound ≥ RTN), adjacent pairs of the methods run: "
+             "holds on the mean, and whether the difference exceeds twice its standard error over seeds "
+             "(beyond noise); top-1, and output error (lower is better).", "",
+             "| bits | pair | top-1 holds | beyond noise | output error holds | beyond noise |", "|---|---|---|---|---|---|"]
+    for c in ordering(args, runs):
+        order.append(f"| {c['bits']} | {c['pair']} | {c['top1_holds']} | {c['top1_beyond_noise']} | "
+                     f"{dash(c['output_holds'])} | {dash(c['output_beyond_noise'])} |")
+    return "\n".join(lines + (falls + outputs if reconstructed else []) + (order if len(order) > 5 else [])) + "\n"
+
+
+SEED_ORDER = ["mrecg_loss", "qdrop", "brecq", "adaround", "rtn"]  # best first (SPEC Part C §7)
+
+
+def dash(value):
+    return "-" if value is None else value
+
+
+def ordering(args, runs):
+    """Adjacent pairs (better, worse) of the seed's order among ``args.ptq``, per bit width: whether the
+    better method's mean top-1 is >= (and its mean output error <=) the other's, and whether beyond noise
+    (:func:`benchmarks.qat_results.beyond_noise`: the difference exceeds twice its standard error)."""
+    from benchmarks.qat_results import beyond_noise
+
+    methods = [m for m in SEED_ORDER if m in args.ptq]
+    out = []
+    for bits in map(label, args.bits):
+        def values(method, key):
+            return [r[key] for r in runs if (r["kind"], r["method"], r["bits"]) == ("ptq", method, bits)
+                    and r.get(key) is not None]
+
+        for better, worse in zip(methods, methods[1:]):
+            a, b = values(better, "top1"), values(worse, "top1")
+            if not a or not b:
+                continue
+            ea, eb = values(better, "output_loss"), values(worse, "output_loss")
+            both = bool(ea and eb)
+            out.append(dict(bits=bits, pair=f"{better} ≥ {worse}", top1_holds=bool(np.mean(a) >= np.mean(b)),
+                            top1_beyond_noise=beyond_noise(a, b),
+                            output_holds=bool(np.mean(ea) <= np.mean(eb)) if both else None,
+                            output_beyond_noise=beyond_noise(ea, eb) if both else None))
+    return out
 
 
 def plot(args, rows, path):
@@ -251,7 +290,8 @@ def main(argv=None):
             for kind, method in [("ptq", m) for m in args.ptq] + [("qat", m) for m in args.qat]:
                 runs.append(run_one(args, kind, method, bits, seed))
                 rows = summary(runs)
-                write_json(base + ".json", dict(provenance=info, args=vars(args), runs=runs, rows=rows))
+                write_json(base + ".json", dict(provenance=info, args=vars(args), runs=runs, rows=rows,
+                                                ordering=ordering(args, runs)))
                 write_text(base + ".md", markdown(args, runs, rows, info))
     plot(args, summary(runs), base + ".png")
     plot_curves(args, runs, base + "_loss_curves.png")

@@ -124,3 +124,13 @@ def test_ptq_vs_qat_bit_widths_and_plateau_measure():
     [row] = ptq_vs_qat.summary(runs)
     assert (row["mean"], row["std"], row["n"]) == (52.0, pytest.approx(2.0 ** 1.5), 2)
     assert (row["late_fall"], row["output_loss"], row["output_loss_std"]) == (pytest.approx(0.5), 3.0, pytest.approx(2 ** 0.5))
+    # ordering: qdrop 60 ± 1 vs brecq 52 ± 2.8 (beyond noise), brecq vs adaround 51.5 ± 0.7 (holds, within noise)
+    runs += [dict(kind="ptq", method=m, bits="W2A4", top1=t, output_loss=o)
+             for m, t, o in (("qdrop", 59.0, 1.0), ("qdrop", 61.0, 1.5), ("adaround", 51.0, 5.0), ("adaround", 52.0, 6.0))]
+    args = ptq_vs_qat.parse_args(["--fp_checkpoint", "x", "--bits", "2/4", "--ptq", "rtn", "adaround", "brecq", "qdrop"])
+    pairs = {c["pair"]: c for c in ptq_vs_qat.ordering(args, runs)}
+    assert list(pairs) == ["qdrop ≥ brecq", "brecq ≥ adaround"]  # RTN not run: no pair
+    assert pairs["qdrop ≥ brecq"]["top1_holds"] and pairs["qdrop ≥ brecq"]["top1_beyond_noise"]
+    assert pairs["qdrop ≥ brecq"]["output_holds"] and not pairs["qdrop ≥ brecq"]["output_beyond_noise"]
+    assert pairs["brecq ≥ adaround"]["top1_holds"] and not pairs["brecq ≥ adaround"]["top1_beyond_noise"]
+    assert pairs["brecq ≥ adaround"]["output_holds"] and pairs["brecq ≥ adaround"]["output_beyond_noise"]
