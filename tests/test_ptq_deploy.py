@@ -130,6 +130,10 @@ def test_ptq_vs_qat_bit_widths_and_plateau_measure():
     args = ptq_vs_qat.parse_args(["--fp_checkpoint", "x", "--bits", "2/4", "--ptq", "rtn", "adaround", "brecq", "qdrop"])
     pairs = {c["pair"]: c for c in ptq_vs_qat.ordering(args, runs)}
     assert list(pairs) == ["qdrop ≥ brecq", "brecq ≥ adaround"]  # RTN not run: no pair
+    args.ptq.append("mrecg_modcap")
+    runs.append(dict(kind="ptq", method="mrecg_modcap", bits="W2A4", top1=58.0, output_loss=1.0))
+    assert [c["pair"] for c in ptq_vs_qat.ordering(args, runs)] == [
+        "mrecg_modcap ≥ qdrop", "qdrop ≥ brecq", "brecq ≥ adaround"]  # MRECG against the best of the others
     assert pairs["qdrop ≥ brecq"]["top1_holds"] and pairs["qdrop ≥ brecq"]["top1_beyond_noise"]
     assert pairs["qdrop ≥ brecq"]["output_holds"] and not pairs["qdrop ≥ brecq"]["output_beyond_noise"]
     assert pairs["brecq ≥ adaround"]["top1_holds"] and not pairs["brecq ≥ adaround"]["top1_beyond_noise"]
