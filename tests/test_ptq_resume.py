@@ -201,12 +201,23 @@ def test_cli_sigterm_then_rerun_resumes(tmp_path, fp_checkpoint):
     assert json.loads((tmp_path / "results.json").read_text())["resumed_units"] >= 1
 
 
-def test_mrecg_loss_search_is_the_qdrop_run_and_can_reuse_it(capsys, tmp_path, fp_checkpoint):
+@pytest.fixture(scope="module")
+def qdrop_run(tmp_path_factory, fp_checkpoint):
+    """A finished ptq.py QDrop run (``ptq_args``' settings), shared by the --baseline_run tests."""
+    out = tmp_path_factory.mktemp("qdrop") / "run"
+    try:
+        ptq.cli(["ptq.py", *ptq_args(fp_checkpoint, out)])
+    except SystemExit as err:
+        assert err.code in (0, None), err.code
+    return out
+
+
+def test_mrecg_loss_search_is_the_qdrop_run_and_can_reuse_it(capsys, tmp_path, fp_checkpoint, qdrop_run):
     """MRECG-loss's search pass equals a QDrop run with the same settings (same per-unit losses), so
     ``--baseline_run`` of that run gives the same MRECG result without repeating the pass."""
-    runs = {}
-    for name, extra in (("qdrop", []), ("mrecg", ["--method=mrecg_loss"]),
-                        ("reuse", ["--method=mrecg_loss", f"--baseline_run={tmp_path / 'qdrop'}"])):
+    runs = {"qdrop": _outputs(qdrop_run)}
+    for name, extra in (("mrecg", ["--method=mrecg_loss"]),
+                        ("reuse", ["--method=mrecg_loss", f"--baseline_run={qdrop_run}"])):
         code, err = run_ptq(capsys, *ptq_args(fp_checkpoint, tmp_path / name, *extra))
         assert code == 0, err[-2000:]
         runs[name] = _outputs(tmp_path / name)
@@ -216,17 +227,15 @@ def test_mrecg_loss_search_is_the_qdrop_run_and_can_reuse_it(capsys, tmp_path, f
     (mrecg, mrecg_losses, mrecg_weights), (reuse, reuse_losses, reuse_weights) = runs["mrecg"], runs["reuse"]
     assert reuse["scheme"] == mrecg["scheme"] and reuse["ptq_top1"] == mrecg["ptq_top1"]
     assert reuse_losses["unit_losses"] == mrecg_losses["unit_losses"]
-    assert reuse["baseline_run"] == str(tmp_path / "qdrop") and mrecg["baseline_run"] is None
+    assert reuse["baseline_run"] == str(qdrop_run) and mrecg["baseline_run"] is None
 
 
 @pytest.mark.parametrize("extra, needle", [
     (["--method=qdrop"], "applies to --method=mrecg_loss"),
     (["--method=mrecg_loss", "--iters=5"], "ran with --iters=4, this run has --iters=5"),
 ])
-def test_bad_baseline_run_is_refused(capsys, tmp_path, fp_checkpoint, extra, needle):
-    code, err = run_ptq(capsys, *ptq_args(fp_checkpoint, tmp_path / "qdrop"))
-    assert code == 0, err[-2000:]
-    code, err = run_ptq(capsys, *ptq_args(fp_checkpoint, tmp_path / "run", f"--baseline_run={tmp_path / 'qdrop'}", *extra))
+def test_bad_baseline_run_is_refused(capsys, tmp_path, fp_checkpoint, qdrop_run, extra, needle):
+    code, err = run_ptq(capsys, *ptq_args(fp_checkpoint, tmp_path / "run", f"--baseline_run={qdrop_run}", *extra))
     assert code == 2 and needle in err and "Traceback" not in err, err[-2000:]
     code, err = run_ptq(capsys, *ptq_args(fp_checkpoint, tmp_path / "run2", "--method=mrecg_loss",
                                           f"--baseline_run={tmp_path / 'nothing'}"))
