@@ -182,6 +182,8 @@ def markdown(args, runs, rows, info):
              "holds on the mean, and whether the difference exceeds twice its standard error over seeds "
              "(beyond noise); top-1, and output error (lower is better).", "",
              "| bits | pair | top-1 holds | beyond noise | output error holds | beyond noise |", "|---|---|---|---|---|---|"]
+    from benchmarks.qat_results import dash
+
     for c in ordering(args, runs):
         order.append(f"| {c['bits']} | {c['pair']} | {c['top1_holds']} | {c['top1_beyond_noise']} | "
                      f"{dash(c['output_holds'])} | {dash(c['output_beyond_noise'])} |")
@@ -191,10 +193,6 @@ def markdown(args, runs, rows, info):
 # the seed's order below MRECG, best first (SPEC Part C §7); each MRECG variant is compared with the best of these
 SEED_ORDER = ["qdrop", "brecq", "adaround", "rtn"]
 MRECG = ["mrecg_loss", "mrecg_modcap"]
-
-
-def dash(value):
-    return "-" if value is None else value
 
 
 def ordering(args, runs):

@@ -149,6 +149,17 @@ def load_runs():
     return data.get("runs", []) if isinstance(data, dict) else []  # a list: the single-seed format, superseded
 
 
+def check_fp_checkpoints(model, rows, args):
+    """Exit with an error unless every seed's FP checkpoint that ``rows`` start from is in --runs_dir."""
+    if all("--bnest" in flags for _, flags in rows):  # RepQ-BNEst trains its own FP model
+        return
+    for seed in args.seeds:
+        fp = os.path.join(args.runs_dir, f"{model}_s{seed}_fp", "fp_model.keras")
+        if not os.path.isfile(fp):
+            sys.exit(f"qat_results.py: error: --rows needs the FP checkpoint {fp}; run the FP row first "
+                     "(without --rows).")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs_dir", default=os.path.join("runs", "qat_results"))
@@ -163,15 +174,12 @@ def main(argv=None):
     info = provenance()
     runs = [r for r in load_runs() if r["model"] not in args.models or (args.rows and r["label"] not in args.rows)]
     for model in args.models:
-        rows = [r for r in ROWS if not (model.startswith("ecbsr") and "--bnest" in r[1])]
-        rows += (TFMOT8 if args.tfmot8 else []) + (LOW_BITS if args.low_bits else [])
         if args.rows:
             rows = [r for r in ROWS + TFMOT8 + LOW_BITS if r[0] in args.rows]
-            for seed in args.seeds:
-                fp = os.path.join(args.runs_dir, f"{model}_s{seed}_fp", "fp_model.keras")
-                if any("--bnest" not in flags for _, flags in rows) and not os.path.isfile(fp):
-                    sys.exit(f"qat_results.py: error: --rows needs the FP checkpoint {fp}; run the FP row first "
-                             "(without --rows).")
+            check_fp_checkpoints(model, rows, args)
+        else:
+            rows = [r for r in ROWS if not (model.startswith("ecbsr") and "--bnest" in r[1])]
+            rows += (TFMOT8 if args.tfmot8 else []) + (LOW_BITS if args.low_bits else [])
         for seed in args.seeds:
             for label, flags in rows:
                 runs.append({**run(model, label, flags, seed, os.path.abspath(args.runs_dir)),
