@@ -13,6 +13,7 @@ from repq.ptq.qmodel import QuantModel
 from repq.ptq.reconstruct import ReconConfig, cache_unit, reconstruct_unit
 from repq.ptq.units import block_units, layer_units, parse_scheme, scheme_groups
 from repq.qat.transform import quantized_layers
+from tests.test_ptq_resume import residual_model
 
 # MRECG-anon loss_distribute_all_alg.jpg, MobileNetV2 BRECQ per-unit losses (SPEC Part C §6.4).
 MBV2_BRECQ_LOSSES = [1.0, 1.5, 7.0, 4.0, 5.1, 7.4, 5.2, 7.4, 8.1, 9.4, 7.3, 10.1, 14.6, 6.7, 10.9,
@@ -26,16 +27,6 @@ def conv_model(seed=0):
     y = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv")(x)
     y = keras.layers.Conv2D(4, 1, name="head")(y)
     return keras.Model(x, y, name="tiny")
-
-
-def residual_model():
-    x = keras.Input((8, 8, 4))
-    s = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="stem")(x)
-    y = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="b_conv1")(s)
-    y = keras.layers.Conv2D(8, 3, padding="same", name="b_conv2")(y)
-    y = keras.layers.ReLU(name="b_relu")(keras.layers.Add(name="b_add")([y, s]))
-    y = keras.layers.GlobalAveragePooling2D(name="gap")(y)
-    return keras.Model(x, keras.layers.Dense(3, name="fc")(y), name="res")
 
 
 def data(n, seed):
@@ -119,6 +110,16 @@ def test_mrecg_greedy_rule_reproduces_released_mbv2_scheme():
     assert groups + [[17]] == scheme_groups(mrecg.RELEASED_SCHEMES["mobilenetv2"], 18)
 
 
+def test_mrecg_loss_never_merges_an_8bit_edge_unit():
+    """Units [stem, block, block, fc]; losses [0, 5, 4, 0.1]: drops 1 (block -> block) and 3.9 (block -> 8-bit fc).
+    Over every boundary the greedy rule merges (2, 3); the driver allows only (1, 2)."""
+    losses = [0.0, 5.0, 4.0, 0.1]
+    assert mrecg.loss_groups(losses, k=1) == [[0], [1], [2, 3]]
+    _, report = quantize_ptq(residual_model(blocks=2), data(16, 5), "mrecg_loss", 4, 4, iters=2, batch_size=8,
+                             topk=1, baseline_losses=losses, verbose=0)
+    assert report["scheme"] == [0, (1, 2), 3] and len(report["unit_losses"]) == 3
+
+
 def test_scheme_parsing():
     assert parse_scheme("0,(1,2),3") == [0, (1, 2), 3]
     assert scheme_groups(parse_scheme("0,(1,2),3"), 4) == [[0], [1, 2], [3]]
@@ -161,10 +162,10 @@ def test_quantize_ptq_deterministic_and_on_grid():
         np.testing.assert_allclose(codes, np.round(codes), atol=1e-3)
 
 
-# residual_model: 4 layer units (AdaRound), 3 block units (BRECQ/QDrop), 2 after MRECG-loss's one merge;
-# ModCap selects no boundary next to the 8-bit first/last units (edge_ops), the only ones this model has
+# residual_model: 4 layer units (AdaRound), 3 block units (BRECQ/QDrop); MRECG merges no boundary next to
+# the 8-bit first/last units (edge_ops), the only ones this model has, so both variants keep 3 units
 @pytest.mark.parametrize("method, units", [("rtn", 0), ("adaround", 4), ("brecq", 3), ("mrecg_modcap", 3),
-                                           ("mrecg_loss", 2)])
+                                           ("mrecg_loss", 3)])
 def test_methods_reconstruct_their_units_onto_the_grid(method, units):
     """Each method reconstructs its own partition, ends with every weight on its integer grid, and moves
     the weights away from round-to-nearest exactly when it reconstructs."""

@@ -24,24 +24,35 @@ from repq.training.artifacts import load_arrays
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def residual_model(input_shape=(8, 8, 4), classes=3, stem_stride=1):
-    """stem conv -> residual block (2 convs + Add + ReLU) -> GAP -> Dense: 3 BRECQ units, 4 layer units."""
+def residual_model(input_shape=(8, 8, 4), classes=3, stem_stride=1, blocks=1):
+    """stem conv -> ``blocks`` residual blocks (2 convs + Add + ReLU each) -> GAP -> Dense:
+    ``blocks + 2`` BRECQ units, ``2 * blocks + 2`` layer units."""
     keras.utils.set_random_seed(0)
     x = keras.Input(input_shape)
     s = keras.layers.Conv2D(8, 3, strides=stem_stride, padding="same", activation="relu", name="stem")(x)
-    y = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="b_conv1")(s)
-    y = keras.layers.Conv2D(8, 3, padding="same", name="b_conv2")(y)
-    y = keras.layers.ReLU(name="b_relu")(keras.layers.Add(name="b_add")([y, s]))
-    y = keras.layers.GlobalAveragePooling2D(name="gap")(y)
+    for block in range(blocks):
+        name = "b" if block == 0 else f"b{block}"
+        y = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name=f"{name}_conv1")(s)
+        y = keras.layers.Conv2D(8, 3, padding="same", name=f"{name}_conv2")(y)
+        s = keras.layers.ReLU(name=f"{name}_relu")(keras.layers.Add(name=f"{name}_add")([y, s]))
+    y = keras.layers.GlobalAveragePooling2D(name="gap")(s)
     return keras.Model(x, keras.layers.Dense(classes, name="fc")(y), name="res")
+
+
+def merge_first_candidate(scores, k, allowed):
+    """An MRECG selection rule for tests: merge the first boundary that may merge, whatever the losses."""
+    return [allowed.index(True)]
 
 
 CALIB = np.random.default_rng(3).normal(size=(16, 8, 8, 4)).astype(np.float32)
 
 
 def _ptq(method, checkpoint_dir=None, crash_after_units=None):
-    return quantize_ptq(residual_model(), CALIB, method, 3, 4, iters=6, batch_size=8, topk=1, seed=1,
-                        verbose=0, checkpoint_dir=checkpoint_dir, crash_after_units=crash_after_units)
+    """mrecg_loss runs on two residual blocks (the only boundary it may merge: between them) and merges it."""
+    blocks, selection = (2, merge_first_candidate) if method == "mrecg_loss" else (1, None)
+    return quantize_ptq(residual_model(blocks=blocks), CALIB, method, 3, 4, iters=6, batch_size=8, topk=1, seed=1,
+                        selection=selection, verbose=0, checkpoint_dir=checkpoint_dir,
+                        crash_after_units=crash_after_units)
 
 
 def _assert_same(a, b):
@@ -52,11 +63,12 @@ def _assert_same(a, b):
     assert ra["baseline_unit_losses"] == rb["baseline_unit_losses"]
 
 
-@pytest.mark.parametrize("method, crash", [("qdrop", 1), ("adaround", 2), ("mrecg_loss", 2), ("mrecg_loss", 3)])
+@pytest.mark.parametrize("method, crash", [("qdrop", 1), ("adaround", 2), ("mrecg_loss", 2), ("mrecg_loss", 4)])
 def test_crash_after_unit_k_and_resume_equals_uninterrupted(tmp_path, method, crash):
-    """mrecg_loss: 3 units of the QDrop search pass, then 2 merged units; crash 2 is mid-search, crash 3
+    """mrecg_loss: 4 units of the QDrop search pass, then 3 (two merged); crash 2 is mid-search, crash 4
     right after it (the activation quantizers that the search pass drew QDrop masks from are reused)."""
     reference = _ptq(method)  # no checkpoints at all: checkpointing must not change the result
+    assert method != "mrecg_loss" or reference[1]["scheme"] == [0, (1, 2), 3]
     with pytest.raises(SimulatedCrash, match=f"after {crash} reconstruction units"):
         _ptq(method, tmp_path, crash_after_units=crash)
     resumed = _ptq(method, tmp_path)

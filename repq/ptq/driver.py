@@ -173,7 +173,8 @@ def _mrecg_units(qm, units, batches, config, scheme, topk, selection, stride_fac
         if len(baseline_losses) != len(units):
             raise ValueError(f"baseline_losses has {len(baseline_losses)} entries, the model has "
                              f"{len(units)} units.")
-        groups = mrecg.loss_groups(baseline_losses, k, selection or mrecg.select_greedy)
+        groups = mrecg.loss_groups(baseline_losses, k, selection or mrecg.select_greedy,
+                                   mrecg.mergeable_boundaries(units, qm.edge_ops))
         report["baseline_unit_losses"] = list(baseline_losses)
     report["search_time_s"] = time.perf_counter() - start
     report["scheme"] = groups_to_scheme(groups)

@@ -11,6 +11,10 @@ the paper's figures (SPEC §6.4):
   :func:`select_greedy` merges the largest drop, scores a merged group by its last unit,
   and repeats k times (reproduces the released MobileNetV2 scheme from the BRECQ losses).
 * data-dependent ("loss"): scores = per-unit ``L_rec`` of a first QDrop pass.
+* neither rule merges a unit holding the 8-bit first or last layer (the stem, the classifier):
+  no released scheme does (§6.2). Without this rule the loss-based selection on ResNet-18
+  merged stage 4 with the classifier (``[0..6, (7, 8, 9)]``) at W4A4 and W2A4, because the
+  8-bit classifier's loss is far below stage 4's; see docs/ptq.md.
 * data-free ("ModCap"): ``C = Σ_conv numel(W) · bits · f(stride)`` with ``f(s) = 1/s`` (ours:
   a stride-s conv sees 1/s of the positions per axis; pluggable), scores ``-log C`` so a
   capacity jump ``C_{i+1} > C_i`` is a predicted loss drop; only pairs of multi-layer units
@@ -98,19 +102,30 @@ def select_greedy(scores, k, allowed=None):
     return sorted(selected)
 
 
+def holds_edge(unit, edge_ops):
+    """Whether ``unit`` holds one of ``edge_ops`` (op indices of the 8-bit first/last layers)."""
+    return any(op.index in edge_ops for op in unit.ops)
+
+
+def mergeable_boundaries(units, edge_ops, blocks_only=False):
+    """``allowed[i]``: whether units ``i`` and ``i+1`` may merge: neither holds an edge op (and,
+    with ``blocks_only``, both have >= 2 weight layers)."""
+    def candidate(u):
+        return not holds_edge(u, edge_ops) and (not blocks_only or len(u.weight_ops) >= 2)
+
+    return [candidate(a) and candidate(b) for a, b in zip(units[:-1], units[1:])]
+
+
 def modcap_groups(units, bits_of, k, stride_factor=inverse_stride, rule=select_oscillation,
                   edge_ops=()):
     """Groups from data-free ModCap; ``edge_ops``: op indices of the 8-bit first/last layers."""
     caps = [modcap(u, bits_of, stride_factor) for u in units]
-
-    def block(u):
-        return len(u.weight_ops) >= 2 and not any(op.index in edge_ops for op in u.ops)
-
-    allowed = [block(a) and block(b) for a, b in zip(units[:-1], units[1:])]
+    allowed = mergeable_boundaries(units, edge_ops, blocks_only=True)
     boundaries = rule([-math.log(c) for c in caps], k, allowed)
     return groups_from_boundaries(len(units), boundaries), caps
 
 
-def loss_groups(losses, k, rule=select_greedy):
-    """Groups from the per-unit losses of a first reconstruction pass (data-dependent)."""
-    return groups_from_boundaries(len(losses), rule(losses, k))
+def loss_groups(losses, k, rule=select_greedy, allowed=None):
+    """Groups from the per-unit losses of a first reconstruction pass (data-dependent);
+    ``allowed``: see :func:`mergeable_boundaries` (None: every boundary)."""
+    return groups_from_boundaries(len(losses), rule(losses, k, allowed))
