@@ -141,3 +141,4 @@ def test_qat_results_adds_one_row_from_existing_fp_checkpoints(tmp_path):
     runs[1]["metrics"]["integer"] -= 0.1
     row = qat_results.summarize(runs)
     assert row["deploy_equals_qat"] is True and row["integer_equals_qat"] is False
+    assert row["integer_qat_max_abs_diff"] == pytest.approx(0.1) and qat_results.integer_cell(row) == "False (max 0.100)"
