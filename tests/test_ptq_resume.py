@@ -226,11 +226,14 @@ def qdrop_run(tmp_path_factory, fp_checkpoint):
 
 def test_mrecg_loss_search_is_the_qdrop_run_and_can_reuse_it(capsys, tmp_path, fp_checkpoint, qdrop_run):
     """MRECG-loss's search pass equals a QDrop run with the same settings (same per-unit losses), so
-    ``--baseline_run`` of that run gives the same MRECG result without repeating the pass."""
+    ``--baseline_run`` of that run gives the same MRECG result without repeating the pass (also when it
+    names the FP checkpoint by another path to the same file)."""
     runs = {"qdrop": _outputs(qdrop_run)}
-    for name, extra in (("mrecg", ["--method=mrecg_loss"]),
-                        ("reuse", ["--method=mrecg_loss", f"--baseline_run={qdrop_run}"])):
-        code, err = run_ptq(capsys, *ptq_args(fp_checkpoint, tmp_path / name, *extra))
+    linked = tmp_path / "linked.keras"
+    linked.symlink_to(fp_checkpoint)
+    for name, checkpoint, extra in (("mrecg", fp_checkpoint, ["--method=mrecg_loss"]),
+                                    ("reuse", linked, ["--method=mrecg_loss", f"--baseline_run={qdrop_run}"])):
+        code, err = run_ptq(capsys, *ptq_args(checkpoint, tmp_path / name, *extra))
         assert code == 0, err[-2000:]
         runs[name] = _outputs(tmp_path / name)
     qdrop_losses = runs["qdrop"][1]["unit_losses"]

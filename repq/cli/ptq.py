@@ -103,6 +103,13 @@ def check_flags():
     return info
 
 
+def _same_setting(key, theirs, ours):
+    """Whether a recorded setting equals this run's; an --fp_checkpoint is the same file under any path."""
+    if key == "fp_checkpoint" and theirs and ours and os.path.exists(theirs) and os.path.exists(ours):
+        return os.path.samefile(theirs, ours)
+    return theirs == ours
+
+
 def baseline_losses(run_dir):
     """Per-unit losses of the QDrop run in ``run_dir`` (``--baseline_run``), checked to be a finished
     ptq.py QDrop run with this command's settings (a UsageError names the first difference)."""
@@ -118,7 +125,7 @@ def baseline_losses(run_dir):
     if config.get("method") != "qdrop":
         raise UsageError(f"--baseline_run {run_dir!r} is a --method={config.get('method')} run; it must be qdrop.")
     for key in RUN_KEYS:
-        if key not in ("method", "scheme", "topk") and config.get(key) != getattr(FLAGS, key):
+        if key not in ("method", "scheme", "topk") and not _same_setting(key, config.get(key), getattr(FLAGS, key)):
             raise UsageError(f"--baseline_run {run_dir!r} ran with --{key}={config.get(key)}, this run has "
                              f"--{key}={getattr(FLAGS, key)}; the QDrop run must match every setting.")
     with open(paths["unit_losses"]) as f:
