@@ -28,6 +28,7 @@ RESULTS = os.path.join(ROOT, "benchmarks", "results")
 sys.path.insert(0, ROOT)
 
 from benchmarks.provenance import markdown_header, provenance  # noqa: E402
+from repq.claims import keeps_fp, tolerance  # noqa: E402
 from repq.training.artifacts import write_json, write_text  # noqa: E402
 
 CLASSIFIERS = ("repvgg_a0", "ac_resnet18", "orepa_resnet18")
@@ -105,13 +106,13 @@ def claims(rows):
     out = []
     for model in sorted({r["model"] for r in rows}):
         by = {r["label"]: r for r in rows if r["model"] == model}
-        unit = "pt" if by.get("FP", {}).get("metric", "top1") == "top1" else "dB"
-        tol8, tol4 = (0.3, 1.0) if unit == "pt" else (0.05, 0.1)
-        for label, tol in (("RepQ W8A8", tol8), ("RepQ W4A4", tol4), ("RepQ-BNEst W4A4", tol4)):
+        metric = by.get("FP", {}).get("metric", "top1")
+        unit = "pt" if metric == "top1" else "dB"
+        for label, bits in (("RepQ W8A8", 8), ("RepQ W4A4", 4), ("RepQ-BNEst W4A4", 4)):
             if label in by and "q" in by[label]:
-                r = by[label]
+                r, tol = by[label], tolerance(metric, bits)
                 out.append(dict(model=model, claim=f"{label} within {tol} {unit} of its FP",
-                                holds=round(r["drop_mean"], 6) >= -tol,
+                                holds=keeps_fp(r["drop_mean"], tol),
                                 detail=f"drop {r['drop_mean']:+.2f} +- {r['drop_std']:.2f} {unit}"))
         for label in ("RepQ W4A4", "RepQ-BNEst W4A4", "RepQ W3A3", "RepQ W2A4"):
             base = label.replace("RepQ-BNEst", "RepQ").replace("RepQ", "Merged LSQ")

@@ -142,3 +142,26 @@ def test_qat_results_adds_one_row_from_existing_fp_checkpoints(tmp_path):
     row = qat_results.summarize(runs)
     assert row["deploy_equals_qat"] is True and row["integer_equals_qat"] is False
     assert row["integer_qat_max_abs_diff"] == pytest.approx(0.1) and qat_results.integer_cell(row) == "False (max 0.100)"
+
+
+def test_qat_results_rows_reruns_only_the_named_rows_and_keeps_the_rest(tmp_path, monkeypatch):
+    """``--rows LABEL`` replaces that row of --models; the other rows of that model and every row of other
+    models stay as the earlier table had them (with their commits)."""
+    from benchmarks import qat_results
+
+    monkeypatch.setattr(qat_results, "RESULTS", str(tmp_path))
+    tfmot = "Merged 8-bit (tfmot) W8A8"
+    earlier = [dict(model=model, label=label, metric="top1", seed=0, wall_s=1.0, commit="aaaaaaa0",
+                    metrics={"fp": 98.0} if label == "FP" else {"fp": 98.0, "qat" if label != tfmot else "tfmot8": 97.0})
+               for model in ("repvgg_a0", "ac_resnet18") for label in ("FP", "RepQ W8A8", tfmot)]
+    qat_results.write_results(earlier, dict(commit="aaaaaaa0", dirty=False, command="earlier", date="earlier"))
+    (tmp_path / "runs" / "repvgg_a0_s0_fp").mkdir(parents=True)
+    (tmp_path / "runs" / "repvgg_a0_s0_fp" / "fp_model.keras").write_bytes(b"")
+    monkeypatch.setattr(qat_results, "run", lambda model, label, flags, seed, runs_dir: dict(
+        model=model, label=label, metric="top1", seed=seed, wall_s=2.0, metrics={"fp": 98.0, "tfmot8": 98.5}))
+    qat_results.main(["--models", "repvgg_a0", "--seeds", "0", "--rows", tfmot, "--runs_dir", str(tmp_path / "runs")])
+    rows = {(r["model"], r["label"]): r for r in json.loads((tmp_path / "qat_results.json").read_text())["rows"]}
+    assert len(rows) == 6
+    assert rows["repvgg_a0", tfmot]["q"] == [98.5] and rows["repvgg_a0", tfmot]["commits"] != ["aaaaaaa"]
+    for key in (("repvgg_a0", "RepQ W8A8"), ("ac_resnet18", tfmot), ("ac_resnet18", "RepQ W8A8")):
+        assert rows[key]["q"] == [97.0] and rows[key]["commits"] == ["aaaaaaa"]

@@ -174,7 +174,8 @@ def check_model(model, info):
                          f"{FLAGS.model}; pass the matching --model.")
 
 
-UNIT_LOSS_KEYS = ("units", "unit_losses", "unit_losses_init", "baseline_unit_losses", "unit_loss_curves")
+UNIT_LOSS_ONLY_KEYS = ("unit_losses", "unit_losses_init", "unit_loss_curves")  # kept out of results.json
+UNIT_LOSS_KEYS = ("units", "baseline_unit_losses") + UNIT_LOSS_ONLY_KEYS  # unit_losses.json
 
 
 def plot_losses(report, path):
@@ -292,7 +293,7 @@ def run(info):
                "eval_images": len(labels), "classes_covered": classes_covered(labels),
                "num_classes": info.num_classes, "calib_classes_covered": calib_classes,
                "baseline_run": FLAGS.baseline_run,
-               **{k: v for k, v in report.items() if k not in ("unit_losses", "unit_losses_init", "unit_loss_curves")}}
+               **{k: v for k, v in report.items() if k not in UNIT_LOSS_ONLY_KEYS}}
     results["scheme"] = str(report["scheme"]) if report["scheme"] else None
     write_outputs(output_dir, results, report, {"ptq_model": qmodel})
     print(f"| model | W/A | method | FP top-1 | PTQ top-1 | deploy top-1 | time (s) |\n"

@@ -342,16 +342,13 @@ def stage(message):
     print(f"train.py: {message}", file=sys.stderr, flush=True)
 
 
-# How far below FP a quantized model may land and still have "kept the FP accuracy": the RepQ
-# claims (8-bit almost lossless, within 0.3 pt; lower bit widths within 1 pt); for SR, in dB.
-KEEP_TOLERANCE = {"top1": {8: 0.3, "low": 1.0}, "psnr": {8: 0.05, "low": 0.1}}
-
-
 def verdict(metric, fp, quantized, bits):
     """-> (kept, one line) saying whether the quantized model kept the FP metric within the claim's tolerance."""
-    tolerance = KEEP_TOLERANCE[metric][8 if bits >= 8 else "low"]
+    from repq.claims import keeps_fp, tolerance as allowed_drop
+
+    tolerance = allowed_drop(metric, bits)
     unit = " pt" if metric == "top1" else " dB"
-    kept = round(quantized - fp, 6) >= -tolerance  # rounded: 98.6 - 98.9 is -0.30000000000000426 in floats
+    kept = keeps_fp(quantized - fp, tolerance)
     return kept, (f"{bits}-bit model {'KEPT' if kept else 'did NOT keep'} the FP {metric}: {quantized:.2f} vs FP "
                   f"{fp:.2f} ({quantized - fp:+.2f}{unit}; tolerance {tolerance}{unit}).")
 
