@@ -98,18 +98,29 @@ def run_one(args, kind, method, bits, seed):
         subprocess.run([sys.executable, os.path.join(ROOT, cmd[0]), *cmd[1:]], check=True, cwd=ROOT)
     with open(results_path) as f:
         result = json.load(f)
-    curves = output_loss = None
+    curves = output_loss = above_rtn = None
     if kind == "ptq":
         top1, fp = result["deploy_top1"], result["fp_top1"]
         with open(os.path.join(out, "unit_losses.json")) as f:
             losses = json.load(f)
         curves = losses.get("unit_loss_curves")
         output_loss = losses["unit_losses"][-1] if losses.get("unit_losses") else None
+        above_rtn = units_above_rtn(losses)
     else:
         top1, fp = result["metrics"]["deploy"], result["metrics"].get("fp")
     return dict(kind=kind, method=method, bits=label(bits), weight_bits=w_bits, act_bits=a_bits, seed=seed,
                 top1=top1, fp=fp, wall_s=time.time() - start, command="python " + " ".join(cmd),
-                unit_loss_curves=curves, output_loss=output_loss)
+                unit_loss_curves=curves, output_loss=output_loss, units_above_rtn=above_rtn)
+
+
+def units_above_rtn(losses):
+    """``[n, units]``: how many units end, after hard rounding, above the L_rec they started from
+    (round-to-nearest weights); None without losses (RTN). Reconstruction should never do worse than
+    its start: a unit above it lost more in hard rounding than it gained from learning α."""
+    final, start = losses.get("unit_losses") or [], losses.get("unit_losses_init") or []
+    if not final or len(final) != len(start):
+        return None
+    return [sum(f > s for f, s in zip(final, start)), len(final)]
 
 
 def late_fall(curve):
@@ -129,10 +140,11 @@ def median_late_fall(run):
 
 
 def summary(runs):
-    """Rows ``(kind, method, bits label, mean, std, n, late_fall, output_loss, output_loss_std)`` over
-    seeds, in run order (``late_fall``: median over seeds of :func:`median_late_fall`; ``output_loss``:
-    mean L_rec of the last reconstruction unit, whose output is the logits, against the FP logits on the
-    calibration images: a finer measure than top-1 on 1,000 digits; None for RTN and QAT)."""
+    """Rows ``(kind, method, bits label, mean, std, n, late_fall, output_loss, output_loss_std,
+    units_above_rtn, units)`` over seeds, in run order (``late_fall``: median over seeds of
+    :func:`median_late_fall`; ``output_loss``: mean L_rec of the last reconstruction unit, whose output is
+    the logits, against the FP logits on the calibration images: a finer measure than top-1 on 1,000
+    digits; ``units_above_rtn``: mean over seeds of :func:`units_above_rtn`; None for RTN and QAT)."""
     groups = {}
     for r in runs:
         groups.setdefault((r["kind"], r["method"], r["bits"]), []).append(r)
@@ -141,11 +153,14 @@ def summary(runs):
         top1 = [r["top1"] for r in group]
         falls = [f for f in (median_late_fall(r) for r in group) if f is not None]
         out = [r["output_loss"] for r in group if r.get("output_loss") is not None]
+        above = [r["units_above_rtn"] for r in group if r.get("units_above_rtn") is not None]
         rows.append(dict(kind=k, method=m, bits=b, mean=float(np.mean(top1)),
                          std=float(np.std(top1, ddof=1)) if len(top1) > 1 else 0.0, n=len(top1),
                          late_fall=float(np.median(falls)) if falls else None,
                          output_loss=float(np.mean(out)) if out else None,
-                         output_loss_std=float(np.std(out, ddof=1)) if len(out) > 1 else None))
+                         output_loss_std=float(np.std(out, ddof=1)) if len(out) > 1 else None,
+                         units_above_rtn=float(np.mean([a[0] for a in above])) if above else None,
+                         units=above[0][1] if above else None))
     return rows
 
 
@@ -163,8 +178,11 @@ def markdown(args, runs, rows, info):
              *header]
     outputs = ["", "Output error: L_rec of the last unit (the logits against the FP model's, calibration images, "
                "after reconstruction), mean ± std over seeds.", "", *header]
+    above = ["", "Units that end above their round-to-nearest L_rec after hard rounding (mean over seeds, of the "
+             "run's units): the soft rounding had not settled, so hard rounding lost more than learning gained.",
+             "", *header]
     for kind, method in [("ptq", m) for m in args.ptq] + [("qat", m) for m in args.qat]:
-        cells, fall_cells, output_cells = [], [], []
+        cells, fall_cells, output_cells, above_cells = [], [], [], []
         for bits in args.bits:
             row = next((r for r in rows if (r["kind"], r["method"], r["bits"]) == (kind, method, label(bits))), None)
             cells.append("-" if row is None else f"{row['mean']:.2f} ± {row['std']:.2f} (n={row['n']})")
@@ -172,10 +190,13 @@ def markdown(args, runs, rows, info):
             output_cells.append("-" if row is None or row["output_loss"] is None else
                                 f"{row['output_loss']:.3g}" + (f" ± {row['output_loss_std']:.2g}"
                                                               if row["output_loss_std"] is not None else ""))
+            above_cells.append("-" if row is None or row["units_above_rtn"] is None else
+                               f"{row['units_above_rtn']:.3g} of {row['units']}")
         lines.append(f"| {kind.upper()} {method} | " + " | ".join(cells) + " |")
         if kind == "ptq" and method != "rtn":
             falls.append(f"| {method} | " + " | ".join(fall_cells) + " |")
             outputs.append(f"| {method} | " + " | ".join(output_cells) + " |")
+            above.append(f"| {method} | " + " | ".join(above_cells) + " |")
     reconstructed = any(m != "rtn" for m in args.ptq)
     order = ["", "The seed's ordering (MRECG ≥ QDrop ≥ BRECQ ≥ AdaRound ≥ RTN; each MRECG variant against the best "
              "other method run, then adjacent pairs): "
@@ -187,7 +208,7 @@ def markdown(args, runs, rows, info):
     for c in ordering(args, runs):
         order.append(f"| {c['bits']} | {c['pair']} | {c['top1_holds']} | {c['top1_beyond_noise']} | "
                      f"{dash(c['output_holds'])} | {dash(c['output_beyond_noise'])} |")
-    return "\n".join(lines + (falls + outputs if reconstructed else []) + (order if len(order) > 5 else [])) + "\n"
+    return "\n".join(lines + (falls + outputs + above if reconstructed else []) + (order if len(order) > 5 else [])) + "\n"
 
 
 # the seed's order below MRECG, best first (SPEC Part C §7); each MRECG variant is compared with the best of these

@@ -105,7 +105,8 @@ def test_ptq_vs_qat_command_writes_one_table(tmp_path):
 
 
 def test_ptq_vs_qat_bit_widths_and_plateau_measure():
-    """``--bits`` takes B or W/A; ``late_fall`` is the last quarter's fall against the third quarter."""
+    """``--bits`` takes B or W/A; ``late_fall`` is the last quarter's fall against the third quarter;
+    ``units_above_rtn`` counts units whose final loss exceeds their start."""
     import argparse
 
     from benchmarks import ptq_vs_qat
@@ -119,10 +120,14 @@ def test_ptq_vs_qat_bit_widths_and_plateau_measure():
     assert ptq_vs_qat.late_fall({"step": [0, 1, 2, 3], "rec": [3.0, 3.0, 3.0, 3.0]}) == 0.0
     run = {"unit_loss_curves": [{"rec": rec}, {"rec": [3.0] * 4}, None]}
     assert ptq_vs_qat.median_late_fall(run) == pytest.approx(0.25)
-    runs = [dict(kind="ptq", method="brecq", bits="W2A4", top1=t, unit_loss_curves=[{"rec": rec}], output_loss=o)
-            for t, o in ((50.0, 2.0), (54.0, 4.0))]
+    # units that end above their round-to-nearest start: 7 > 6 only (5 < 6, equal is not above)
+    assert ptq_vs_qat.units_above_rtn({"unit_losses": [5.0, 7.0, 2.0], "unit_losses_init": [6.0, 6.0, 2.0]}) == [1, 3]
+    assert ptq_vs_qat.units_above_rtn({"unit_losses": [], "unit_losses_init": []}) is None
+    runs = [dict(kind="ptq", method="brecq", bits="W2A4", top1=t, unit_loss_curves=[{"rec": rec}], output_loss=o,
+                 units_above_rtn=[a, 3]) for t, o, a in ((50.0, 2.0, 1), (54.0, 4.0, 2))]
     [row] = ptq_vs_qat.summary(runs)
     assert (row["mean"], row["std"], row["n"]) == (52.0, pytest.approx(2.0 ** 1.5), 2)
+    assert (row["units_above_rtn"], row["units"]) == (1.5, 3)
     assert (row["late_fall"], row["output_loss"], row["output_loss_std"]) == (pytest.approx(0.5), 3.0, pytest.approx(2 ** 0.5))
     # ordering: qdrop 60 ± 1 vs brecq 52 ± 2.8 (beyond noise), brecq vs adaround 51.5 ± 0.7 (holds, within noise)
     runs += [dict(kind="ptq", method=m, bits="W2A4", top1=t, output_loss=o)
