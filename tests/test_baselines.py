@@ -45,7 +45,8 @@ def test_tfmot8_runs_in_a_subprocess(tmp_path):
     subprocess.run([sys.executable, "-m", "repq.baselines.tfmot8", f"--deploy_model={path}", f"--output={out}",
                     "--dataset=skimage_sr", "--task=super_resolution", "--optimizer=adam", "--limit=16",
                     "--batch_size=8", "--lr=0.0005"], check=True, cwd=ROOT, timeout=600)
-    assert np.isfinite(json.loads(out.read_text())["psnr"])
+    result = json.loads(out.read_text())
+    assert set(result) == {"psnr", "psnr_before_qat", "psnr_float"} and all(np.isfinite(list(result.values())))
     # tfmot (which switches a process to legacy Keras) ran only in the subprocess
     assert "tensorflow_model_optimization" not in sys.modules and "tf_keras" not in sys.modules
 
