@@ -96,6 +96,6 @@ EMBEDDED_CLASSIFICATION = dict(fp_epochs=16, qat_epochs=3, batch_size=64, optimi
 RESNET_FP_EPOCHS = 30
 EMBEDDED_RESNET = dict(EMBEDDED_CLASSIFICATION, stem="imagenet", fp_epochs=RESNET_FP_EPOCHS)
 # skimage_sr: 11 training images x 64 patches = 22 steps of 32 per epoch. FP PSNR still rises after
-# 16 epochs (31.43 dB, seed 0) and flattens by 64 (32.05; +0.05 dB over its last 10 epochs): a QAT run
-# from the 16-epoch model went on training it (4-bit 31.55 dB after 32 QAT epochs, above its FP).
+# 16 epochs and flattens by 64 (benchmarks/results/zoo_fp.md, then and now): a QAT run from the
+# 16-epoch model went on training it and ended above its FP.
 EMBEDDED_SR = dict(fp_epochs=64, qat_epochs=16)
