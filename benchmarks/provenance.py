@@ -26,6 +26,14 @@ def provenance(argv=None):
                 date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
 
 
+def repo_relative(value):
+    """``value`` (a string, or a dict of them) with this checkout's absolute path left out, so an
+    artefact names paths inside the repository as ``runs/...``, not as one machine's paths."""
+    if isinstance(value, dict):
+        return {k: repo_relative(v) for k, v in value.items()}
+    return value.replace(ROOT + os.sep, "") if isinstance(value, str) else value
+
+
 def markdown_header(info):
     """Two Markdown lines naming the command and the commit of an artefact."""
     dirty = " (with uncommitted changes)" if info["dirty"] else ""

@@ -28,7 +28,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.provenance import markdown_header, provenance  # noqa: E402
+from benchmarks.provenance import markdown_header, provenance, repo_relative  # noqa: E402
 from repq.training.artifacts import atomic_write, write_json, write_text  # noqa: E402
 
 
@@ -109,7 +109,7 @@ def run_one(args, kind, method, bits, seed):
     else:
         top1, fp = result["metrics"]["deploy"], result["metrics"].get("fp")
     return dict(kind=kind, method=method, bits=label(bits), weight_bits=w_bits, act_bits=a_bits, seed=seed,
-                top1=top1, fp=fp, wall_s=time.time() - start, command="python " + " ".join(cmd),
+                top1=top1, fp=fp, wall_s=time.time() - start, command=repo_relative("python " + " ".join(cmd)),
                 unit_loss_curves=curves, output_loss=output_loss, units_above_rtn=above_rtn)
 
 
@@ -314,7 +314,7 @@ def main(argv=None):
             for kind, method in [("ptq", m) for m in args.ptq] + [("qat", m) for m in args.qat]:
                 runs.append(run_one(args, kind, method, bits, seed))
                 rows = summary(runs)
-                write_json(base + ".json", dict(provenance=info, args=vars(args), runs=runs, rows=rows,
+                write_json(base + ".json", dict(provenance=info, args=repo_relative(vars(args)), runs=runs, rows=rows,
                                                 ordering=ordering(args, runs)))
                 write_text(base + ".md", markdown(args, runs, rows, info))
     plot(args, summary(runs), base + ".png")

@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 sys.path.insert(0, ROOT)
 
-from benchmarks.provenance import markdown_header, provenance  # noqa: E402
+from benchmarks.provenance import markdown_header, provenance, repo_relative  # noqa: E402
 
 SETTINGS = (("tfmot's start, [-6, 6]", 0), ("calibrated on 8 batches", 8))
 
@@ -102,7 +102,7 @@ def main(argv=None):
             rows.append(dict(setting=setting, calibration_batches=batches, fp=result[f"{metric}_float"],
                              before_qat=result[f"{metric}_before_qat"], after_qat=result[metric]))
     base = os.path.join(args.results_dir, f"tfmot_ranges_{args.model}")
-    write_json(base + ".json", dict(provenance=info, args=vars(args), metric=metric, rows=rows))
+    write_json(base + ".json", dict(provenance=info, args=repo_relative(vars(args)), metric=metric, rows=rows))
     write_text(base + ".md", markdown(info, args, rows, metric))
     plot(rows, metric, base + ".png")
     print(markdown(info, args, rows, metric))

@@ -1,6 +1,8 @@
 """PTQ results deploy: PTQ reconstructs on repq.quantize_model's wrappers, so its model is a QAT-format
 model with symmetric weights on QAT's grid that the int8 export takes as it is, bit-exact with LiteRT."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -143,3 +145,13 @@ def test_ptq_vs_qat_bit_widths_and_plateau_measure():
     assert pairs["qdrop ≥ brecq"]["output_holds"] and not pairs["qdrop ≥ brecq"]["output_beyond_noise"]
     assert pairs["brecq ≥ adaround"]["top1_holds"] and not pairs["brecq ≥ adaround"]["top1_beyond_noise"]
     assert pairs["brecq ≥ adaround"]["output_holds"] and pairs["brecq ≥ adaround"]["output_beyond_noise"]
+
+
+def test_artefacts_name_repository_paths_relative():
+    """Benchmarks record run commands and arguments without this checkout's absolute path."""
+    from benchmarks.provenance import ROOT, repo_relative
+
+    run = os.path.join(ROOT, "runs", "x", "fp_model.keras")
+    assert repo_relative(f"python ptq.py --fp_checkpoint={run}") == "python ptq.py --fp_checkpoint=runs/x/fp_model.keras"
+    assert repo_relative({"runs_dir": os.path.join(ROOT, "runs"), "seeds": [0], "other": "/elsewhere/y"}) == {
+        "runs_dir": "runs", "seeds": [0], "other": "/elsewhere/y"}
