@@ -47,8 +47,7 @@ def run_baseline(model_name, fp_checkpoint, calibration_batches, seed, workdir):
         save_model(flatten_model(repq.reparametrize(keras.saving.load_model(fp_checkpoint, compile=False))), merged)
     out = os.path.join(workdir, f"tfmot8_{calibration_batches}.json")
     cmd = train.tfmot8_command(recipe, merged, out, seed) + [f"--range_calibration_batches={calibration_batches}"]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
-    subprocess.run(cmd, check=True, cwd=ROOT, env=env)
+    subprocess.run(cmd, check=True, cwd=ROOT, env=train.child_env())
     with open(out) as f:
         return json.load(f)
 

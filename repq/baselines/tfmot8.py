@@ -16,7 +16,7 @@ as train.py passes it: optimizer, LR schedule per iteration with its warmup (tf_
 ``CosineDecay``), coupled L2 weight decay on the conv/dense kernels (the recipe's ``no_decay``
 kinds, biases and quantizer ranges, are not decayed) and label smoothing. Before QAT the activation
 ranges are calibrated on a few training batches (:func:`calibrate_ranges`): tfmot starts them at
-[-6, 6], which cost ECBSR 1.3 dB (below bicubic) in a short QAT run.
+[-6, 6], which left ECBSR near bicubic after a short QAT run (benchmarks/tfmot_ranges.py).
 The result (``{"top1": %}`` or ``{"psnr": dB}``, the same metric as QAT starts, after the range
 calibration, as ``<metric>_before_qat``, and the float model's as ``<metric>_float``) is written as
 JSON to ``--output``.

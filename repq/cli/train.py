@@ -277,6 +277,15 @@ def tfmot8_command(recipe, merged_path, result_path, seed, data_dir=None):
     return cmd
 
 
+def child_env():
+    """The environment for a ``python -m repq...`` child process that imports the same repq as this
+    process (a checkout or the installed package)."""
+    import repq
+
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(repq.__file__)))
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")])))
+
+
 def run_tfmot8(fp_model, recipe, output_dir):
     """tfmot 8-bit QAT of the merged model in a subprocess (tfmot flips TF to tf_keras)."""
     import json
@@ -289,10 +298,7 @@ def run_tfmot8(fp_model, recipe, output_dir):
     save_model(flatten_model(repq.reparametrize(fp_model)), merged_path)
     result_path = os.path.join(output_dir, "tfmot8.json")
     cmd = tfmot8_command(recipe, merged_path, result_path, FLAGS.seed, FLAGS.data_dir)
-    # the child imports the same repq as this process (a checkout or the installed package)
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(repq.__file__)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")])))
-    subprocess.run(cmd, check=True, env=env)
+    subprocess.run(cmd, check=True, env=child_env())
     with open(result_path) as f:
         return json.load(f)
 
