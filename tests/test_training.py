@@ -148,6 +148,23 @@ def test_embedded_recipes_keep_table_s1_lr_ratios(model):
     assert embedded.warmup_epochs == min(paper.warmup_epochs, 1)
 
 
+@pytest.mark.parametrize("args, fp_epochs", [([], 30), (["--bnest"], 48), (["--bnest", "--fp_epochs=5"], 5)])
+def test_bnest_fp_epochs_apply_only_to_bnest_runs(args, fp_epochs):
+    """A recipe's ``bnest_fp_epochs`` sets the FP stage of ``--bnest`` runs; ``--fp_epochs`` still wins."""
+    from absl import flags
+
+    from repq.cli import train
+
+    flags.FLAGS.unparse_flags()
+    try:
+        flags.FLAGS(["train.py", "--model=ac_resnet18", *args])
+        recipe = train.load_recipe()
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert (recipe.fp_epochs, recipe.qat_epochs) == (fp_epochs, 3)
+    assert importlib.import_module("repq.configs.repvgg_a0").get_config().bnest_fp_epochs is None
+
+
 def _variables():
     return (keras.Variable(np.array([1.0, -2.0], "float32"), name="kernel"),
             keras.Variable(np.array([0.5], "float32"), name="step"),

@@ -41,7 +41,7 @@ flags.DEFINE_bool("bnest", False, "BN estimation in the FP and QAT stages (RepQ-
 flags.DEFINE_string("dataset", None, "Dataset (default: the recipe's; mnist5k / skimage_sr embedded).")
 flags.DEFINE_string("data_dir", None, "tensorflow_datasets data_dir for cifar10 / imagenet2012.")
 flags.DEFINE_integer("epochs", None, "QAT epochs (overrides the recipe).")
-flags.DEFINE_integer("fp_epochs", None, "FP epochs (overrides the recipe).")
+flags.DEFINE_integer("fp_epochs", None, "FP epochs (overrides the recipe, and its bnest_fp_epochs with --bnest).")
 flags.DEFINE_integer("batch_size", None, "Batch size (overrides the recipe).")
 flags.DEFINE_string("ptq_init", None, "With --method=merged_lsq: start QAT from a PTQ result of this method "
                     "(repq.ptq.METHODS, e.g. qdrop) instead of the FP weights.")
@@ -132,6 +132,8 @@ def load_recipe():
         recipe.data.name = FLAGS.dataset
     if FLAGS.epochs is not None:
         recipe.qat_epochs = FLAGS.epochs
+    if FLAGS.bnest and recipe.get("bnest_fp_epochs") is not None:
+        recipe.fp_epochs = recipe.bnest_fp_epochs
     if FLAGS.fp_epochs is not None:
         recipe.fp_epochs = FLAGS.fp_epochs
     if FLAGS.batch_size is not None:

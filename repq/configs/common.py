@@ -5,6 +5,7 @@ A recipe is an ``ml_collections.ConfigDict``:
 * ``model``, ``task`` ("classification" | "super_resolution"), ``data`` (dataset name,
   ``scale``, ``patch_size``, ``repeat_patches``, ``limit_train``/``limit_test`` examples),
 * ``fp_epochs`` and ``qat_epochs`` (Table S1: the QAT stage keeps the FP epochs),
+  ``bnest_fp_epochs`` (FP epochs of a ``--bnest`` model; None: ``fp_epochs``),
   ``steps_per_epoch`` (None: the whole training split), ``batch_size``,
 * ``loss`` ("ce" | "l1"), ``label_smoothing``,
 * ``optimizer`` ("sgd" | "adam"), ``momentum``, ``schedule`` ("warmup_cosine" | "cosine"
@@ -41,6 +42,7 @@ def recipe(*, model, task, dataset, epochs, batch_size, loss, label_smoothing, o
         limit_test=ml_collections.FieldReference(None, field_type=int)))
     config.fp_epochs = epochs
     config.qat_epochs = epochs
+    config.bnest_fp_epochs = ml_collections.FieldReference(None, field_type=int)
     config.steps_per_epoch = ml_collections.FieldReference(None, field_type=int)
     config.batch_size = batch_size
     config.loss = loss
@@ -65,7 +67,7 @@ def check_variant(variant, allowed):
 
 
 def embedded_classification(config, *, fp_epochs, qat_epochs, batch_size, optimizer, fp_lr, label_smoothing,
-                            weight_decay, stem, steps_per_epoch=None):
+                            weight_decay, stem, steps_per_epoch=None, bnest_fp_epochs=None):
     """Shrink a Table S1 classification recipe to mnist5k on a 2-core CPU.
 
     The optimizer and FP LR are replaced; every other LR of the recipe (QAT, merged 8-bit,
@@ -77,6 +79,7 @@ def embedded_classification(config, *, fp_epochs, qat_epochs, batch_size, optimi
         config.lr[key] = config.lr[key] * factor
     config.data.name = "mnist5k"
     config.fp_epochs, config.qat_epochs = fp_epochs, qat_epochs
+    config.bnest_fp_epochs = bnest_fp_epochs
     config.batch_size = batch_size
     config.steps_per_epoch = steps_per_epoch
     config.optimizer = optimizer
@@ -95,6 +98,9 @@ EMBEDDED_CLASSIFICATION = dict(fp_epochs=16, qat_epochs=3, batch_size=64, optimi
                                label_smoothing=0.0, weight_decay=0.0, stem="half")
 RESNET_FP_EPOCHS = 30
 EMBEDDED_RESNET = dict(EMBEDDED_CLASSIFICATION, stem="imagenet", fp_epochs=RESNET_FP_EPOCHS)
+# The multi-branch ResNets with BNEst stay near chance for their first epochs in the ImageNet layout
+# and still rise at 30 epochs (AC-ResNet-18: 97.6 % at 30, benchmarks/results/zoo_fp.md); 48 epochs.
+EMBEDDED_MULTIBRANCH_RESNET = dict(EMBEDDED_RESNET, bnest_fp_epochs=48)
 # skimage_sr: 11 training images x 64 patches = 22 steps of 32 per epoch. FP PSNR still rises after
 # 16 epochs and flattens by 64 (benchmarks/results/zoo_fp.md, then and now): a QAT run from the
 # 16-epoch model went on training it and ended above its FP.

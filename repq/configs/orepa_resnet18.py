@@ -18,5 +18,5 @@ def get_config(variant="embedded"):
         no_decay=("step", "bias", "norm"), fp_lr=0.1, qat_lr=0.01, merged8_lr=0.001,
         step_8bit_lr=1e-4, step_4bit_lr=1e-3)
     if variant == "embedded":
-        common.embedded_classification(config, **common.EMBEDDED_RESNET)
+        common.embedded_classification(config, **common.EMBEDDED_MULTIBRANCH_RESNET)
     return config
