@@ -19,7 +19,7 @@ def test_arguments_name_the_missing_checkpoint(tmp_path, capsys):
 
 
 def test_table_and_plot_give_drop_per_row_and_budget(tmp_path):
-    runs = [dict(label="RepQ W4A4", epochs=e, seed=0, metric="top1", fp=98.5, quantized=q, wall_s=10.0,
+    runs = [dict(label="RepQ W4A4", epochs=e, seed=0, metric="top1", fp=98.5, quantized=q, qat_s=10.0,
                  validation=[90.0] * e) for e, q in ((3, 96.0), (6, 97.75))]
     info = dict(command="python benchmarks/qat_epochs.py", commit="abc", dirty=False, date="now")
     text = qat_epochs.table("repvgg_a0", runs, info)
