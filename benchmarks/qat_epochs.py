@@ -66,7 +66,7 @@ def table(model, runs, info):
     for r in runs:
         curve = ", ".join(f"{v:.1f}" for v in r["validation"])
         lines.append(f"| {r['label']} | {r['epochs']} | {r['fp']:.2f} | {r['quantized']:.2f} | "
-                     f"{r['quantized'] - r['fp']:+.2f} | {curve} | {r["qat_s"]:.0f} |")
+                     f"{r['quantized'] - r['fp']:+.2f} | {curve} | {r['qat_s']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
