@@ -38,10 +38,7 @@ def run_baseline(model_name, fp_checkpoint, calibration_batches, seed, workdir):
     from repq.graph import flatten_model
     from repq.training import save_model
 
-    recipe = train.recipe_module(model_name).get_config()
-    scale = repq.models.model_defaults(model_name).sr_scale
-    if scale is not None:
-        recipe.data.scale = scale
+    recipe = train.with_model_scale(train.recipe_module(model_name).get_config(), model_name)
     merged = os.path.join(workdir, "merged_fp_model.keras")
     if not os.path.exists(merged):
         save_model(flatten_model(repq.reparametrize(keras.saving.load_model(fp_checkpoint, compile=False))), merged)

@@ -123,8 +123,6 @@ def check_flags():
 
 
 def load_recipe():
-    from repq import models
-
     recipe = FLAGS.config if FLAGS.config is not None else recipe_module(FLAGS.model).get_config()
     recipe = recipe.copy_and_resolve_references()
     reference_batch = recipe.batch_size
@@ -146,7 +144,14 @@ def load_recipe():
     if FLAGS.limit is not None:
         recipe.data.limit_train = recipe.data.limit_test = FLAGS.limit
         recipe.steps_per_epoch = None
-    sr_scale = models.model_defaults(FLAGS.model).sr_scale
+    return with_model_scale(recipe, FLAGS.model)
+
+
+def with_model_scale(recipe, model):
+    """``recipe`` with the SR scale its model name gives (``ecbsr_m4c16_x4`` -> 4; classifiers unchanged)."""
+    from repq import models
+
+    sr_scale = models.model_defaults(model).sr_scale
     if sr_scale is not None:
         recipe.data.scale = sr_scale
     return recipe
