@@ -81,6 +81,21 @@ def test_ptq_initialised_merged_qat_at_tiny_size(tmp_path):
     assert bad.returncode == 2 and "use it with --method=merged_lsq" in bad.stderr
 
 
+def test_tfmot8_baseline_end_to_end_at_tiny_size(tmp_path):
+    """--method=tfmot8: FP training, then tfmot's 8-bit QAT of the merged model in a tf_keras subprocess."""
+    run_dir = tmp_path / "run"
+    result = train("--model=repvgg_a0", "--method=tfmot8", "--bits=8", "--limit=16", "--batch_size=16",
+                   "--fp_epochs=1", "--epochs=1", f"--output_dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert (results["method"], results["weight_bits"], results["act_bits"]) == ("tfmot8", 8, 8)
+    assert set(results["metrics"]) == {"fp", "tfmot8"}
+    assert all(0.0 <= value <= 100.0 for value in results["metrics"].values())
+    assert results["verdict"] in result.stdout
+    tfmot = json.loads((run_dir / "tfmot8.json").read_text())
+    assert tfmot["top1"] == results["metrics"]["tfmot8"] and {"top1_before_qat", "top1_float"} <= set(tfmot)
+
+
 @pytest.mark.parametrize("fp, quantized", [(98.8, 98.5), (98.9, 98.6), (99.0, 98.7)])
 def test_verdict_at_exactly_the_tolerance_is_kept(fp, quantized):
     """A drop of exactly 0.3 pt is within the 8-bit tolerance whatever the float rounding of the difference
