@@ -5,7 +5,7 @@ trained with ``train.py --epochs=E`` for every E, always from the same FP checkp
 (``--fp_checkpoint``; ``--bnest_fp_checkpoint`` for the BNEst rows), so the only difference between
 two runs of a row is the length of the QAT stage (its schedule is stretched over E epochs).
 Reports the quantized metric and its drop from FP per (row, E), and each run's validation
-curve (TensorBoard logs of train.py). train.py keeps the best validation epoch, and its
+and training curves (TensorBoard logs of train.py). train.py keeps the best validation epoch, and its
 validation data are the test images, so the table also gives the last epoch's value: the gap
 between the two is what that selection adds. A run whose ``results.json`` already exists is reused.
 
@@ -48,12 +48,14 @@ def run(model, label, epochs, args):
         subprocess.run(cmd, check=True, cwd=ROOT)
     with open(results_path) as f:
         result = json.load(f)
-    logs = os.path.join(out, "tensorboard", "qat", "validation")
+    logs = os.path.join(out, "tensorboard", "qat")
     scale = 100.0 if result["metric"] == "top1" else 1.0
     curve_tag = "epoch_accuracy" if result["metric"] == "top1" else "epoch_psnr"
+    curve = lambda split: ([scale * v for v in epoch_values(os.path.join(logs, split), curve_tag)]  # noqa: E731
+                           if os.path.isdir(os.path.join(logs, split)) else [])
     return dict(label=label, epochs=epochs, seed=args.seed, metric=result["metric"], fp=result["metrics"]["fp"],
                 quantized=quantized_metric(result), qat_s=result["times"]["qat_s"],
-                validation=[scale * v for v in epoch_values(logs, curve_tag)] if os.path.isdir(logs) else [],
+                validation=curve("validation"), train=curve("train"),
                 command=repo_relative(" ".join(["python train.py", *cmd[2:]])))
 
 
@@ -64,12 +66,13 @@ def table(model, runs, info):
              f"epochs differ. Drop: quantized - FP ({unit}); tolerance: the 4-bit claim "
              f"({tolerance(runs[0]['metric'], 4)} {unit}).", "",
              "| method | QAT epochs | FP | quantized (best epoch) | drop | last epoch | validation per QAT epoch "
-             "| QAT stage (s) |", "|---|---|---|---|---|---|---|---|"]
+             "| train per QAT epoch | QAT stage (s) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
-        curve = ", ".join(f"{v:.1f}" for v in r["validation"])
+        fmt = lambda values: ", ".join(f"{v:.1f}" for v in values)  # noqa: E731
         last = f"{r['validation'][-1]:.2f}" if r["validation"] else "-"
         lines.append(f"| {r['label']} | {r['epochs']} | {r['fp']:.2f} | {r['quantized']:.2f} | "
-                     f"{r['quantized'] - r['fp']:+.2f} | {last} | {curve} | {r['qat_s']:.0f} |")
+                     f"{r['quantized'] - r['fp']:+.2f} | {last} | {fmt(r['validation'])} | {fmt(r.get('train', []))} | "
+                     f"{r['qat_s']:.0f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -20,10 +20,10 @@ def test_arguments_name_the_missing_checkpoint(tmp_path, capsys):
 
 def test_table_and_plot_give_drop_per_row_and_budget(tmp_path):
     runs = [dict(label="RepQ W4A4", epochs=e, seed=0, metric="top1", fp=98.5, quantized=q, qat_s=10.0,
-                 validation=[90.0] * e) for e, q in ((3, 96.0), (6, 97.75))]
+                 validation=[90.0] * e, train=[95.0] * e) for e, q in ((3, 96.0), (6, 97.75))]
     info = dict(command="python benchmarks/qat_epochs.py", commit="abc", dirty=False, date="now")
     text = qat_epochs.table("repvgg_a0", runs, info)
-    assert "| RepQ W4A4 | 3 | 98.50 | 96.00 | -2.50 | 90.00 | 90.0, 90.0, 90.0 | 10 |" in text
+    assert "| RepQ W4A4 | 3 | 98.50 | 96.00 | -2.50 | 90.00 | 90.0, 90.0, 90.0 | 95.0, 95.0, 95.0 | 10 |" in text
     assert "| RepQ W4A4 | 6 | 98.50 | 97.75 | -0.75 |" in text and "(1.0 pt)" in text
     qat_epochs.plot("repvgg_a0", runs, str(tmp_path / "p.png"))
     assert (tmp_path / "p.png").stat().st_size > 0
