@@ -59,20 +59,27 @@ def run(model, label, epochs, args):
                 command=repo_relative(" ".join(["python train.py", *cmd[2:]])))
 
 
+def unit(metric):
+    return "pt" if metric == "top1" else "dB"
+
+
+def curve_text(values):
+    return ", ".join(f"{v:.1f}" for v in values)
+
+
 def table(model, runs, info):
-    unit = "pt" if runs[0]["metric"] == "top1" else "dB"
+    unit_name = unit(runs[0]["metric"])
     lines = [markdown_header(info),
              f"{model}, seed {runs[0]['seed']}: every row starts from the same FP checkpoint; only the QAT "
-             f"epochs differ. Drop: quantized - FP ({unit}); tolerance: the 4-bit claim "
-             f"({tolerance(runs[0]['metric'], 4)} {unit}).", "",
+             f"epochs differ. Drop: quantized - FP ({unit_name}); tolerance: the 4-bit claim "
+             f"({tolerance(runs[0]['metric'], 4)} {unit_name}).", "",
              "| method | QAT epochs | FP | quantized (best epoch) | drop | last epoch | validation per QAT epoch "
              "| train per QAT epoch | QAT stage (s) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
-        fmt = lambda values: ", ".join(f"{v:.1f}" for v in values)  # noqa: E731
         last = f"{r['validation'][-1]:.2f}" if r["validation"] else "-"
         lines.append(f"| {r['label']} | {r['epochs']} | {r['fp']:.2f} | {r['quantized']:.2f} | "
-                     f"{r['quantized'] - r['fp']:+.2f} | {last} | {fmt(r['validation'])} | {fmt(r.get('train', []))} | "
-                     f"{r['qat_s']:.0f} |")
+                     f"{r['quantized'] - r['fp']:+.2f} | {last} | {curve_text(r['validation'])} | "
+                     f"{curve_text(r['train'])} | {r['qat_s']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -87,7 +94,7 @@ def plot(model, runs, path):
         ax.plot(*zip(*points), marker="o", color=f"C{i}", label=label)
     ax.axhline(-tolerance(runs[0]["metric"], 4), color="gray", linestyle="--", linewidth=1, label="4-bit claim")
     ax.set_xlabel("QAT epochs")
-    ax.set_ylabel(f"quantized - FP ({'pt' if runs[0]['metric'] == 'top1' else 'dB'})")
+    ax.set_ylabel(f"quantized - FP ({unit(runs[0]['metric'])})")
     ax.set_title(f"{model}: drop against QAT budget", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
