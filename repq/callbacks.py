@@ -3,6 +3,7 @@
 * :class:`StepSizeInitializer` - LSQ init of every quantizer from one batch before training.
 * :class:`QuantizationLogger` - per-layer step sizes and weight quantization error to TensorBoard.
 * :class:`BestDeployCheckpoint` - keep the best merged deploy model (``repq.reparametrize``).
+* :class:`FreezeNormStatistics` - from a given epoch on, train on the deployed BN folding (moving statistics).
 """
 
 import os
@@ -13,7 +14,7 @@ import tensorflow as tf
 from keras import ops
 
 from repq.graph import all_layers
-from repq.qat import quantized_layers
+from repq.qat import QuantRepConv, quantized_layers
 from repq.quantizers import LSQQuantizer
 from repq.reparam import reparametrize
 from repq.training.artifacts import save_model
@@ -156,6 +157,65 @@ class BestDeployCheckpoint(keras.callbacks.Callback):
         if self._improved(float(value)):
             self.best = float(value)
             save_model(reparametrize(self.model), self.path)
+
+
+def norm_folding_blocks(model):
+    """The :class:`repq.qat.QuantRepConv` layers of ``model`` whose rep block folds a norm (BN, BNEst)."""
+    return [layer for layer in quantized_layers(model)
+            if isinstance(layer, QuantRepConv) and any(n is not None for n in layer.layer.norms)]
+
+
+def set_norm_statistics_frozen(model, frozen):
+    """Freeze (or unfreeze) the branch-norm statistics of every rep block of a QAT ``model``.
+
+    Frozen, a :class:`repq.qat.QuantRepConv` folds its norms with their moving statistics in
+    training too, so the training step computes the deployed kernel, and the moving statistics
+    stay as they are. Returns the number of blocks affected. A compiled ``model`` needs a new
+    train function afterwards (``model.make_train_function(force=True)``).
+    """
+    blocks = norm_folding_blocks(model)
+    for layer in blocks:
+        layer.norm_statistics_frozen = bool(frozen)
+    return len(blocks)
+
+
+class FreezeNormStatistics(keras.callbacks.Callback):
+    """From epoch ``after_epochs`` on, fold every rep block's BN with its moving statistics in training.
+
+    RepQ folds each branch norm with the statistics of the current batch (RepQ-BN) or their
+    estimate (BNEst), so the trained kernel moves with every batch while the deployed one uses
+    the moving statistics; at 4 bits a small scale change moves many weights to another grid
+    point. Freezing the statistics once the network has adapted to quantization (the practice of
+    BN-folding QAT, e.g. PyTorch's ``freeze_bn_stats``) trains the deployed computation itself.
+    Measured in docs/training.md ("Freezing the BN statistics in QAT"). Training ends unfrozen.
+
+    Args:
+      after_epochs: epochs trained with batch statistics first (0: frozen from the start).
+    """
+
+    def __init__(self, after_epochs):
+        super().__init__()
+        if int(after_epochs) != after_epochs or after_epochs < 0:
+            raise ValueError(f"after_epochs must be an integer >= 0, got {after_epochs!r}.")
+        self.after_epochs = int(after_epochs)
+        self._frozen = False
+
+    def on_train_begin(self, logs=None):
+        if not norm_folding_blocks(self.model):
+            raise ValueError(f"FreezeNormStatistics: model {self.model.name!r} has no rep block that folds a "
+                             "norm; use it on a RepQ QAT model of a BN or BNEst network (repq.quantize_model).")
+
+    def _set(self, frozen):
+        if frozen != self._frozen:
+            set_norm_statistics_frozen(self.model, frozen)
+            self._frozen = frozen
+            self.model.make_train_function(force=True)  # the traced step read the old setting
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._set(epoch >= self.after_epochs)
+
+    def on_train_end(self, logs=None):
+        self._set(False)
 
 
 class NonFiniteError(FloatingPointError):

@@ -2,10 +2,12 @@
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import repq
-from repq.callbacks import BestDeployCheckpoint, QuantizationLogger, StepSizeInitializer, initialize_step_sizes
+from repq.callbacks import (BestDeployCheckpoint, FreezeNormStatistics, QuantizationLogger, StepSizeInitializer,
+                            initialize_step_sizes, norm_folding_blocks, set_norm_statistics_frozen)
 from repq.layers import RepVGGBlock
 from repq.qat import quantize_model, quantized_layers
 
@@ -53,3 +55,45 @@ def test_callbacks_in_model_fit(tmp_path):
     assert deploy(x).shape == (8, 2)
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temporary files left
     np.testing.assert_array_equal(repq.reparametrize(model)(x).numpy(), model(x, training=False).numpy())
+
+
+def _moving(model):
+    return [v.numpy().copy() for v in model.non_trainable_variables if "moving" in v.path]
+
+
+def test_frozen_norm_statistics_train_on_the_deployed_kernel():
+    """Frozen, a training call computes the inference (= deployed) model and leaves the moving statistics alone."""
+    model, data = _qat_model(), _data()
+    x = next(iter(data))[0]
+    initialize_step_sizes(model, x)
+    stats = _moving(model)
+    assert set_norm_statistics_frozen(model, True) == 1
+    np.testing.assert_array_equal(model(x, training=True).numpy(), repq.reparametrize(model)(x).numpy())
+    for a, b in zip(stats, _moving(model)):
+        np.testing.assert_array_equal(a, b)
+    set_norm_statistics_frozen(model, False)  # batch statistics again: another kernel, statistics updated
+    assert not np.allclose(model(x, training=True).numpy(), model(x, training=False).numpy())
+    assert any(not np.array_equal(a, b) for a, b in zip(stats, _moving(model)))
+
+
+def test_freeze_norm_statistics_callback_freezes_from_its_epoch_and_ends_unfrozen():
+    model, data = _qat_model(), _data()
+    model.compile(keras.optimizers.SGD(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    initial, seen = _moving(model), []
+    record = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append(_moving(model)))
+    model.fit(data, epochs=3, verbose=0, callbacks=[FreezeNormStatistics(1), record])
+    assert any(not np.array_equal(a, b) for a, b in zip(initial, seen[0]))  # epoch 0: batch statistics
+    for a, b in zip(seen[0], seen[2]):  # epochs 1 and 2: frozen
+        np.testing.assert_array_equal(a, b)
+    assert not any(layer.norm_statistics_frozen for layer in norm_folding_blocks(model))
+
+
+def test_freeze_norm_statistics_needs_a_model_with_norms():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))
+    model = quantize_model(keras.Model(inputs, keras.layers.Dense(2)(x)), 4, 4)
+    model.compile(keras.optimizers.SGD(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with pytest.raises(ValueError, match="no rep block that folds a norm"):
+        model.fit(_data(), epochs=1, verbose=0, callbacks=[FreezeNormStatistics(0)])
+    with pytest.raises(ValueError, match="after_epochs must be an integer >= 0"):
+        FreezeNormStatistics(-1)

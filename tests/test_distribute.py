@@ -21,7 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Trains a tiny RepQ QAT model (two RepVGG blocks with RepQ-BN: batch moments folded in the
 # train step, so synchronized moments matter; then a synchronized BN, as in the zoo) for STEPS
-# steps of a global batch of 8.
+# steps of a global batch of 8. The fit runs (one step per epoch) freeze the BN statistics after
+# the first epoch: the second step must be retraced on every worker (distributed_fit) as in fit.
 COMMON = r"""
 import json, os, sys
 import numpy as np
@@ -31,6 +32,7 @@ import keras
 from repq.layers import RepVGGBlock
 from repq.qat import calibrate, quantize_model
 from repq.training.fit import distributed_fit
+from repq.callbacks import FreezeNormStatistics
 
 def fit_model_or_distributed(model, data, **kwargs):
     if isinstance(model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
@@ -78,14 +80,14 @@ from repq.distribute import is_chief
 from repq.training import StageCheckpoint
 strategy = get_strategy("multi_worker")
 checkpoint = StageCheckpoint(sys.argv[1], write=is_chief(strategy))  # no monitor: ends with the last weights
-logs, weights = train(strategy, use_fit=True, callbacks=[checkpoint])
+logs, weights = train(strategy, use_fit=True, callbacks=[checkpoint, FreezeNormStatistics(1)])
 print("RESULT" + json.dumps(dict(replicas=strategy.num_replicas_in_sync, chief=is_chief(strategy), logs=logs,
                                  weights=weights, saved=sorted(os.listdir(sys.argv[1])))))
 """
 
 # The reference: one process, one device, Keras' own fit on the same global batches.
 REFERENCE = COMMON + r"""
-logs, weights = train(get_strategy("default"), use_fit=True)
+logs, weights = train(get_strategy("default"), use_fit=True, callbacks=[FreezeNormStatistics(1)])
 print("RESULT" + json.dumps(dict(logs=logs, weights=weights)))
 """
 

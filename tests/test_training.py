@@ -150,7 +150,8 @@ def test_embedded_recipes_keep_table_s1_lr_ratios(model):
 
 @pytest.mark.parametrize("args, fp_epochs", [([], 30), (["--bnest"], 48), (["--bnest", "--fp_epochs=5"], 5)])
 def test_bnest_fp_epochs_apply_only_to_bnest_runs(args, fp_epochs):
-    """A recipe's ``bnest_fp_epochs`` sets the FP stage of ``--bnest`` runs; ``--fp_epochs`` still wins."""
+    """A recipe's ``bnest_fp_epochs`` sets the FP stage of ``--bnest`` runs; ``--fp_epochs`` still wins.
+    ``bnest_freeze_bn_after`` likewise sets ``freeze_bn_after`` of ``--bnest`` runs only."""
     from absl import flags
 
     from repq.cli import train
@@ -162,6 +163,7 @@ def test_bnest_fp_epochs_apply_only_to_bnest_runs(args, fp_epochs):
     finally:
         flags.FLAGS.unparse_flags()
     assert (recipe.fp_epochs, recipe.qat_epochs) == (fp_epochs, 3)
+    assert recipe.freeze_bn_after == (1 if "--bnest" in args else None)
     assert importlib.import_module("repq.configs.repvgg_a0").get_config().bnest_fp_epochs is None
 
 
@@ -256,6 +258,40 @@ def test_bnest_fp_and_qat_models_train_and_deploy_exactly(tmp_path):
     import repq
     xb = next(iter(data))[0]
     np.testing.assert_array_equal(repq.reparametrize(qat)(xb).numpy(), qat(xb, training=False).numpy())
+
+
+def _moving(model):
+    return [v.numpy().copy() for v in model.non_trainable_variables if "moving" in v.path]
+
+
+def test_recipe_freeze_bn_after_freezes_the_qat_stage_only(tmp_path):
+    """``freeze_bn_after=0``: the QAT stage never updates the moving statistics; None: it does."""
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.GlobalAveragePooling2D()(RepVGGBlock(8, name="b0")(inputs))
+    fp = keras.Model(inputs, keras.layers.Dense(2)(x), name="repvgg_tiny")
+    data, recipe = _tiny_data(), _tiny_recipe()
+    recipe.freeze_bn_after = 0
+    qat = quantize_model(fp, 4, 4)
+    stats = _moving(qat)
+    fit_model(qat, data, data, recipe, "qat", weight_bits=4, verbose=0)
+    for a, b in zip(stats, _moving(qat)):
+        np.testing.assert_array_equal(a, b)
+    recipe.freeze_bn_after = None
+    fit_model(qat, data, data, recipe, "qat", weight_bits=4, verbose=0)
+    assert any(not np.array_equal(a, b) for a, b in zip(stats, _moving(qat)))
+    recipe.freeze_bn_after = 0  # the FP stage is not affected
+    fp_stats = _moving(fp)
+    fit_model(fp, data, data, recipe, "fp", verbose=0)
+    assert any(not np.array_equal(a, b) for a, b in zip(fp_stats, _moving(fp)))
+
+
+@pytest.mark.parametrize("model", ["repvgg_a0", "repvgg_b0", "resnet18", "ac_resnet18", "orepa_resnet18",
+                                   "mobilenetv2"])
+def test_embedded_recipes_freeze_bnest_statistics_after_one_qat_epoch_and_table_s1_never(model):
+    module = importlib.import_module(f"repq.configs.{model}")
+    embedded, imagenet = module.get_config(), module.get_config("imagenet")
+    assert (embedded.freeze_bn_after, embedded.bnest_freeze_bn_after) == (None, 1)
+    assert (imagenet.freeze_bn_after, imagenet.bnest_freeze_bn_after) == (None, None)
 
 
 def test_create_model_unknown_name_is_clear():

@@ -132,6 +132,8 @@ def load_recipe():
         recipe.qat_epochs = FLAGS.epochs
     if FLAGS.bnest and recipe.get("bnest_fp_epochs") is not None:
         recipe.fp_epochs = recipe.bnest_fp_epochs
+    if FLAGS.bnest and "bnest_freeze_bn_after" in recipe:
+        recipe.freeze_bn_after = recipe.bnest_freeze_bn_after
     if FLAGS.fp_epochs is not None:
         recipe.fp_epochs = FLAGS.fp_epochs
     if FLAGS.batch_size is not None:

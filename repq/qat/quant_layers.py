@@ -2,7 +2,8 @@
 
 ``QuantRepConv`` wraps a rep block (RepQ): every call merges the live branch
 variables into one kernel (BN folded with batch statistics in training for
-RepQ-BN, estimated statistics for BNEst, moving statistics in inference),
+RepQ-BN, estimated statistics for BNEst, moving statistics in inference, and in
+training too once :class:`repq.callbacks.FreezeNormStatistics` froze them),
 fake-quantizes that kernel per output channel and the input per tensor, and
 convolves once - the computation the deployed integer model performs.
 ``QuantConv2D`` does the same for a plain ``Conv2D`` (the merged-LSQ baseline),
@@ -120,6 +121,10 @@ class QuantRepConv(QuantWrapper):
         super().__init__(layer, weight_bits, act_bits, input_signed, **kwargs)
         self.preact_quantizer = (RangeFakeQuant(name="preact_quantizer")
                                  if getattr(layer, "activation", None) == "prelu" else None)
+        # Set by repq.callbacks.FreezeNormStatistics: training folds the branch norms with their
+        # moving statistics (the deployed kernel) and stops updating them. A training-time switch,
+        # not saved with the model.
+        self.norm_statistics_frozen = False
 
     def build(self, input_shape):
         super().build(input_shape)
@@ -127,7 +132,7 @@ class QuantRepConv(QuantWrapper):
             self.preact_quantizer.build(self.compute_output_shape(input_shape))
 
     def float_kernel_and_bias(self, inputs=None, training=False):
-        return self.layer.merged_kernel_and_bias(inputs, training=training)
+        return self.layer.merged_kernel_and_bias(inputs, training=training and not self.norm_statistics_frozen)
 
     def call(self, inputs, training=False):
         x = self.quantize_input(inputs, training)

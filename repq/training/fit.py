@@ -39,7 +39,9 @@ def fit_model(model, train_ds, test_ds, recipe, stage="fp", *, weight_bits=None,
         ``train_ds`` is consumed as ONE stream (``train_ds.repeat()``, a fresh shuffle per
         pass, deterministic under the pipeline's seed); pass a dataset no one has iterated.
       recipe: recipe ConfigDict (``configs/<model>.py``).
-      stage: "fp", "qat" or "merged8" (picks the LR, and the step-size LR for "qat").
+      stage: "fp", "qat" or "merged8" (picks the LR, and the step-size LR for "qat"; with the
+        recipe's ``freeze_bn_after`` a "qat" stage freezes the BN statistics of a RepQ model after
+        that many epochs, :class:`repq.callbacks.FreezeNormStatistics`).
       weight_bits: weight bit width of a "qat" stage (8 -> Table S1's 8-bit step LR).
       callbacks: extra Keras callbacks.
       output_dir: if set, TensorBoard logs go to ``output_dir/tensorboard/<stage>`` and the
@@ -63,6 +65,12 @@ def fit_model(model, train_ds, test_ds, recipe, stage="fp", *, weight_bits=None,
     model.compile(optimizer=build_optimizer(recipe, stage, steps, epochs, weight_bits),
                   loss=build_loss(recipe), metrics=training_metrics(recipe.task, recipe.data.scale))
     callbacks = list(callbacks)
+    freeze_after = recipe.get("freeze_bn_after") if stage == "qat" else None
+    if freeze_after is not None:
+        from repq.callbacks import FreezeNormStatistics, norm_folding_blocks  # repq.callbacks imports repq.training
+
+        if norm_folding_blocks(model):  # merged LSQ and ECBSR have no norms to freeze
+            callbacks.append(FreezeNormStatistics(freeze_after))
     monitor = ("val_accuracy" if recipe.task == "classification" else "val_psnr") if recipe.select_best else None
     initial_epoch, checkpoint = 0, None
     if output_dir:
@@ -163,6 +171,7 @@ def distributed_fit(model, dataset, *, epochs, steps_per_epoch, initial_epoch=0,
     with model.distribute_strategy.scope():
         model._symbolic_build(data_batch=dataset.element_spec)  # optimizer and metric variables, as fit does
     train_step, test_step, results = _replicated_steps(model)
+    train_function = model.train_function
     callbacks = keras.callbacks.CallbackList(list(callbacks), add_history=True, add_progbar=verbose != 0,
                                              verbose=verbose, epochs=epochs, steps=steps_per_epoch, model=model)
     batches = iter(model.distribute_strategy.experimental_distribute_dataset(dataset))
@@ -171,6 +180,9 @@ def distributed_fit(model, dataset, *, epochs, steps_per_epoch, initial_epoch=0,
     for epoch in range(initial_epoch, epochs):
         model.reset_metrics()
         callbacks.on_epoch_begin(epoch)
+        if model.train_function is not train_function:  # a callback asked for a retrace (make_train_function)
+            train_step, test_step, results = _replicated_steps(model)
+            train_function = model.train_function
         for step in range(steps_per_epoch):
             callbacks.on_train_batch_begin(step)
             callbacks.on_train_batch_end(step, train_step(next(batches)))
