@@ -27,11 +27,11 @@ sys.path.insert(0, ROOT)
 
 from benchmarks.provenance import markdown_header, provenance, repo_relative  # noqa: E402
 from benchmarks.qat_curves import epoch_values  # noqa: E402
-from benchmarks.qat_results import LOW_BITS, ROWS, TFMOT8, quantized_metric, slug  # noqa: E402
+from benchmarks.qat_results import ALL_ROWS, quantized_metric, slug  # noqa: E402
 from repq.claims import tolerance  # noqa: E402
 from repq.training.artifacts import atomic_write, write_json, write_text  # noqa: E402
 
-QAT_ROWS = {label: flags for label, flags in ROWS + TFMOT8 + LOW_BITS if label != "FP"}
+QAT_ROWS = {label: flags for label, flags in ALL_ROWS if label != "FP"}
 DEFAULT_ROWS = ("RepQ W4A4", "Merged LSQ W4A4", "RepQ-BNEst W4A4")
 
 

@@ -2,11 +2,11 @@
 
 For every seed: ``train.py`` trains the FP model once (``--method=fp``); every quantized row
 starts from that checkpoint (``--fp_checkpoint``), except RepQ-BNEst, which trains its own BNEst
-FP model. Each row is reported as mean +- std over the seeds, and the RepQ claims are tested:
+FP model (the other BNEst rows start from that one). Each row is reported as mean +- std over the seeds, and the RepQ claims are tested:
 8-bit within 0.3 pt of FP, 4-bit within 1 pt, RepQ >= merged LSQ, RepQ-BNEst >= merged LSQ
 ("beyond noise": the difference of the means exceeds twice its standard error).
 
-  python benchmarks/qat_results.py --models repvgg_a0 --seeds 0 1 2 [--tfmot8] [--low_bits]
+  python benchmarks/qat_results.py --models repvgg_a0 --seeds 0 1 2 [--tfmot8] [--low_bits] [--freeze_ablation]
   python benchmarks/qat_results.py --models repvgg_a0 --rows "Merged 8-bit (tfmot) W8A8"   # add one row
 
 Writes benchmarks/results/qat_results.{json,md} (rows of other models, and with ``--rows`` the other
@@ -40,13 +40,26 @@ ROWS = [("FP", ["--method=fp"]),
         ("Merged LSQ W4A4", ["--method=merged_lsq", "--bits=4"]),
         ("RepQ-BNEst W4A4", ["--method=repq", "--bits=4", "--bnest"])]
 TFMOT8 = [("Merged 8-bit (tfmot) W8A8", ["--method=tfmot8", "--bits=8"])]
+# The embedded BNEst recipe freezes the BN statistics after one QAT epoch; this row does not.
+FREEZE_ABLATION = [("RepQ-BNEst W4A4 (no BN freeze)", ["--method=repq", "--bits=4", "--bnest", "--freeze_bn_after=never"])]
+BNEST_FP_ROW = "RepQ-BNEst W4A4"  # trains the BNEst FP model of its seed
 LOW_BITS = [("RepQ W3A3", ["--method=repq", "--bits=3"]), ("Merged LSQ W3A3", ["--method=merged_lsq", "--bits=3"]),
             ("RepQ W2A4", ["--method=repq", "--weight_bits=2", "--act_bits=4"]),
             ("Merged LSQ W2A4", ["--method=merged_lsq", "--weight_bits=2", "--act_bits=4"])]
 
+ALL_ROWS = ROWS + FREEZE_ABLATION + TFMOT8 + LOW_BITS  # the table's order
+
 
 def slug(label):
     return label.lower().replace(" ", "_").replace("(", "").replace(")", "")
+
+
+def fp_checkpoint(model, label, flags, seed, runs_dir):
+    """The FP model row ``label`` starts from (None: the row trains it: FP, RepQ-BNEst)."""
+    if "--method=fp" in flags or label == BNEST_FP_ROW:
+        return None
+    source = f"{model}_s{seed}_{slug(BNEST_FP_ROW) if '--bnest' in flags else 'fp'}"
+    return os.path.join(runs_dir, source, "fp_model.keras")
 
 
 def run(model, label, flags, seed, runs_dir):
@@ -54,8 +67,9 @@ def run(model, label, flags, seed, runs_dir):
     out = os.path.join(runs_dir, f"{model}_s{seed}_{slug(label)}")
     cmd = [sys.executable, os.path.join(ROOT, "train.py"), f"--model={model}", f"--seed={seed}",
            f"--output_dir={out}", *flags]
-    if "--method=fp" not in flags and "--bnest" not in flags:
-        cmd.append(f"--fp_checkpoint={os.path.join(runs_dir, f'{model}_s{seed}_fp', 'fp_model.keras')}")
+    checkpoint = fp_checkpoint(model, label, flags, seed, runs_dir)
+    if checkpoint:
+        cmd.append(f"--fp_checkpoint={checkpoint}")
     start = time.time()
     subprocess.run(cmd, check=True, cwd=ROOT)
     with open(os.path.join(out, "results.json")) as f:
@@ -121,6 +135,12 @@ def claims(rows):
                 out.append(dict(model=model, claim=f"{label} >= {base}", holds=float(np.mean(a)) >= float(np.mean(b)),
                                 beyond_noise=beyond_noise(a, b),
                                 detail=f"{np.mean(a):.2f} vs {np.mean(b):.2f} {unit}"))
+        ablation = FREEZE_ABLATION[0][0]
+        if BNEST_FP_ROW in by and ablation in by and "q" in by[BNEST_FP_ROW] and "q" in by[ablation]:
+            a, b = by[BNEST_FP_ROW]["q"], by[ablation]["q"]
+            out.append(dict(model=model, claim=f"{BNEST_FP_ROW} (BN frozen after 1 QAT epoch) >= {ablation}",
+                            holds=float(np.mean(a)) >= float(np.mean(b)), beyond_noise=beyond_noise(a, b),
+                            detail=f"{np.mean(a):.2f} vs {np.mean(b):.2f} {unit}"))
     return out
 
 
@@ -161,14 +181,16 @@ def load_runs():
 
 
 def check_fp_checkpoints(model, rows, args):
-    """Exit with an error unless every seed's FP checkpoint that ``rows`` start from is in --runs_dir."""
-    if all("--bnest" in flags for _, flags in rows):  # RepQ-BNEst trains its own FP model
-        return
+    """Exit with an error unless every seed's FP checkpoint that ``rows`` start from is in --runs_dir
+    or made by one of ``rows`` (the FP row, the RepQ-BNEst row)."""
+    labels = [label for label, _ in rows]
     for seed in args.seeds:
-        fp = os.path.join(args.runs_dir, f"{model}_s{seed}_fp", "fp_model.keras")
-        if not os.path.isfile(fp):
-            sys.exit(f"qat_results.py: error: --rows needs the FP checkpoint {fp}; run the FP row first "
-                     "(without --rows).")
+        for label, flags in rows:
+            fp = fp_checkpoint(model, label, flags, seed, args.runs_dir)
+            made_here = ("FP" if "--bnest" not in flags else BNEST_FP_ROW) in labels
+            if fp and not made_here and not os.path.isfile(fp):
+                sys.exit(f"qat_results.py: error: row {label!r} needs the FP checkpoint {fp}; run the "
+                         f"{'RepQ-BNEst W4A4' if '--bnest' in flags else 'FP'} row first.")
 
 
 def main(argv=None):
@@ -178,7 +200,9 @@ def main(argv=None):
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     parser.add_argument("--tfmot8", action="store_true", help="also the tfmot 8-bit baseline")
     parser.add_argument("--low_bits", action="store_true", help="also W3A3 and W2A4 rows")
-    parser.add_argument("--rows", nargs="+", default=None, choices=[label for label, _ in ROWS + TFMOT8 + LOW_BITS],
+    parser.add_argument("--freeze_ablation", action="store_true",
+                        help="also RepQ-BNEst W4A4 with batch statistics throughout (--freeze_bn_after=never)")
+    parser.add_argument("--rows", nargs="+", default=None, choices=[label for label, _ in ALL_ROWS],
                         metavar="LABEL", help="run only these rows (their FP checkpoints must be in --runs_dir); "
                         "the other rows of --models are kept from the earlier table")
     args = parser.parse_args(argv)
@@ -186,11 +210,12 @@ def main(argv=None):
     runs = [r for r in load_runs() if r["model"] not in args.models or (args.rows and r["label"] not in args.rows)]
     for model in args.models:
         if args.rows:
-            rows = [r for r in ROWS + TFMOT8 + LOW_BITS if r[0] in args.rows]
+            rows = [r for r in ALL_ROWS if r[0] in args.rows]
             check_fp_checkpoints(model, rows, args)
         else:
             rows = [r for r in ROWS if not (model.startswith("ecbsr") and "--bnest" in r[1])]
             rows += (TFMOT8 if args.tfmot8 else []) + (LOW_BITS if args.low_bits else [])
+            rows += FREEZE_ABLATION if args.freeze_ablation and not model.startswith("ecbsr") else []
         for seed in args.seeds:
             for label, flags in rows:
                 runs.append({**run(model, label, flags, seed, os.path.abspath(args.runs_dir)),
@@ -201,7 +226,7 @@ def main(argv=None):
 
 def write_results(runs, info):
     """Summarize ``runs`` into qat_results.{json,md}; returns the Markdown."""
-    order = [label for label, _ in ROWS + TFMOT8 + LOW_BITS]
+    order = [label for label, _ in ALL_ROWS]
     keys = sorted({(r["model"], r["label"]) for r in runs}, key=lambda key: (key[0], order.index(key[1])))
     table = [summarize([r for r in runs if (r["model"], r["label"]) == key]) for key in keys]
     claim_rows = claims(table)

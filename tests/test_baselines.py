@@ -145,6 +145,29 @@ def test_qat_results_adds_one_row_from_existing_fp_checkpoints(tmp_path):
     assert row["integer_qat_max_abs_diff"] == pytest.approx(0.1) and qat_results.integer_cell(row) == "False (max 0.100)"
 
 
+def test_qat_results_bnest_rows_share_the_bnest_fp_model(tmp_path, monkeypatch):
+    """The RepQ-BNEst row trains its seed's BNEst FP model; the freeze ablation row starts from it."""
+    from benchmarks import qat_results
+
+    ablation, flags = qat_results.FREEZE_ABLATION[0]
+    runs = str(tmp_path)
+    assert qat_results.fp_checkpoint("repvgg_a0", ablation, flags, 1, runs) == os.path.join(
+        runs, "repvgg_a0_s1_repq-bnest_w4a4", "fp_model.keras")
+    assert qat_results.fp_checkpoint("repvgg_a0", "RepQ W4A4", ["--method=repq"], 1, runs) == os.path.join(
+        runs, "repvgg_a0_s1_fp", "fp_model.keras")
+    assert qat_results.fp_checkpoint("repvgg_a0", "RepQ-BNEst W4A4", ["--bnest"], 1, runs) is None
+    with pytest.raises(SystemExit, match="needs the FP checkpoint .*repvgg_a0_s0_repq-bnest_w4a4.*RepQ-BNEst W4A4 row"):
+        qat_results.main(["--models", "repvgg_a0", "--seeds", "0", "--rows", ablation, "--runs_dir", runs])
+    monkeypatch.setattr(qat_results, "RESULTS", str(tmp_path))
+    done = []
+    monkeypatch.setattr(qat_results, "run", lambda model, label, flags, seed, runs_dir: done.append(label) or dict(
+        model=model, label=label, metric="top1", seed=seed, wall_s=2.0, metrics={"fp": 98.0, "qat": 97.0}))
+    qat_results.main(["--models", "repvgg_a0", "--seeds", "0", "--rows", ablation, "RepQ-BNEst W4A4", "--runs_dir", runs])
+    assert done == ["RepQ-BNEst W4A4", ablation]  # the row that trains the FP model runs first
+    claims = json.loads((tmp_path / "qat_results.json").read_text())["claims"]
+    assert any(c["claim"].endswith(f">= {ablation}") and c["holds"] for c in claims)
+
+
 def test_qat_results_rows_reruns_only_the_named_rows_and_keeps_the_rest(tmp_path, monkeypatch):
     """``--rows LABEL`` replaces that row of --models; the other rows of that model and every row of other
     models stay as the earlier table had them (with their commits)."""

@@ -148,10 +148,12 @@ def test_embedded_recipes_keep_table_s1_lr_ratios(model):
     assert embedded.warmup_epochs == min(paper.warmup_epochs, 1)
 
 
-@pytest.mark.parametrize("args, fp_epochs", [([], 30), (["--bnest"], 48), (["--bnest", "--fp_epochs=5"], 5)])
-def test_bnest_fp_epochs_apply_only_to_bnest_runs(args, fp_epochs):
+@pytest.mark.parametrize("args, fp_epochs, freeze", [
+    ([], 30, None), (["--bnest"], 48, 1), (["--bnest", "--fp_epochs=5"], 5, 1),
+    (["--bnest", "--freeze_bn_after=never"], 48, None), (["--freeze_bn_after=2"], 30, 2)])
+def test_bnest_fp_epochs_apply_only_to_bnest_runs(args, fp_epochs, freeze):
     """A recipe's ``bnest_fp_epochs`` sets the FP stage of ``--bnest`` runs; ``--fp_epochs`` still wins.
-    ``bnest_freeze_bn_after`` likewise sets ``freeze_bn_after`` of ``--bnest`` runs only."""
+    ``bnest_freeze_bn_after`` likewise sets ``freeze_bn_after`` of ``--bnest`` runs; ``--freeze_bn_after`` wins."""
     from absl import flags
 
     from repq.cli import train
@@ -163,7 +165,7 @@ def test_bnest_fp_epochs_apply_only_to_bnest_runs(args, fp_epochs):
     finally:
         flags.FLAGS.unparse_flags()
     assert (recipe.fp_epochs, recipe.qat_epochs) == (fp_epochs, 3)
-    assert recipe.freeze_bn_after == (1 if "--bnest" in args else None)
+    assert recipe.freeze_bn_after == freeze
     assert importlib.import_module("repq.configs.repvgg_a0").get_config().bnest_fp_epochs is None
 
 

@@ -43,6 +43,8 @@ flags.DEFINE_string("data_dir", None, "tensorflow_datasets data_dir for cifar10 
 flags.DEFINE_integer("epochs", None, "QAT epochs (overrides the recipe).")
 flags.DEFINE_integer("fp_epochs", None, "FP epochs (overrides the recipe, and its bnest_fp_epochs with --bnest).")
 flags.DEFINE_integer("batch_size", None, "Batch size (overrides the recipe).")
+flags.DEFINE_string("freeze_bn_after", None, "RepQ QAT: epochs after which the BN statistics are frozen (overrides the "
+                    "recipe's freeze_bn_after / bnest_freeze_bn_after); 'never': batch statistics throughout (Table S1).")
 flags.DEFINE_string("ptq_init", None, "With --method=merged_lsq: start QAT from a PTQ result of this method "
                     "(repq.ptq.METHODS, e.g. qdrop) instead of the FP weights.")
 flags.DEFINE_integer("ptq_iters", 100, "Reconstruction steps per unit for --ptq_init.")
@@ -107,6 +109,7 @@ def check_flags():
         value = getattr(FLAGS, name)
         if value is not None and value < (0 if name.endswith("epochs") else 1):
             raise UsageError(f"--{name}={value} must be {'>= 0' if name.endswith('epochs') else '>= 1'}.")
+    freeze_bn_override()  # a bad --freeze_bn_after is a usage error before any work
     if FLAGS.ptq_init is not None:
         from repq.ptq import METHODS as PTQ_METHODS
         if FLAGS.ptq_init not in PTQ_METHODS:
@@ -122,6 +125,18 @@ def check_flags():
     return w_bits, a_bits
 
 
+def freeze_bn_override():
+    """``--freeze_bn_after`` read: ``(given, epochs)``, epochs an int >= 0 or None for 'never'."""
+    value = FLAGS.freeze_bn_after
+    if value is None:
+        return False, None
+    if value == "never":
+        return True, None
+    if not value.isdigit():
+        raise UsageError(f"--freeze_bn_after={value}: give a number of QAT epochs >= 0, or 'never'.")
+    return True, int(value)
+
+
 def load_recipe():
     recipe = FLAGS.config if FLAGS.config is not None else recipe_module(FLAGS.model).get_config()
     recipe = recipe.copy_and_resolve_references()
@@ -134,6 +149,9 @@ def load_recipe():
         recipe.fp_epochs = recipe.bnest_fp_epochs
     if FLAGS.bnest and "bnest_freeze_bn_after" in recipe:
         recipe.freeze_bn_after = recipe.bnest_freeze_bn_after
+    given, freeze_after = freeze_bn_override()
+    if given:
+        recipe.freeze_bn_after = freeze_after
     if FLAGS.fp_epochs is not None:
         recipe.fp_epochs = FLAGS.fp_epochs
     if FLAGS.batch_size is not None:
