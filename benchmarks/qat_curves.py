@@ -5,10 +5,10 @@ tensorboard/qat``): train and validation top-1 after every QAT epoch, per row an
 where each method starts after quantizing the trained FP model and whether it had stopped
 improving (e.g. merged LSQ: does it collapse, or still climb when QAT ends?).
 
-  python benchmarks/qat_curves.py [--runs_dir runs/qat_results]
+  python benchmarks/qat_curves.py [--runs_dir runs/qat_results] [--labels ROW ...] [--name qat_curves]
 
-Writes benchmarks/results/qat_curves.{json,md,png}; the commit of the runs is taken from
-benchmarks/results/qat_results.json.
+Writes benchmarks/results/<name>.{json,md,png} (runs whose logs are not in --runs_dir are left
+out); the commits of the runs are taken from benchmarks/results/qat_results.json.
 """
 
 import argparse
@@ -40,33 +40,41 @@ def epoch_values(log_dir, tag="epoch_accuracy"):
     return []
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs_dir", default=os.path.join("runs", "qat_results"))
-    args = parser.parse_args()
-    info = provenance()
+    parser.add_argument("--labels", nargs="+", default=None, metavar="ROW", help="only these rows of the table")
+    parser.add_argument("--name", default="qat_curves", help="artifact base name in benchmarks/results")
+    args = parser.parse_args(argv)
+    info = provenance(None if argv is None else [sys.argv[0], *argv])
     with open(os.path.join(RESULTS, "qat_results.json")) as f:
         table = json.load(f)
-    runs_commit = sorted({r["commit"][:7] + ("+" if r.get("dirty") else "") for r in table["runs"]})
-    rows = []
+    rows, commits = [], set()
     for run in table["runs"]:
         out = os.path.join(args.runs_dir, f"{run['model']}_s{run['seed']}_{slug(run['label'])}")
         qat_logs = os.path.join(out, "tensorboard", "qat")
-        if run["label"] == "FP" or not glob.glob(os.path.join(qat_logs, "validation", "events*")):
+        if (run["label"] == "FP" or (args.labels and run["label"] not in args.labels)
+                or not glob.glob(os.path.join(qat_logs, "validation", "events*"))):
             continue
         rows.append(dict(model=run["model"], label=run["label"], seed=run["seed"],
                          train=[100 * v for v in epoch_values(os.path.join(qat_logs, "train"))],
                          validation=[100 * v for v in epoch_values(os.path.join(qat_logs, "validation"))],
                          fp=run["metrics"]["fp"]))
+        commits.add(run["commit"][:7] + ("+" if run.get("dirty") else ""))
+    if not rows:
+        sys.exit(f"qat_curves.py: error: no QAT logs of the table's runs{' for ' + str(args.labels) if args.labels else ''} "
+                 f"in {args.runs_dir}; pass the --runs_dir of qat_results.py.")
+    runs_commit = sorted(commits)
     lines = [markdown_header(info), f"Runs of `benchmarks/qat_results.py` at commit {', '.join(runs_commit)} "
              f"({args.runs_dir}). Top-1 % after each QAT epoch; FP: the checkpoint QAT started from.", "",
              "| model | method | seed | FP | train top-1 per epoch | validation top-1 per epoch |", "|---|---|---|---|---|---|"]
     fmt = lambda values: ", ".join(f"{v:.1f}" for v in values)  # noqa: E731
     lines += [f"| {r['model']} | {r['label']} | {r['seed']} | {r['fp']:.2f} | {fmt(r['train'])} | {fmt(r['validation'])} |"
               for r in rows]
-    write_json(os.path.join(RESULTS, "qat_curves.json"), dict(provenance=info, runs_commit=runs_commit, rows=rows))
-    write_text(os.path.join(RESULTS, "qat_curves.md"), "\n".join(lines) + "\n")
-    plot(rows, os.path.join(RESULTS, "qat_curves.png"))
+    base = os.path.join(RESULTS, args.name)
+    write_json(base + ".json", dict(provenance=info, runs_commit=runs_commit, rows=rows))
+    write_text(base + ".md", "\n".join(lines) + "\n")
+    plot(rows, base + ".png")
     print("\n".join(lines))
 
 
