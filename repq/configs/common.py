@@ -105,7 +105,8 @@ def embedded_classification(config, *, fp_epochs, qat_epochs, batch_size, optimi
 # BNEst QAT freezes the (estimated) BN statistics after its first epoch: 4-bit merged RepVGG kernels
 # start at chance, batch-statistics folding recovers in that epoch, and frozen statistics then train the
 # deployed kernel: the validation curve stops swinging (RepVGG-A0, 3 seeds). RepQ-BN keeps batch
-# statistics (one seed was worse frozen). docs/training.md, "Freezing the BN statistics in QAT".
+# statistics (Table S1; freezing it is not measured over seeds). docs/training.md, "Freezing the BN
+# statistics in QAT".
 EMBEDDED_CLASSIFICATION = dict(fp_epochs=16, qat_epochs=3, batch_size=64, optimizer="adam", fp_lr=1e-3,
                                label_smoothing=0.0, weight_decay=0.0, stem="half", bnest_freeze_bn_after=1)
 RESNET_FP_EPOCHS = 30
