@@ -191,13 +191,14 @@ class FreezeNormStatistics(keras.callbacks.Callback):
 
     Args:
       after_epochs: epochs trained with batch statistics first (0: frozen from the start).
+      verbose: 1 prints one line when the statistics are frozen (as Keras' ReduceLROnPlateau), 0 nothing.
     """
 
-    def __init__(self, after_epochs):
+    def __init__(self, after_epochs, verbose=1):
         super().__init__()
         if int(after_epochs) != after_epochs or after_epochs < 0:
             raise ValueError(f"after_epochs must be an integer >= 0, got {after_epochs!r}.")
-        self.after_epochs = int(after_epochs)
+        self.after_epochs, self.verbose = int(after_epochs), verbose
         self._frozen = False
 
     def on_train_begin(self, logs=None):
@@ -212,6 +213,9 @@ class FreezeNormStatistics(keras.callbacks.Callback):
             self.model.make_train_function(force=True)  # the traced step read the old setting
 
     def on_epoch_begin(self, epoch, logs=None):
+        if epoch >= self.after_epochs and not self._frozen and self.verbose:
+            print(f"\nEpoch {epoch + 1}: FreezeNormStatistics: BN statistics frozen in "
+                  f"{len(norm_folding_blocks(self.model))} rep blocks (moving statistics folded, as deployed).")
         self._set(epoch >= self.after_epochs)
 
     def on_train_end(self, logs=None):

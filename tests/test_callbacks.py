@@ -81,7 +81,7 @@ def test_freeze_norm_statistics_callback_freezes_from_its_epoch_and_ends_unfroze
     model.compile(keras.optimizers.SGD(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     initial, seen = _moving(model), []
     record = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append(_moving(model)))
-    model.fit(data, epochs=3, verbose=0, callbacks=[FreezeNormStatistics(1), record])
+    model.fit(data, epochs=3, verbose=0, callbacks=[FreezeNormStatistics(1, verbose=0), record])
     assert any(not np.array_equal(a, b) for a, b in zip(initial, seen[0]))  # epoch 0: batch statistics
     for a, b in zip(seen[0], seen[2]):  # epochs 1 and 2: frozen
         np.testing.assert_array_equal(a, b)

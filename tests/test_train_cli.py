@@ -35,11 +35,13 @@ def export_cli(*args, timeout=900):
 
 
 def test_main_job_end_to_end_at_tiny_size_then_export(tmp_path):
-    """The README's main job (RepVGG-A0, 4-bit RepQ-BNEst) at a handful of steps, then export.py on its run dir."""
+    """The README's main job (RepVGG-A0, 4-bit RepQ-BNEst) at a handful of steps, then export.py on its run dir.
+    Two QAT epochs: the recipe freezes the BN statistics after the first."""
     run_dir = tmp_path / "run"
     result = train("--model=repvgg_a0", "--bits=4", "--bnest", "--limit=16", "--batch_size=16", "--fp_epochs=1",
-                   "--epochs=1", f"--output_dir={run_dir}")
+                   "--epochs=2", f"--output_dir={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "Epoch 2: FreezeNormStatistics: BN statistics frozen in 22 rep blocks" in result.stdout
     assert f"run directory {run_dir}" in result.stderr.splitlines()[0]
     for name in ("fp_model.keras", "qat_model.keras", "deploy_model.keras", "results.json", "results.md",
                  "tensorboard"):

@@ -70,7 +70,7 @@ def fit_model(model, train_ds, test_ds, recipe, stage="fp", *, weight_bits=None,
         from repq.callbacks import FreezeNormStatistics, norm_folding_blocks  # repq.callbacks imports repq.training
 
         if norm_folding_blocks(model):  # merged LSQ and ECBSR have no norms to freeze
-            callbacks.append(FreezeNormStatistics(freeze_after))
+            callbacks.append(FreezeNormStatistics(freeze_after, verbose=int(verbose != 0)))
     monitor = ("val_accuracy" if recipe.task == "classification" else "val_psnr") if recipe.select_best else None
     initial_epoch, checkpoint = 0, None
     if output_dir:
