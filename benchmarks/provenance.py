@@ -2,6 +2,7 @@
 
 import datetime
 import os
+import shlex
 import subprocess
 import sys
 
@@ -16,13 +17,14 @@ def _git(*args):
 
 
 def provenance(argv=None):
-    """``{commit, dirty, command, date}`` of this process (command repo-relative, as typed)."""
+    """``{commit, dirty, command, date}`` of this process (command repo-relative, quoted so that it can
+    be pasted into a shell)."""
     argv = sys.argv if argv is None else argv
     script = os.path.relpath(os.path.abspath(argv[0]), ROOT)
     # the benchmarks' own earlier results (benchmarks/results/) do not change what a run computes
     status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results")
     return dict(commit=_git("rev-parse", "HEAD"), dirty=bool(status) if status is not None else None,
-                command=" ".join(["python", script, *argv[1:]]),
+                command=shlex.join(["python", script, *argv[1:]]),
                 date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
 
 
