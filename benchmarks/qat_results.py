@@ -54,12 +54,17 @@ def slug(label):
     return label.lower().replace(" ", "_").replace("(", "").replace(")", "")
 
 
-def fp_checkpoint(model, label, flags, seed, runs_dir):
-    """The FP model row ``label`` starts from (None: the row trains it: FP, RepQ-BNEst)."""
+def fp_source_row(label, flags):
+    """The row whose run trains the FP model that row ``label`` starts from (None: it trains its own)."""
     if "--method=fp" in flags or label == BNEST_FP_ROW:
         return None
-    source = f"{model}_s{seed}_{slug(BNEST_FP_ROW) if '--bnest' in flags else 'fp'}"
-    return os.path.join(runs_dir, source, "fp_model.keras")
+    return BNEST_FP_ROW if "--bnest" in flags else "FP"
+
+
+def fp_checkpoint(model, label, flags, seed, runs_dir):
+    """The FP model row ``label`` starts from (None: the row trains it: FP, RepQ-BNEst)."""
+    source = fp_source_row(label, flags)
+    return None if source is None else os.path.join(runs_dir, f"{model}_s{seed}_{slug(source)}", "fp_model.keras")
 
 
 def run(model, label, flags, seed, runs_dir):
@@ -128,19 +133,15 @@ def claims(rows):
                 out.append(dict(model=model, claim=f"{label} within {tol} {unit} of its FP",
                                 holds=keeps_fp(r["drop_mean"], tol),
                                 detail=f"drop {r['drop_mean']:+.2f} +- {r['drop_std']:.2f} {unit}"))
-        for label in ("RepQ W4A4", "RepQ-BNEst W4A4", "RepQ W3A3", "RepQ W2A4"):
-            base = label.replace("RepQ-BNEst", "RepQ").replace("RepQ", "Merged LSQ")
+        comparisons = [(label, label.replace("RepQ-BNEst", "RepQ").replace("RepQ", "Merged LSQ"), label)
+                       for label in ("RepQ W4A4", "RepQ-BNEst W4A4", "RepQ W3A3", "RepQ W2A4")]
+        comparisons.append((BNEST_FP_ROW, FREEZE_ABLATION[0][0], f"{BNEST_FP_ROW} (BN frozen after 1 QAT epoch)"))
+        for label, base, name in comparisons:
             if label in by and base in by and "q" in by[label] and "q" in by[base]:
                 a, b = by[label]["q"], by[base]["q"]
-                out.append(dict(model=model, claim=f"{label} >= {base}", holds=float(np.mean(a)) >= float(np.mean(b)),
+                out.append(dict(model=model, claim=f"{name} >= {base}", holds=float(np.mean(a)) >= float(np.mean(b)),
                                 beyond_noise=beyond_noise(a, b),
                                 detail=f"{np.mean(a):.2f} vs {np.mean(b):.2f} {unit}"))
-        ablation = FREEZE_ABLATION[0][0]
-        if BNEST_FP_ROW in by and ablation in by and "q" in by[BNEST_FP_ROW] and "q" in by[ablation]:
-            a, b = by[BNEST_FP_ROW]["q"], by[ablation]["q"]
-            out.append(dict(model=model, claim=f"{BNEST_FP_ROW} (BN frozen after 1 QAT epoch) >= {ablation}",
-                            holds=float(np.mean(a)) >= float(np.mean(b)), beyond_noise=beyond_noise(a, b),
-                            detail=f"{np.mean(a):.2f} vs {np.mean(b):.2f} {unit}"))
     return out
 
 
@@ -186,11 +187,11 @@ def check_fp_checkpoints(model, rows, args):
     labels = [label for label, _ in rows]
     for seed in args.seeds:
         for label, flags in rows:
+            source = fp_source_row(label, flags)
             fp = fp_checkpoint(model, label, flags, seed, args.runs_dir)
-            made_here = ("FP" if "--bnest" not in flags else BNEST_FP_ROW) in labels
-            if fp and not made_here and not os.path.isfile(fp):
+            if source is not None and source not in labels and not os.path.isfile(fp):
                 sys.exit(f"qat_results.py: error: row {label!r} needs the FP checkpoint {fp}; run the "
-                         f"{'RepQ-BNEst W4A4' if '--bnest' in flags else 'FP'} row first.")
+                         f"{source} row first.")
 
 
 def main(argv=None):

@@ -207,16 +207,19 @@ class FreezeNormStatistics(keras.callbacks.Callback):
                              "norm; use it on a RepQ QAT model of a BN or BNEst network (repq.quantize_model).")
 
     def _set(self, frozen):
-        if frozen != self._frozen:
-            set_norm_statistics_frozen(self.model, frozen)
-            self._frozen = frozen
-            self.model.make_train_function(force=True)  # the traced step read the old setting
+        """Switch to ``frozen``; returns the number of blocks switched (0: already so)."""
+        if frozen == self._frozen:
+            return 0
+        self._frozen = frozen
+        count = set_norm_statistics_frozen(self.model, frozen)
+        self.model.make_train_function(force=True)  # the traced step read the old setting
+        return count
 
     def on_epoch_begin(self, epoch, logs=None):
-        if epoch >= self.after_epochs and not self._frozen and self.verbose:
-            print(f"\nEpoch {epoch + 1}: FreezeNormStatistics: BN statistics frozen in "
-                  f"{len(norm_folding_blocks(self.model))} rep blocks (moving statistics folded, as deployed).")
-        self._set(epoch >= self.after_epochs)
+        count = self._set(epoch >= self.after_epochs)
+        if count and self._frozen and self.verbose:
+            print(f"\nEpoch {epoch + 1}: FreezeNormStatistics: BN statistics frozen in {count} rep blocks "
+                  "(moving statistics folded, as deployed).")
 
     def on_train_end(self, logs=None):
         self._set(False)

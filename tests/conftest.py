@@ -32,3 +32,8 @@ def rel_max_error(reference, value):
     """max |reference - value| / max |reference|."""
     reference, value = np.asarray(reference), np.asarray(value)
     return float(np.abs(reference - value).max() / max(np.abs(reference).max(), 1e-12))
+
+
+def moving_statistics(model):
+    """Copies of every moving BN statistic (moving mean and variance) of ``model``, in variable order."""
+    return [v.numpy().copy() for v in model.non_trainable_variables if "moving" in v.path]

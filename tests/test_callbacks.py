@@ -10,6 +10,7 @@ from repq.callbacks import (BestDeployCheckpoint, FreezeNormStatistics, Quantiza
                             initialize_step_sizes, norm_folding_blocks, set_norm_statistics_frozen)
 from repq.layers import RepVGGBlock
 from repq.qat import quantize_model, quantized_layers
+from tests.conftest import moving_statistics
 
 
 def _qat_model():
@@ -27,7 +28,7 @@ def _data():
 
 def test_initialize_step_sizes_is_idempotent_and_keeps_bn_statistics():
     model, data = _qat_model(), _data()
-    stats = [v.numpy().copy() for v in model.non_trainable_variables if "moving" in v.path]
+    stats = moving_statistics(model)
     initialize_step_sizes(model, data)
     for layer in quantized_layers(model):
         assert float(layer.input_quantizer.initialized.numpy()) == 1.0
@@ -36,7 +37,7 @@ def test_initialize_step_sizes_is_idempotent_and_keeps_bn_statistics():
     initialize_step_sizes(model, x_other)
     for layer, step in zip(quantized_layers(model), steps):
         np.testing.assert_array_equal(layer.input_quantizer.step.numpy(), step)
-    after = [v.numpy() for v in model.non_trainable_variables if "moving" in v.path]
+    after = moving_statistics(model)
     for a, b in zip(stats, after):
         np.testing.assert_array_equal(a, b)
 
@@ -57,30 +58,26 @@ def test_callbacks_in_model_fit(tmp_path):
     np.testing.assert_array_equal(repq.reparametrize(model)(x).numpy(), model(x, training=False).numpy())
 
 
-def _moving(model):
-    return [v.numpy().copy() for v in model.non_trainable_variables if "moving" in v.path]
-
-
 def test_frozen_norm_statistics_train_on_the_deployed_kernel():
     """Frozen, a training call computes the inference (= deployed) model and leaves the moving statistics alone."""
     model, data = _qat_model(), _data()
     x = next(iter(data))[0]
     initialize_step_sizes(model, x)
-    stats = _moving(model)
+    stats = moving_statistics(model)
     assert set_norm_statistics_frozen(model, True) == 1
     np.testing.assert_array_equal(model(x, training=True).numpy(), repq.reparametrize(model)(x).numpy())
-    for a, b in zip(stats, _moving(model)):
+    for a, b in zip(stats, moving_statistics(model)):
         np.testing.assert_array_equal(a, b)
     set_norm_statistics_frozen(model, False)  # batch statistics again: another kernel, statistics updated
     assert not np.allclose(model(x, training=True).numpy(), model(x, training=False).numpy())
-    assert any(not np.array_equal(a, b) for a, b in zip(stats, _moving(model)))
+    assert any(not np.array_equal(a, b) for a, b in zip(stats, moving_statistics(model)))
 
 
 def test_freeze_norm_statistics_callback_freezes_from_its_epoch_and_ends_unfrozen():
     model, data = _qat_model(), _data()
     model.compile(keras.optimizers.SGD(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    initial, seen = _moving(model), []
-    record = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append(_moving(model)))
+    initial, seen = moving_statistics(model), []
+    record = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append(moving_statistics(model)))
     model.fit(data, epochs=3, verbose=0, callbacks=[FreezeNormStatistics(1, verbose=0), record])
     assert any(not np.array_equal(a, b) for a, b in zip(initial, seen[0]))  # epoch 0: batch statistics
     for a, b in zip(seen[0], seen[2]):  # epochs 1 and 2: frozen

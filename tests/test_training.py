@@ -13,7 +13,7 @@ from repq.qat import quantize_model, quantized_layers
 from repq.quantizers import ActivationQuantizer, WeightQuantizer, integer_range
 from repq.training import (ConstantLR, GroupedAdam, GroupedSGD, SparseCrossEntropy, WarmupCosineDecay,
                            build_optimizer, fit_model)
-from tests.conftest import randomize_norms
+from tests.conftest import moving_statistics, randomize_norms
 
 
 def lsq_numpy(x, s, qmin, qmax):
@@ -262,10 +262,6 @@ def test_bnest_fp_and_qat_models_train_and_deploy_exactly(tmp_path):
     np.testing.assert_array_equal(repq.reparametrize(qat)(xb).numpy(), qat(xb, training=False).numpy())
 
 
-def _moving(model):
-    return [v.numpy().copy() for v in model.non_trainable_variables if "moving" in v.path]
-
-
 def test_recipe_freeze_bn_after_freezes_the_qat_stage_only(tmp_path):
     """``freeze_bn_after=0``: the QAT stage never updates the moving statistics; None: it does."""
     inputs = keras.Input((8, 8, 3))
@@ -274,17 +270,17 @@ def test_recipe_freeze_bn_after_freezes_the_qat_stage_only(tmp_path):
     data, recipe = _tiny_data(), _tiny_recipe()
     recipe.freeze_bn_after = 0
     qat = quantize_model(fp, 4, 4)
-    stats = _moving(qat)
+    stats = moving_statistics(qat)
     fit_model(qat, data, data, recipe, "qat", weight_bits=4, verbose=0)
-    for a, b in zip(stats, _moving(qat)):
+    for a, b in zip(stats, moving_statistics(qat)):
         np.testing.assert_array_equal(a, b)
     recipe.freeze_bn_after = None
     fit_model(qat, data, data, recipe, "qat", weight_bits=4, verbose=0)
-    assert any(not np.array_equal(a, b) for a, b in zip(stats, _moving(qat)))
+    assert any(not np.array_equal(a, b) for a, b in zip(stats, moving_statistics(qat)))
     recipe.freeze_bn_after = 0  # the FP stage is not affected
-    fp_stats = _moving(fp)
+    fp_stats = moving_statistics(fp)
     fit_model(fp, data, data, recipe, "fp", verbose=0)
-    assert any(not np.array_equal(a, b) for a, b in zip(fp_stats, _moving(fp)))
+    assert any(not np.array_equal(a, b) for a, b in zip(fp_stats, moving_statistics(fp)))
 
 
 @pytest.mark.parametrize("model", ["repvgg_a0", "repvgg_b0", "resnet18", "ac_resnet18", "orepa_resnet18",
