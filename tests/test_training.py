@@ -164,7 +164,7 @@ def test_bnest_fp_epochs_apply_only_to_bnest_runs(args, fp_epochs, freeze):
         recipe = train.load_recipe()
     finally:
         flags.FLAGS.unparse_flags()
-    assert (recipe.fp_epochs, recipe.qat_epochs) == (fp_epochs, 3)
+    assert (recipe.fp_epochs, recipe.qat_epochs) == (fp_epochs, 6)
     assert recipe.freeze_bn_after == freeze
     assert importlib.import_module("repq.configs.repvgg_a0").get_config().bnest_fp_epochs is None
 
