@@ -20,12 +20,14 @@ from repq.training import CheckpointError, SimulatedCrash, fit_model
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _recipe(epochs=3):
+def _recipe(epochs=3, freeze_bn_after=None):
     recipe = importlib.import_module("repq.configs.repvgg_a0").get_config()
     recipe.fp_epochs = recipe.qat_epochs = epochs
+    recipe.freeze_bn_after = freeze_bn_after
+    recipe.select_best = freeze_bn_after is None  # with a freeze: the last epoch's weights, which the freeze moves
     recipe.steps_per_epoch = None
     recipe.warmup_epochs = 1
-    return recipe  # select_best=True: the best-epoch bookkeeping must survive the restart
+    return recipe  # select_best: the best-epoch bookkeeping must survive the restart
 
 
 def _data(seed=0, n=24):
@@ -49,22 +51,29 @@ def _qat_model():
     return qat
 
 
-def _train(output_dir, crash_after_steps=None):
+def _train(output_dir, crash_after_steps=None, freeze_bn_after=None):
     model = _qat_model()
     train, test = _data()
-    fit_model(model, train, test, _recipe(), "qat", weight_bits=4, output_dir=str(output_dir), verbose=0,
+    fit_model(model, train, test, _recipe(freeze_bn_after=freeze_bn_after), "qat", weight_bits=4,
+              output_dir=str(output_dir), verbose=0,
               crash_after_steps=crash_after_steps)
     return model
 
 
-def test_crash_and_resume_equals_uninterrupted(tmp_path):
-    reference = _train(tmp_path / "ref").get_weights()
+@pytest.mark.parametrize("freeze_bn_after, crash_after_steps", [(None, 5), (1, 8)])
+def test_crash_and_resume_equals_uninterrupted(tmp_path, freeze_bn_after, crash_after_steps):
+    """3 steps per epoch: step 5 is mid-epoch 2, step 8 mid-epoch 3. With ``freeze_bn_after=1`` the
+    run resumes at epoch 3, past the freeze: it must freeze the BN statistics again before its first
+    step, or its moving statistics (in ``get_weights``) and kernels leave the reference's."""
+    reference = _train(tmp_path / "ref", freeze_bn_after=freeze_bn_after)
     with pytest.raises(SimulatedCrash):
-        _train(tmp_path / "run", crash_after_steps=5)  # mid-epoch 2 (3 steps per epoch)
+        _train(tmp_path / "run", crash_after_steps=crash_after_steps, freeze_bn_after=freeze_bn_after)
     state = json.loads((tmp_path / "run" / "backup" / "qat" / "state.json").read_text())
-    assert state["epoch"] == 1 and state["best_epoch"] == 1
-    resumed = _train(tmp_path / "run").get_weights()
-    for a, b in zip(reference, resumed):
+    assert state["epoch"] == crash_after_steps // 3
+    if freeze_bn_after is None:
+        assert state["best_epoch"] == 1
+    resumed = _train(tmp_path / "run", freeze_bn_after=freeze_bn_after)
+    for a, b in zip(reference.get_weights(), resumed.get_weights()):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
     assert not (tmp_path / "run" / "backup").exists()  # removed when the stage completes
 
