@@ -168,6 +168,27 @@ def test_qat_results_bnest_rows_share_the_bnest_fp_model(tmp_path, monkeypatch):
     assert any(c["claim"].endswith(f">= {ablation}") and c["holds"] for c in claims)
 
 
+def test_qat_results_repq_bn_freeze_row_starts_from_the_bn_fp_model(tmp_path, monkeypatch):
+    """The RepQ-BN freeze ablation starts from the seed's BN FP model; its 1-pt claim and its comparison
+    with RepQ W4A4 (batch statistics throughout) are stated."""
+    from benchmarks import qat_results
+
+    frozen, flags = qat_results.FREEZE_ABLATION[1]
+    assert "--bnest" not in flags and "--freeze_bn_after=1" in flags
+    runs = str(tmp_path / "runs")
+    assert qat_results.fp_checkpoint("repvgg_a0", frozen, flags, 2, runs) == os.path.join(
+        runs, "repvgg_a0_s2_fp", "fp_model.keras")
+    monkeypatch.setattr(qat_results, "RESULTS", str(tmp_path))
+    qat = {"RepQ W4A4": [97.0, 97.4], frozen: [98.2, 98.4]}
+    runs = [dict(model="repvgg_a0", label=label, metric="top1", seed=s, wall_s=1.0, metrics={"fp": 98.8, "qat": q})
+            for label, values in qat.items() for s, q in enumerate(values)]
+    qat_results.write_results(runs, dict(commit="aaaaaaa0", dirty=False, command="test", date="test"))
+    claims = {c["claim"]: c for c in json.loads((tmp_path / "qat_results.json").read_text())["claims"]}
+    assert claims[f"{frozen} within 1.0 pt of its FP"]["holds"] is True  # drop -0.5
+    assert claims["RepQ W4A4 within 1.0 pt of its FP"]["holds"] is False  # drop -1.6
+    assert claims[f"{frozen} >= RepQ W4A4"]["holds"] and claims[f"{frozen} >= RepQ W4A4"]["beyond_noise"]
+
+
 def test_qat_results_rows_reruns_only_the_named_rows_and_keeps_the_rest(tmp_path, monkeypatch):
     """``--rows LABEL`` replaces that row of --models; the other rows of that model and every row of other
     models stay as the earlier table had them (with their commits)."""
