@@ -42,8 +42,9 @@ ROWS = [("FP", ["--method=fp"]),
 TFMOT8 = [("Merged 8-bit (tfmot) W8A8", ["--method=tfmot8", "--bits=8"])]
 # The embedded recipes freeze the BN statistics of BNEst runs after one QAT epoch and keep RepQ-BN on
 # batch statistics (Table S1): each ablation row flips one of them.
-FREEZE_ABLATION = [("RepQ-BNEst W4A4 (no BN freeze)", ["--method=repq", "--bits=4", "--bnest", "--freeze_bn_after=never"]),
-                   ("RepQ W4A4 (BN frozen after 1 epoch)", ["--method=repq", "--bits=4", "--freeze_bn_after=1"])]
+BNEST_UNFROZEN_ROW, REPQ_BN_FROZEN_ROW = "RepQ-BNEst W4A4 (no BN freeze)", "RepQ W4A4 (BN frozen after 1 epoch)"
+FREEZE_ABLATION = [(BNEST_UNFROZEN_ROW, ["--method=repq", "--bits=4", "--bnest", "--freeze_bn_after=never"]),
+                   (REPQ_BN_FROZEN_ROW, ["--method=repq", "--bits=4", "--freeze_bn_after=1"])]
 BNEST_FP_ROW = "RepQ-BNEst W4A4"  # trains the BNEst FP model of its seed
 LOW_BITS = [("RepQ W3A3", ["--method=repq", "--bits=3"]), ("Merged LSQ W3A3", ["--method=merged_lsq", "--bits=3"]),
             ("RepQ W2A4", ["--method=repq", "--weight_bits=2", "--act_bits=4"]),
@@ -129,7 +130,7 @@ def claims(rows):
         by = {r["label"]: r for r in rows if r["model"] == model}
         metric = by.get("FP", {}).get("metric", "top1")
         unit = "pt" if metric == "top1" else "dB"
-        for label, bits in (("RepQ W8A8", 8), ("RepQ W4A4", 4), ("RepQ-BNEst W4A4", 4), (FREEZE_ABLATION[1][0], 4)):
+        for label, bits in (("RepQ W8A8", 8), ("RepQ W4A4", 4), ("RepQ-BNEst W4A4", 4), (REPQ_BN_FROZEN_ROW, 4)):
             if label in by and "q" in by[label]:
                 r, tol = by[label], tolerance(metric, bits)
                 out.append(dict(model=model, claim=f"{label} within {tol} {unit} of its FP",
@@ -137,8 +138,8 @@ def claims(rows):
                                 detail=f"drop {r['drop_mean']:+.2f} +- {r['drop_std']:.2f} {unit}"))
         comparisons = [(label, label.replace("RepQ-BNEst", "RepQ").replace("RepQ", "Merged LSQ"), label)
                        for label in ("RepQ W4A4", "RepQ-BNEst W4A4", "RepQ W3A3", "RepQ W2A4")]
-        comparisons += [(BNEST_FP_ROW, FREEZE_ABLATION[0][0], f"{BNEST_FP_ROW} (BN frozen after 1 QAT epoch)"),
-                        (FREEZE_ABLATION[1][0], "RepQ W4A4", FREEZE_ABLATION[1][0])]
+        comparisons += [(BNEST_FP_ROW, BNEST_UNFROZEN_ROW, f"{BNEST_FP_ROW} (BN frozen after 1 QAT epoch)"),
+                        (REPQ_BN_FROZEN_ROW, "RepQ W4A4", REPQ_BN_FROZEN_ROW)]
         for label, base, name in comparisons:
             if label in by and base in by and "q" in by[label] and "q" in by[base]:
                 a, b = by[label]["q"], by[base]["q"]
