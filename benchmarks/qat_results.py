@@ -12,9 +12,12 @@ FP model (the other BNEst rows start from that one). Each row is reported as mea
 Writes benchmarks/results/qat_results.{json,md} (rows of other models, and with ``--rows`` the other
 rows of these models, are kept from the earlier table), with the commit and the command; each run
 records its own commit (the table's "commits" column); per-run artefacts stay under --runs_dir.
+The command resumes: a run whose run dir holds its record (``qat_results_run.json``, written when it
+finished) from the same command and the same FP checkpoint is read, not rerun (``--rerun`` runs it again).
 """
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -27,7 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 sys.path.insert(0, ROOT)
 
-from benchmarks.provenance import markdown_header, provenance  # noqa: E402
+from benchmarks.provenance import markdown_header, provenance, repo_relative  # noqa: E402
 from repq.claims import keeps_fp, tolerance  # noqa: E402
 from repq.training.artifacts import write_json, write_text  # noqa: E402
 
@@ -51,6 +54,7 @@ LOW_BITS = [("RepQ W3A3", ["--method=repq", "--bits=3"]), ("Merged LSQ W3A3", ["
             ("Merged LSQ W2A4", ["--method=merged_lsq", "--weight_bits=2", "--act_bits=4"])]
 
 ALL_ROWS = ROWS + FREEZE_ABLATION + TFMOT8 + LOW_BITS  # the table's order
+RUN_RECORD = "qat_results_run.json"  # in each run dir: the finished run as the table records it
 
 
 def slug(label):
@@ -70,21 +74,65 @@ def fp_checkpoint(model, label, flags, seed, runs_dir):
     return None if source is None else os.path.join(runs_dir, f"{model}_s{seed}_{slug(source)}", "fp_model.keras")
 
 
-def run(model, label, flags, seed, runs_dir):
-    """One train.py run -> its results.json (plus the command and wall time)."""
+def train_command(model, label, flags, seed, runs_dir):
+    """``(run dir, train.py argv)`` of row ``label`` for ``seed``."""
     out = os.path.join(runs_dir, f"{model}_s{seed}_{slug(label)}")
     cmd = [sys.executable, os.path.join(ROOT, "train.py"), f"--model={model}", f"--seed={seed}",
            f"--output_dir={out}", *flags]
     checkpoint = fp_checkpoint(model, label, flags, seed, runs_dir)
     if checkpoint:
         cmd.append(f"--fp_checkpoint={checkpoint}")
+    return out, cmd
+
+
+def shown_command(cmd):
+    """The train.py argv as the table shows it (``python train.py ...``, paths inside the repository relative)."""
+    return repo_relative(" ".join(["python train.py", *cmd[2:]]))
+
+
+def run(model, label, flags, seed, runs_dir):
+    """One train.py run -> its results.json (plus the command and wall time)."""
+    out, cmd = train_command(model, label, flags, seed, runs_dir)
     start = time.time()
     subprocess.run(cmd, check=True, cwd=ROOT)
     with open(os.path.join(out, "results.json")) as f:
         result = json.load(f)
-    result.update(label=label, seed=seed, wall_s=time.time() - start,
-                  command=" ".join(["python train.py", *cmd[2:]]).replace(ROOT + os.sep, ""))
+    result.update(label=label, seed=seed, wall_s=time.time() - start, command=shown_command(cmd))
     return result
+
+
+def file_sha256(path):
+    """Hex SHA-256 of the file at ``path`` (None: no file)."""
+    if not path or not os.path.isfile(path):
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_or_reuse(model, label, flags, seed, runs_dir, info, rerun=False):
+    """``run``, recorded with this process's commit in the run dir's RUN_RECORD; or, unless ``rerun``, the
+    record already there when it was made by the same command from the same FP model (SHA-256 of the FP
+    checkpoint), so an interrupted table resumes where it stopped and each reused run keeps its own commit."""
+    out, cmd = train_command(model, label, flags, seed, runs_dir)
+    record_path = os.path.join(out, RUN_RECORD)
+    fp_sha = file_sha256(fp_checkpoint(model, label, flags, seed, runs_dir))
+    if not rerun and os.path.isfile(record_path):
+        with open(record_path) as f:
+            record = json.load(f)
+        if record.get("command") == shown_command(cmd) and record.get("fp_checkpoint_sha256") == fp_sha:
+            print(f"qat_results.py: {label}, seed {seed}: reusing the finished run in {repo_relative(out)} "
+                  f"(commit {record['commit'][:7]}); --rerun runs it again", flush=True)
+            return record
+    if os.path.exists(record_path):
+        os.remove(record_path)  # the run dir is about to be rewritten: no stale record if this run fails
+    record = {**run(model, label, flags, seed, runs_dir), "command": shown_command(cmd), "commit": info["commit"],
+              "dirty": info["dirty"], "fp_checkpoint_sha256": fp_sha}
+    os.makedirs(out, exist_ok=True)
+    write_json(record_path, record)
+    return record
 
 
 def quantized_metric(result):
@@ -211,6 +259,8 @@ def main(argv=None):
     parser.add_argument("--rows", nargs="+", default=None, choices=[label for label, _ in ALL_ROWS],
                         metavar="LABEL", help="run only these rows (their FP checkpoints must be in --runs_dir); "
                         "the other rows of --models are kept from the earlier table")
+    parser.add_argument("--rerun", action="store_true",
+                        help="run every row again, even where --runs_dir holds its finished run (default: reuse it)")
     args = parser.parse_args(argv)
     info = provenance()
     runs = [r for r in load_runs() if r["model"] not in args.models or (args.rows and r["label"] not in args.rows)]
@@ -224,8 +274,7 @@ def main(argv=None):
             rows += FREEZE_ABLATION if args.freeze_ablation and not model.startswith("ecbsr") else []
         for seed in args.seeds:
             for label, flags in rows:
-                runs.append({**run(model, label, flags, seed, os.path.abspath(args.runs_dir)),
-                             "commit": info["commit"], "dirty": info["dirty"]})
+                runs.append(run_or_reuse(model, label, flags, seed, os.path.abspath(args.runs_dir), info, args.rerun))
             write_results(runs, info)  # after every seed: an interrupted run keeps the seeds it finished
     print(write_results(runs, info))
 

@@ -189,6 +189,36 @@ def test_qat_results_repq_bn_freeze_row_starts_from_the_bn_fp_model(tmp_path, mo
     assert claims[f"{frozen} >= RepQ W4A4"]["holds"] and claims[f"{frozen} >= RepQ W4A4"]["beyond_noise"]
 
 
+def test_qat_results_resumes_from_finished_runs_unless_their_fp_model_changed(tmp_path, monkeypatch):
+    """A second ``qat_results.py`` reads the runs the first one finished instead of rerunning them; a row
+    whose FP checkpoint has changed since its run is rerun, and ``--rerun`` reruns every row."""
+    from benchmarks import qat_results
+
+    monkeypatch.setattr(qat_results, "RESULTS", str(tmp_path))
+    done = []
+    monkeypatch.setattr(qat_results, "run", lambda model, label, flags, seed, runs_dir: done.append(label) or dict(
+        model=model, label=label, metric="top1", seed=seed, wall_s=2.0,
+        metrics={"fp": 98.0} if label == "FP" else {"fp": 98.0, "qat": 97.0}))
+    runs = str(tmp_path / "runs")
+    argv = ["--models", "repvgg_a0", "--seeds", "0", "--runs_dir", runs]
+    labels = [label for label, _ in qat_results.ROWS]
+
+    def table(extra=()):
+        done.clear()
+        qat_results.main(argv + list(extra))
+        return list(done), json.loads((tmp_path / "qat_results.json").read_text())["runs"]
+
+    first, first_runs = table()
+    assert first == labels and len(first_runs) == len(labels)
+    again, again_runs = table()
+    assert again == [] and again_runs == first_runs  # every run read back, with its own commit
+    checkpoint = tmp_path / "runs" / "repvgg_a0_s0_fp" / "fp_model.keras"
+    checkpoint.write_bytes(b"another FP model")
+    changed, _ = table()
+    assert changed == ["RepQ W8A8", "RepQ W4A4", "Merged LSQ W4A4"]  # RepQ-BNEst trains its own FP model
+    assert table(["--rerun"])[0] == labels
+
+
 def test_qat_results_rows_reruns_only_the_named_rows_and_keeps_the_rest(tmp_path, monkeypatch):
     """``--rows LABEL`` replaces that row of --models; the other rows of that model and every row of other
     models stay as the earlier table had them (with their commits)."""
