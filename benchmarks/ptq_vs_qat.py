@@ -108,7 +108,9 @@ def run_one(args, kind, method, bits, seed):
         above_rtn = units_above_rtn(losses)
     else:
         top1, fp = result["metrics"]["deploy"], result["metrics"].get("fp")
-    return dict(kind=kind, method=method, bits=label(bits), weight_bits=w_bits, act_bits=a_bits, seed=seed,
+    # the run's own time, also when it is reused: PTQ from observers to the last unit (no evaluation), QAT all
+    run_s = result.get("ptq_time_s") if kind == "ptq" else result.get("times", {}).get("total_s")
+    return dict(run_s=run_s, kind=kind, method=method, bits=label(bits), weight_bits=w_bits, act_bits=a_bits, seed=seed,
                 top1=top1, fp=fp, wall_s=time.time() - start, command=repo_relative("python " + " ".join(cmd)),
                 unit_loss_curves=curves, output_loss=output_loss, units_above_rtn=above_rtn)
 
@@ -160,8 +162,16 @@ def summary(runs):
                          output_loss=float(np.mean(out)) if out else None,
                          output_loss_std=float(np.std(out, ddof=1)) if len(out) > 1 else None,
                          units_above_rtn=float(np.mean([a[0] for a in above])) if above else None,
-                         units=above[0][1] if above else None))
+                         units=above[0][1] if above else None, **_mean_std(group, "run_s")))
     return rows
+
+
+def _mean_std(runs, key):
+    """``{key: mean, key_std: std}`` of ``runs``' values of ``key`` (None where a run has none)."""
+    values = [r.get(key) for r in runs]
+    if not values or None in values:
+        return {key: None, f"{key}_std": None}
+    return {key: float(np.mean(values)), f"{key}_std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
 
 
 def markdown(args, runs, rows, info):
@@ -178,11 +188,15 @@ def markdown(args, runs, rows, info):
              *header]
     outputs = ["", "Output error: L_rec of the last unit (the logits against the FP model's, calibration images, "
                "after reconstruction), mean ± std over seeds.", "", *header]
+    times = ["", "Time per run (s), mean ± std over seeds, as each run recorded it (so also for runs read back "
+             "from --runs_dir): PTQ from the observers to the last unit, without evaluation (mrecg_loss with a "
+             "QDrop run to read its search losses from: the final pass only); QAT the whole train.py run.", "",
+             *header]
     above = ["", "Units that end above their round-to-nearest L_rec after hard rounding (mean over seeds, of the "
              "run's units): the soft rounding had not settled, so hard rounding lost more than learning gained.",
              "", *header]
     for kind, method in [("ptq", m) for m in args.ptq] + [("qat", m) for m in args.qat]:
-        cells, fall_cells, output_cells, above_cells = [], [], [], []
+        cells, fall_cells, output_cells, above_cells, time_cells = [], [], [], [], []
         for bits in args.bits:
             row = next((r for r in rows if (r["kind"], r["method"], r["bits"]) == (kind, method, label(bits))), None)
             cells.append("-" if row is None else f"{row['mean']:.2f} ± {row['std']:.2f} (n={row['n']})")
@@ -192,7 +206,10 @@ def markdown(args, runs, rows, info):
                                                               if row["output_loss_std"] is not None else ""))
             above_cells.append("-" if row is None or row["units_above_rtn"] is None else
                                f"{row['units_above_rtn']:.3g} of {row['units']}")
+            time_cells.append("-" if row is None or row.get("run_s") is None else
+                              f"{row['run_s']:.0f} ± {row['run_s_std']:.0f}")
         lines.append(f"| {kind.upper()} {method} | " + " | ".join(cells) + " |")
+        times.append(f"| {kind.upper()} {method} | " + " | ".join(time_cells) + " |")
         if kind == "ptq" and method != "rtn":
             falls.append(f"| {method} | " + " | ".join(fall_cells) + " |")
             outputs.append(f"| {method} | " + " | ".join(output_cells) + " |")
@@ -208,7 +225,8 @@ def markdown(args, runs, rows, info):
     for c in ordering(args, runs):
         order.append(f"| {c['bits']} | {c['pair']} | {c['top1_holds']} | {c['top1_beyond_noise']} | "
                      f"{dash(c['output_holds'])} | {dash(c['output_beyond_noise'])} |")
-    return "\n".join(lines + (falls + outputs + above if reconstructed else []) + (order if len(order) > 5 else [])) + "\n"
+    return "\n".join(lines + (falls + outputs + above if reconstructed else []) + times
+                     + (order if len(order) > 5 else [])) + "\n"
 
 
 # the seed's order below MRECG, best first (SPEC Part C §7); each MRECG variant is compared with the best of these

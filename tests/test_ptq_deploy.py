@@ -147,6 +147,22 @@ def test_ptq_vs_qat_bit_widths_and_plateau_measure():
     assert pairs["brecq ≥ adaround"]["output_holds"] and pairs["brecq ≥ adaround"]["output_beyond_noise"]
 
 
+def test_ptq_vs_qat_reports_each_runs_own_time_also_when_read_back():
+    """The time table gives mean ± std of each run's recorded time (ptq.py's ptq_time_s, train.py's total),
+    which a run read back from --runs_dir keeps; a row with an unrecorded time shows "-"."""
+    from benchmarks import ptq_vs_qat
+
+    runs = [dict(kind="ptq", method="qdrop", bits="W3A3", top1=98.0, fp=99.0, run_s=s) for s in (400.0, 420.0, 440.0)]
+    runs += [dict(kind="ptq", method="rtn", bits="W3A3", top1=75.0, fp=99.0, run_s=None)]
+    rows = {r["method"]: r for r in ptq_vs_qat.summary(runs)}
+    assert (rows["qdrop"]["run_s"], rows["qdrop"]["run_s_std"]) == (420.0, pytest.approx(20.0))
+    assert rows["rtn"]["run_s"] is None
+    args = ptq_vs_qat.parse_args(["--fp_checkpoint", "x", "--bits", "3", "--ptq", "rtn", "qdrop", "--qat"])
+    text = ptq_vs_qat.markdown(args, runs, list(rows.values()), dict(command="c", commit="0" * 40, dirty=False, date="d"))
+    times = text[text.index("Time per run"):]
+    assert "| PTQ qdrop | 420 ± 20 |" in times and "| PTQ rtn | - |" in times
+
+
 def test_artefacts_name_repository_paths_relative():
     """Benchmarks record run commands and arguments without this checkout's absolute path."""
     from benchmarks.provenance import ROOT, repo_relative
