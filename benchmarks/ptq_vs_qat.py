@@ -146,7 +146,8 @@ def summary(runs):
     units_above_rtn, units)`` over seeds, in run order (``late_fall``: median over seeds of
     :func:`median_late_fall`; ``output_loss``: mean L_rec of the last reconstruction unit, whose output is
     the logits, against the FP logits on the calibration images: a finer measure than top-1 on 1,000
-    digits; ``units_above_rtn``: mean over seeds of :func:`units_above_rtn`; None for RTN and QAT)."""
+    digits; ``units_above_rtn``: mean over seeds of :func:`units_above_rtn`; None for RTN and QAT;
+    ``run_s``/``run_s_std``: each run's recorded time, None unless every run has one)."""
     groups = {}
     for r in runs:
         groups.setdefault((r["kind"], r["method"], r["bits"]), []).append(r)
