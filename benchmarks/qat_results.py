@@ -91,13 +91,13 @@ def shown_command(cmd):
 
 
 def run(model, label, flags, seed, runs_dir):
-    """One train.py run -> its results.json (plus the command and wall time)."""
+    """One train.py run -> its results.json (plus the row, seed and wall time)."""
     out, cmd = train_command(model, label, flags, seed, runs_dir)
     start = time.time()
     subprocess.run(cmd, check=True, cwd=ROOT)
     with open(os.path.join(out, "results.json")) as f:
         result = json.load(f)
-    result.update(label=label, seed=seed, wall_s=time.time() - start, command=shown_command(cmd))
+    result.update(label=label, seed=seed, wall_s=time.time() - start)
     return result
 
 
@@ -105,11 +105,8 @@ def file_sha256(path):
     """Hex SHA-256 of the file at ``path`` (None: no file)."""
     if not path or not os.path.isfile(path):
         return None
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def run_or_reuse(model, label, flags, seed, runs_dir, info, rerun=False):
@@ -117,18 +114,18 @@ def run_or_reuse(model, label, flags, seed, runs_dir, info, rerun=False):
     record already there when it was made by the same command from the same FP model (SHA-256 of the FP
     checkpoint), so an interrupted table resumes where it stopped and each reused run keeps its own commit."""
     out, cmd = train_command(model, label, flags, seed, runs_dir)
-    record_path = os.path.join(out, RUN_RECORD)
+    command, record_path = shown_command(cmd), os.path.join(out, RUN_RECORD)
     fp_sha = file_sha256(fp_checkpoint(model, label, flags, seed, runs_dir))
     if not rerun and os.path.isfile(record_path):
         with open(record_path) as f:
             record = json.load(f)
-        if record.get("command") == shown_command(cmd) and record.get("fp_checkpoint_sha256") == fp_sha:
+        if record.get("command") == command and record.get("fp_checkpoint_sha256") == fp_sha:
             print(f"qat_results.py: {label}, seed {seed}: reusing the finished run in {repo_relative(out)} "
                   f"(commit {record['commit'][:7]}); --rerun runs it again", flush=True)
             return record
     if os.path.exists(record_path):
         os.remove(record_path)  # the run dir is about to be rewritten: no stale record if this run fails
-    record = {**run(model, label, flags, seed, runs_dir), "command": shown_command(cmd), "commit": info["commit"],
+    record = {**run(model, label, flags, seed, runs_dir), "command": command, "commit": info["commit"],
               "dirty": info["dirty"], "fp_checkpoint_sha256": fp_sha}
     os.makedirs(out, exist_ok=True)
     write_json(record_path, record)
