@@ -29,6 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from benchmarks.provenance import markdown_header, provenance, repo_relative  # noqa: E402
+from benchmarks.seed_stats import beyond_noise, sample_std  # noqa: E402
 from repq.training.artifacts import atomic_write, write_json, write_text  # noqa: E402
 
 
@@ -158,10 +159,10 @@ def summary(runs):
         out = [r["output_loss"] for r in group if r.get("output_loss") is not None]
         above = [r["units_above_rtn"] for r in group if r.get("units_above_rtn") is not None]
         rows.append(dict(kind=k, method=m, bits=b, mean=float(np.mean(top1)),
-                         std=float(np.std(top1, ddof=1)) if len(top1) > 1 else 0.0, n=len(top1),
+                         std=sample_std(top1), n=len(top1),
                          late_fall=float(np.median(falls)) if falls else None,
                          output_loss=float(np.mean(out)) if out else None,
-                         output_loss_std=float(np.std(out, ddof=1)) if len(out) > 1 else None,
+                         output_loss_std=sample_std(out) if len(out) > 1 else None,
                          units_above_rtn=float(np.mean([a[0] for a in above])) if above else None,
                          units=above[0][1] if above else None, **_mean_std(group, "run_s")))
     return rows
@@ -172,7 +173,7 @@ def _mean_std(runs, key):
     values = [r.get(key) for r in runs]
     if not values or None in values:
         return {key: None, f"{key}_std": None}
-    return {key: float(np.mean(values)), f"{key}_std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
+    return {key: float(np.mean(values)), f"{key}_std": sample_std(values)}
 
 
 def markdown(args, runs, rows, info):
@@ -239,9 +240,7 @@ def ordering(args, runs):
     """Pairs (better, worse) of the seed's order among ``args.ptq`` (each MRECG variant against the best
     other method run, then adjacent pairs of :data:`SEED_ORDER`), per bit width: whether the
     better method's mean top-1 is >= (and its mean output error <=) the other's, and whether beyond noise
-    (:func:`benchmarks.qat_results.beyond_noise`: the difference exceeds twice its standard error)."""
-    from benchmarks.qat_results import beyond_noise
-
+    (:func:`benchmarks.seed_stats.beyond_noise`: the difference exceeds twice its standard error)."""
     chain = [m for m in SEED_ORDER if m in args.ptq]
     pairs = [(m, chain[0]) for m in MRECG if m in args.ptq and chain] + list(zip(chain, chain[1:]))
     out = []

@@ -31,6 +31,7 @@ RESULTS = os.path.join(ROOT, "benchmarks", "results")
 sys.path.insert(0, ROOT)
 
 from benchmarks.provenance import markdown_header, provenance, repo_relative  # noqa: E402
+from benchmarks.seed_stats import beyond_noise, sample_std  # noqa: E402
 from repq.claims import keeps_fp, tolerance  # noqa: E402
 from repq.training.artifacts import write_json, write_text  # noqa: E402
 
@@ -142,9 +143,8 @@ def summarize(runs):
     fp = np.array([r["metrics"]["fp"] for r in runs])
     q = [quantized_metric(r) for r in runs]
     q = np.array(q, dtype=float) if None not in q else None
-    std = lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0  # noqa: E731
     row = dict(model=runs[0]["model"], label=runs[0]["label"], metric=runs[0]["metric"], seeds=[r["seed"] for r in runs],
-               fp_mean=float(fp.mean()), fp_std=std(fp), fp=fp.tolist(),
+               fp_mean=float(fp.mean()), fp_std=sample_std(fp), fp=fp.tolist(),
                # None where the runs have no deploy / integer model (FP, tfmot8): not measured, shown as "-"
                deploy_equals_qat=(all(r["deploy_matches_qat"] for r in runs)
                                   if all("deploy_matches_qat" in r for r in runs) else None),
@@ -156,16 +156,9 @@ def summarize(runs):
                wall_s_mean=float(np.mean([r["wall_s"] for r in runs])),
                commits=sorted({r.get("commit", "?")[:7] for r in runs}))
     if q is not None:
-        row.update(q_mean=float(q.mean()), q_std=std(q), q=q.tolist(), drop_mean=float((q - fp).mean()),
-                   drop_std=std(q - fp))
+        row.update(q_mean=float(q.mean()), q_std=sample_std(q), q=q.tolist(), drop_mean=float((q - fp).mean()),
+                   drop_std=sample_std(q - fp))
     return row
-
-
-def beyond_noise(a, b):
-    """Whether mean(a) - mean(b) exceeds twice the standard error of that difference."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    se = np.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b)) if min(len(a), len(b)) > 1 else np.inf
-    return bool(abs(a.mean() - b.mean()) > 2 * se)
 
 
 def claims(rows):
