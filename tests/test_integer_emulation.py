@@ -112,6 +112,33 @@ def test_mean_fp32(size, range_in):
     np.testing.assert_array_equal(got, expected)
 
 
+def _every_window_sum(size, channels):
+    """int8 inputs (N, size, size, channels) whose windows take every sum of ``size**2`` int8 values once."""
+    n = size * size
+    totals = np.arange(-128 * n, 127 * n + 1)
+    totals = np.concatenate([totals, totals[: (-len(totals)) % channels]])
+    base = totals[:, None] // n + np.zeros((1, n), np.int64)
+    q = base + (np.arange(n)[None, :] < (totals - base[:, 0] * n)[:, None])
+    return q.reshape(-1, channels, size, size).transpose(0, 2, 3, 1)
+
+
+@pytest.mark.parametrize("size,range_in,range_out", [
+    (7, (0.0, 7.081465786322951), (0.0, 1.4111923822201788)),  # a ResNet GAP: unsigned 7x7 into a dense's step
+    (4, (-1.3244289114904835, 3.5490679825665232), None)])     # the output keeps the input's scale
+def test_mean_rounds_with_the_zero_points_inside(size, range_in, range_out):
+    """Every possible window sum: the zero points enter before the rounding (``rint(sum q * m + b)``), so
+    ties go to the even output integer; rounding the centred sum and adding ``z_out`` after differs here."""
+    range_out = range_out or range_in
+    x = _every_window_sum(size, 16)
+    expected = _litert(lambda t: FQ(tf.reduce_mean(FQ(t, *range_in), axis=(1, 2)), *range_out), [(size, size, 16)], [x])
+    got = _emulated(emu._mean(_stored(x, *range_in), (1, 2), False), *range_out)
+    np.testing.assert_array_equal(got, expected)
+    (s_in, z_in), (s_out, z_out) = emu.fake_quant_params(*range_in), emu.fake_quant_params(*range_out)
+    centred = np.rint((x - z_in).sum(axis=(1, 2)).astype(np.float32)
+                      * np.float32(s_in / np.float32(s_out * np.float32(size * size)))) + z_out
+    assert (np.clip(centred, -128, 127) != expected).any()  # the case tells the two rules apart
+
+
 def test_quantize_fixed_point():
     rng = np.random.default_rng(4)
     range_in, range_out = (-1.1, 2.3), (-0.4, 1.9)

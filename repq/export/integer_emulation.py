@@ -18,7 +18,9 @@ from the .tflite file - with the runtime's rounding rules:
   ``rint(float32(acc) * float32(s_in * s_w / s_out)) + z_out`` (fp32 requantization);
 - ADD: 20-bit fixed-point multipliers of ``s_a / s_out`` and ``s_b / s_out``,
   rounding bias ``2^(shift-1)``, arithmetic right shift (XNNPACK's qs8 add);
-- MEAN: ``rint(float32(sum (q - z_in)) * float32(s_in / (s_out * n))) + z_out``;
+- MEAN: ``rint(float32(sum q) * m + b)`` in float32, ``m = s_in / (s_out * n)``,
+  ``b = z_out - (n * z_in) * m``: the zero points sit inside the rounding, so a tie rounds to the
+  even *output* integer (``rint(sum (q - z_in) * m) + z_out`` rounds some ties the other way);
 - QUANTIZE (int8 -> int8 between scales): 8-bit fixed-point multiplier
   ``rint(256 * s_in / s_out)``, arithmetic right shift by 8 with rounding bias;
 - PRELU (TFLite's builtin kernel; XNNPACK does not take it): int8 slope, gemmlowp
@@ -316,18 +318,17 @@ def _prelu(layer, x):
 
 
 def _mean(x, axes, keepdims):
-    """XNNPACK's qs8 MEAN over ``axes`` -> :class:`Pending` (fp32 requantization)."""
-    total = (x.q - x.zero_point).sum(axis=axes, keepdims=keepdims)
+    """XNNPACK's qs8 MEAN over ``axes`` -> :class:`Pending`: the int8 sum, then in float32
+    ``rint(sum * m + b)`` with ``m = s_in / (s_out * n)`` and ``b = z_out - (n * z_in) * m``."""
+    total = x.q.sum(axis=axes, keepdims=keepdims)  # |total| <= 128 n: exact in float32 below n = 2^17
     count = int(np.prod([x.q.shape[a] for a in axes]))
 
     def requantize(scale, zero_point):
         if (scale, zero_point) == (x.scale, x.zero_point) and count == 1:  # a mean of one value: a copy
-            return total + zero_point
-        if (scale, zero_point) == (x.scale, x.zero_point):  # measured: the runtime rounds differently then
-            raise ExportError("a MEAN whose output keeps its input's int8 scale is not emulated (the export "
-                              "gives pooling outputs the reading layer's learned step).")
+            return total
         multiplier = np.float32(x.scale / np.float32(scale * np.float32(count)))
-        return np.rint(total.astype(np.float32) * multiplier).astype(np.int64) + zero_point
+        bias = np.float32(np.float32(zero_point) - np.float32(count * x.zero_point) * multiplier)
+        return np.rint(total.astype(np.float32) * multiplier + bias).astype(np.int64)
 
     return Pending(requantize)
 
