@@ -39,6 +39,7 @@ import repq  # noqa: E402
 from repq import data  # noqa: E402
 from repq.data import common  # noqa: E402
 from benchmarks.provenance import markdown_header, provenance  # noqa: E402
+from benchmarks.train_step import train_step_fn  # noqa: E402
 from repq.training.artifacts import atomic_write, write_json, write_text  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
@@ -57,18 +58,6 @@ def pipeline(name, batch, parallel):
     return iter(ds.repeat()), info
 
 
-def step_fn(model, loss_fn):
-    optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
-
-    @tf.function
-    def step(x, y):
-        with tf.GradientTape() as tape:
-            loss = loss_fn(y, model(x, training=True))
-        optimizer.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
-        return loss
-    return step
-
-
 def build_steps(name, x, y, bits):
     """label -> traced step function on (x, y) for the models fed by pipeline `name`."""
     if name == "mnist5k":
@@ -78,8 +67,8 @@ def build_steps(name, x, y, bits):
         fp = models.create_model("ecbsr_m4c16_x2", input_shape=(None, None, 1))
         loss, label = keras.losses.MeanAbsoluteError(), "ECBSR-M4C16 x2"
     qat = repq.calibrate(repq.quantize_model(fp, bits, bits), x)
-    steps = {f"{label} FP multi-branch step": step_fn(fp, loss),
-             f"{label} RepQ QAT W{bits}A{bits} step": step_fn(qat, loss)}
+    steps = {f"{label} FP multi-branch step": train_step_fn(fp, loss),
+             f"{label} RepQ QAT W{bits}A{bits} step": train_step_fn(qat, loss)}
     for step in steps.values():
         step(x, y).numpy()  # trace + warm up
     return steps

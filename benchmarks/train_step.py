@@ -59,9 +59,11 @@ def variants(name, bits):
             "Merged LSQ": merged_lsq_model(base, bits, bits)}
 
 
-def train_step_fn(model):
+def train_step_fn(model, loss_fn=None):
+    """A traced ``step(x, y) -> loss``: forward, backward and an SGD (momentum 0.9) update of ``model``
+    (``loss_fn`` default: sparse categorical cross-entropy on logits)."""
     optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    loss_fn = loss_fn or keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     optimizer.build(model.trainable_variables)
 
     @tf.function
