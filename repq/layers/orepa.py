@@ -86,7 +86,10 @@ class OREPAKernel(keras.layers.Layer):
             self.origin,
             ones * (self.avg_conv / float(k * k))[None, None],
             self.pfir_conv[None, None] * self.prior[:, :, None, :],
-            ops.einsum("hwto,ti->hwio", self.conv2, self.idconv1 + identity),
+            # (I + idconv1)^T @ conv2 per tap: a batched matmul straight into (k*k, in, out), no transposes
+            # (at 1x1-2x2 feature maps this product, 2 k^2 in T out FLOPs, costs more than the conv itself)
+            ops.reshape(ops.matmul(ops.transpose(self.idconv1 + identity),
+                                   ops.reshape(self.conv2, (k * k, cin, cout))), (k, k, cin, cout)),
             embed_center(self.conv_1x1[None, None], k),
             ops.einsum("hwct,cto->hwco", ops.reshape(self.dw, (k, k, cin, DW_EXPANSION)),
                        ops.reshape(self.pw, (cin, DW_EXPANSION, cout))),
