@@ -200,3 +200,10 @@ def test_conv_accumulator_is_exact_in_the_float_type_it_picks(case):
     assert emu.conv_dtype(3, kernel) is (tf.float64 if worst else tf.float32)
     if worst:
         assert reference.max() > 2 ** 24 and reference.max() % 2 == 1  # not a float32
+
+
+def test_mean_of_one_value_in_its_own_scale_is_a_copy():
+    """A 1x1 window kept in its input's scale: m = 1 and b = 0, so every int8 value comes back unchanged."""
+    scale, zero_point = emu.fake_quant_params(-1.3, 3.5)
+    x = emu.Quantized(np.arange(-128, 128).reshape(256, 1, 1, 1), scale, zero_point)
+    np.testing.assert_array_equal(emu._mean(x, (1, 2), False).requantize(scale, zero_point), x.q.reshape(256, 1))
