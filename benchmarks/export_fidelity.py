@@ -9,8 +9,10 @@ max / mean |TFLite - Keras QAT| in output steps and the top-1 agreement (PSNR fo
 ECBSR) on LiteRT's default CPU runtime (XNNPACK) and on TFLite's builtin kernels, and
 the same against the QAT model computed in integers (``repq.integer_predict``, the
 runtime's requantization rules; bit-exact means 0 steps on every output).
-The short fits only give the networks realistic statistics; accuracies are not the point.
-Writes benchmarks/results/export_fidelity.{json,md,png}.
+The short fits only give the networks realistic statistics; accuracies are not the point (the
+trained models of the QAT table: benchmarks/trained_fidelity.py). The 256 mnist5k test images are
+the split's first, class-stratified (all 10 digits).
+Writes benchmarks/results/export_fidelity.{json,md,png} with the commit and the command.
 """
 
 import argparse
@@ -25,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks.provenance import markdown_header, provenance  # noqa: E402
 from repq import models  # noqa: E402
 import repq  # noqa: E402
 from repq.data import get_dataset  # noqa: E402
@@ -79,8 +82,8 @@ def measure(name, bits, fp_steps, qat_steps):
     return row
 
 
-def markdown(rows, args):
-    lines = [f"Short fits: {args.fp_steps} FP + {args.qat_steps} QAT steps (Adam); differences in output "
+def markdown(info, rows, args):
+    lines = [markdown_header(info), f"Short fits: {args.fp_steps} FP + {args.qat_steps} QAT steps (Adam); differences in output "
              "quantization steps; XNNPACK = LiteRT's default CPU runtime, builtin = TFLite's builtin kernels; "
              "columns 3-4 compare with the float-simulated QAT model, column 5 the XNNPACK model with the QAT "
              "model computed in integers (repq.integer_predict).", "",
@@ -128,6 +131,7 @@ def main():
     parser.add_argument("--fp_steps", type=int, default=40)
     parser.add_argument("--qat_steps", type=int, default=40)
     args = parser.parse_args()
+    info = provenance()
     rows = []
     for name in args.models.split(","):
         for bits in (int(b) for b in args.bits.split(",")):
@@ -138,10 +142,10 @@ def main():
                   f"{rows[-1]['builtin_max_steps']:.0f}, integer-exact max {rows[-1]['integer_max_steps']:.0f} steps "
                   f"({rows[-1]['wall_s']:.0f} s)", flush=True)
     os.makedirs(RESULTS, exist_ok=True)
-    write_json(os.path.join(RESULTS, "export_fidelity.json"), rows)
-    write_text(os.path.join(RESULTS, "export_fidelity.md"), markdown(rows, args))
+    write_json(os.path.join(RESULTS, "export_fidelity.json"), dict(provenance=info, args=vars(args), rows=rows))
+    write_text(os.path.join(RESULTS, "export_fidelity.md"), markdown(info, rows, args))
     plot(rows, os.path.join(RESULTS, "export_fidelity.png"))
-    print(markdown(rows, args))
+    print(markdown(info, rows, args))
 
 
 if __name__ == "__main__":
