@@ -104,21 +104,24 @@ def markdown(info, rows, args):
     return "\n".join(lines) + "\n"
 
 
-def plot(rows, path):
+def plot(rows, path, labels=None):
+    """Max |TFLite - Keras| per row (keys ``xnnpack_/builtin_/integer_max_steps``) as grouped bars; ``labels``:
+    the x tick per row (default: model and bit width)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    labels = [f"{r['model']}\nW{r['bits']}A{r['bits']}" for r in rows]
+    labels = labels or [f"{r['model']}\nW{r['bits']}A{r['bits']}" for r in rows]
     x = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows)), 4))
+    fig, ax = plt.subplots(figsize=(max(6, 1.0 * len(rows)), 4.5))
     ax.bar(x - 0.27, [r["xnnpack_max_steps"] for r in rows], 0.27, label="XNNPACK vs float-simulated QAT")
     ax.bar(x, [r["builtin_max_steps"] for r in rows], 0.27, label="builtin kernels vs float-simulated QAT")
     ax.bar(x + 0.27, [r["integer_max_steps"] for r in rows], 0.27, label="XNNPACK vs integer-exact QAT")
     ax.plot(x + 0.27, [r["integer_max_steps"] for r in rows], "k.", markersize=4)
     ax.axhline(2, color="k", linestyle="--", linewidth=1, label="2 output steps")
-    ax.set_xticks(x, labels, fontsize=7)
+    ax.set_xticks(x, labels, fontsize=6, rotation=60, ha="right")
     ax.set_ylabel("max |TFLite - Keras| (output steps)")
-    ax.legend(fontsize=8)
+    ax.set_yscale("symlog", linthresh=1)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)

@@ -140,27 +140,9 @@ def markdown(info, rows):
 
 
 def plot(rows, path):
-    import matplotlib
+    from benchmarks.export_fidelity import plot as fidelity_bars
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from repq.training.artifacts import atomic_write
-
-    x = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows)), 4))
-    ax.bar(x - 0.27, [r["xnnpack_max_steps"] for r in rows], 0.27, label="XNNPACK vs float-simulated QAT")
-    ax.bar(x, [r["builtin_max_steps"] for r in rows], 0.27, label="builtin kernels vs float-simulated QAT")
-    ax.bar(x + 0.27, [r["integer_max_steps"] for r in rows], 0.27, label="XNNPACK vs integer-exact QAT")
-    ax.plot(x + 0.27, [r["integer_max_steps"] for r in rows], "k.", markersize=4)
-    ax.set_xticks(x, [f"{r['model']}\n{r['row']}" for r in rows], fontsize=6, rotation=60, ha="right")
-    ax.set_ylabel("max |TFLite - Keras| (output steps)")
-    ax.set_yscale("symlog", linthresh=1)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
-    plt.close(fig)
+    fidelity_bars(rows, path, labels=[f"{r['model']}\n{r['row']}" for r in rows])
 
 
 def earlier(path, models):
