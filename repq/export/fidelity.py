@@ -11,13 +11,18 @@ import numpy as np
 
 from repq.export import tflite_graph
 from repq.export.graph import container_factor
+from repq.export.integer_emulation import quantize_float
 from repq.metrics import psnr_y
 from repq.outputs import atomic_file
 from repq.quantizers import integer_range
 
 
 def run_tflite(it, x):
-    """Run ``it`` image by image on float ``x`` (N, H, W, C) -> float outputs (N, ...)."""
+    """Run ``it`` image by image on float ``x`` (N, H, W, C) -> float outputs (N, ...).
+
+    An int8 input gets the integers ``repq.integer_predict`` starts from
+    (``integer_emulation.quantize_float``, in float64), so both compute from the same input.
+    """
     inp, out = it.get_input_details()[0], it.get_output_details()[0]
     s_in, z_in = inp["quantization"]
     s_out, z_out = out["quantization"]
@@ -25,7 +30,7 @@ def run_tflite(it, x):
     for image in x:
         image = image[None].astype(np.float32)
         if inp["dtype"] == np.int8:
-            image = np.clip(np.floor(image / s_in + 0.5) + z_in, -128, 127).astype(np.int8)
+            image = np.clip(quantize_float(image, s_in, z_in), -128, 127).astype(np.int8)
         it.set_tensor(inp["index"], image)
         it.invoke()
         y = it.get_tensor(out["index"])

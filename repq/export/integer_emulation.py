@@ -107,7 +107,9 @@ def requantize_int8(x, scale, zero_point):
 
 
 def quantize_float(x, scale, zero_point):
-    """A float model input as the harness feeds it (``floor(x / s + 0.5) + z``)."""
+    """A float model input as int8 integers before clamping: ``floor(x / s + 0.5) + z`` in float64
+    (the fidelity harness feeds the TFLite model these; float32 ``x / s`` rounds some values within
+    float error of a .5 tie to the other integer)."""
     return np.floor(np.asarray(x, np.float64) / np.float64(scale) + 0.5).astype(np.int64) + zero_point
 
 
