@@ -57,12 +57,14 @@ def tiny_tflite(path, steps):
 
 
 def quantize_input(x, details):
-    """Float model inputs -> the interpreter's input dtype, with its stored scale and zero point."""
+    """Float model inputs -> the interpreter's input dtype, with its stored scale and zero point (rounded in
+    float64, as ``repq.integer_predict`` rounds them: the integer model's outputs are then the same)."""
     if details["dtype"] == np.float32:  # a --float_io export
         return x
     scale, zero_point = details["quantization"]
     info = np.iinfo(details["dtype"])
-    return np.clip(np.floor(x / scale + 0.5) + zero_point, info.min, info.max).astype(details["dtype"])
+    q = np.floor(np.asarray(x, np.float64) / scale + 0.5) + zero_point
+    return np.clip(q, info.min, info.max).astype(details["dtype"])
 
 
 def dequantize_output(y, details):
