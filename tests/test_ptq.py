@@ -120,6 +120,32 @@ def test_mrecg_loss_never_merges_an_8bit_edge_unit():
     assert report["scheme"] == [0, (1, 2), 3] and len(report["unit_losses"]) == 3
 
 
+def test_mrecg_loss_keeps_its_search_pass_when_it_merges_nothing(monkeypatch):
+    """topk=0 selects no merge: the final pass would repeat the QDrop search pass step for step, so the
+    search pass is the result (one pass, the QDrop model to the bit); with a merge both passes run."""
+    from repq.ptq import driver
+
+    passes = []
+    real = driver.reconstruct_units
+
+    def counting(*args, **kwargs):
+        passes.append(len(args[1]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(driver, "reconstruct_units", counting)
+    model, x = residual_model(blocks=2), data(16, 5)
+    args = dict(weight_bits=3, act_bits=4, iters=3, batch_size=8, seed=1, verbose=0)
+    qdrop, _ = quantize_ptq(model, x, "qdrop", **args)
+    assert passes == [4]
+    mrecg_none, report = quantize_ptq(model, x, "mrecg_loss", topk=0, **args)
+    assert passes == [4, 4] and report["search_pass_kept"] and report["scheme"] == [0, 1, 2, 3]
+    np.testing.assert_array_equal(mrecg_none(x).numpy(), qdrop(x).numpy())
+    assert report["unit_losses"] == report["baseline_unit_losses"]
+    _, merged = quantize_ptq(model, x, "mrecg_loss", topk=1, **args)
+    assert len(merged["unit_losses"]) == 3 and not merged["search_pass_kept"]
+    assert passes == [4, 4, 4, 3]  # the search pass over 4 units, then the final pass over 3
+
+
 def test_scheme_parsing():
     assert parse_scheme("0,(1,2),3") == [0, (1, 2), 3]
     assert scheme_groups(parse_scheme("0,(1,2),3"), 4) == [[0], [1, 2], [3]]

@@ -157,10 +157,13 @@ def ptq_args(fp_checkpoint, output_dir, *extra):
 
 
 def _outputs(output_dir):
+    """``(results.json, unit_losses.json, final weights)`` of a finished run: the weights of its last
+    checkpointed pass ("units"; "search" when MRECG-loss kept its search pass as the final one)."""
     results = json.loads((output_dir / "results.json").read_text())
     losses = json.loads((output_dir / "unit_losses.json").read_text())
-    state = json.loads((output_dir / "checkpoints" / "units" / "state.json").read_text())
-    weights = load_arrays(str(output_dir / "checkpoints" / "units" / state["weights"]))
+    final = output_dir / "checkpoints" / ("units" if (output_dir / "checkpoints" / "units").exists() else "search")
+    state = json.loads((final / "state.json").read_text())
+    weights = load_arrays(str(final / state["weights"]))
     return results, losses, weights
 
 
@@ -243,6 +246,11 @@ def test_mrecg_loss_search_is_the_qdrop_run_and_can_reuse_it(capsys, tmp_path, f
     assert reuse["scheme"] == mrecg["scheme"] and reuse["ptq_top1"] == mrecg["ptq_top1"]
     assert reuse_losses["unit_losses"] == mrecg_losses["unit_losses"]
     assert reuse["baseline_run"] == str(qdrop_run) and mrecg["baseline_run"] is None
+    # this model's search selects no merge: MRECG keeps its search pass, the QDrop run to the bit
+    assert mrecg["scheme"] == str(list(range(len(qdrop_losses)))) and mrecg["search_pass_kept"]
+    assert mrecg["ptq_top1"] == runs["qdrop"][0]["ptq_top1"] and mrecg_losses["unit_losses"] == qdrop_losses
+    for a, b in zip(runs["qdrop"][2], mrecg_weights):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("extra, needle", [

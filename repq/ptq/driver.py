@@ -80,7 +80,8 @@ def quantize_ptq(model, calib_data, method, weight_bits=4, act_bits=4, iters=200
     unit_cache_s (carrying its inputs/targets forward), unit_carry_mb (carried tensors, MiB),
     unit_loss_curves (per unit ``{"step", "rec"}``: training L_rec at ~20 steps; None for units
     restored from a checkpoint written before curves were recorded),
-    scheme, search_time_s, baseline_unit_losses, ptq_time_s (this call only), resumed_units (units
+    scheme, search_time_s, baseline_unit_losses, search_pass_kept (MRECG's loss search selected no merge,
+    so its pass is the final one and is not run twice), ptq_time_s (this call only), resumed_units (units
     loaded from checkpoints; their times are those of the earlier call).
     """
     from repq.checks import check_built_model, check_not_quantized
@@ -130,11 +131,13 @@ def _quantize(model, batches, method, weight_bits, act_bits, iters, batch_size, 
         units = layer_units(qm.graph)
     else:
         units = block_units(qm.graph)
+    search_pass = None
     if method.startswith("mrecg"):
         topk = defaults.mrecg_topk if mrecg_args["topk"] is None else mrecg_args["topk"]
-        units = _mrecg_units(qm, units, batches, config, seed=seed, report=report,
-                             checkpoint=run.stage("search"), **{**mrecg_args, "topk": topk})
-    results = reconstruct_units(qm, units, batches, config, seed=seed, checkpoint=run.stage("units"))
+        units, search_pass = _mrecg_units(qm, units, batches, config, seed=seed, report=report,
+                                          checkpoint=run.stage("search"), **{**mrecg_args, "topk": topk})
+    report["search_pass_kept"] = search_pass is not None
+    results = search_pass or reconstruct_units(qm, units, batches, config, seed=seed, checkpoint=run.stage("units"))
     report.update(units=[r["name"] for r in results], unit_losses=[r["loss"] for r in results],
                   unit_losses_init=[r["loss_init"] for r in results],
                   unit_seconds=[r["seconds"] for r in results],
@@ -151,12 +154,16 @@ def _quantize(model, batches, method, weight_bits, act_bits, iters, batch_size, 
 
 def _mrecg_units(qm, units, batches, config, scheme, topk, selection, stride_factor,
                  baseline_losses, seed, report, checkpoint=None):
-    """Merged units for MRECG (explicit scheme, ModCap or a first QDrop pass); fills the report.
+    """``(merged units, kept pass)`` for MRECG (explicit scheme, ModCap or a first QDrop pass); fills the report.
 
-    ``checkpoint``: PassCheckpoint of the first QDrop pass (resumable like the final pass).
+    ``checkpoint``: PassCheckpoint of the first QDrop pass (resumable like the final pass). When that
+    pass selects no merge, the final pass would repeat it step for step (same units, weights and
+    seeds): its reconstructed weights stay in the model and its per-unit results are returned as
+    the kept pass (None otherwise: the weights are restored for the final pass).
     """
     k = topk if topk is not None else mrecg.default_topk(len(units))
     start = time.perf_counter()
+    search_pass = None
     if scheme is not None:
         groups = scheme_groups(scheme, len(units))
     elif report["method"] == "mrecg_modcap":
@@ -167,16 +174,18 @@ def _mrecg_units(qm, units, batches, config, scheme, topk, selection, stride_fac
     else:
         if baseline_losses is None:
             snapshot = qm.model.get_weights()
-            results = reconstruct_units(qm, units, batches, config, seed=seed, checkpoint=checkpoint)
-            baseline_losses = [r["loss"] for r in results]
-            qm.model.set_weights(snapshot)
+            search_pass = reconstruct_units(qm, units, batches, config, seed=seed, checkpoint=checkpoint)
+            baseline_losses = [r["loss"] for r in search_pass]
         if len(baseline_losses) != len(units):
             raise ValueError(f"baseline_losses has {len(baseline_losses)} entries, the model has "
                              f"{len(units)} units.")
         groups = mrecg.loss_groups(baseline_losses, k, selection or mrecg.select_greedy,
                                    mrecg.mergeable_boundaries(units, qm.edge_ops))
         report["baseline_unit_losses"] = list(baseline_losses)
+        if search_pass is not None and any(len(g) > 1 for g in groups):
+            qm.model.set_weights(snapshot)
+            search_pass = None
     report["search_time_s"] = time.perf_counter() - start
     report["scheme"] = groups_to_scheme(groups)
     report["base_units"] = [u.name for u in units]
-    return merge_units(qm.graph, units, groups)
+    return merge_units(qm.graph, units, groups), search_pass
