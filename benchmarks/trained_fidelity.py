@@ -11,8 +11,9 @@ kernels, on --num_eval class-stratified test images (the whole mnist5k test spli
 every test image), and the QAT model computed in integers (``repq.integer_predict``) against the
 XNNPACK model. Differences are in output quantization steps.
 
-Writes benchmarks/results/trained_fidelity.{json,md,png} with the commit and the command; rows of
-models not named in --models are kept from the earlier artefact (each row names its commit).
+Writes benchmarks/results/trained_fidelity.{json,md,png} with the commit and the command; the rows
+this call does not measure (other models, other --rows) are kept from the earlier artefact (each
+row names its commit).
 """
 
 import argparse
@@ -145,14 +146,15 @@ def plot(rows, path):
     fidelity_bars(rows, path, labels=[f"{r['model']}\n{r['row']}" for r in rows])
 
 
-def earlier(path, models):
-    """``(rows, runs)`` of the models not in ``models`` from the artefact at ``path`` (none if there is none)."""
+def earlier(path, measured):
+    """``(rows, runs)`` of the artefact at ``path`` (none if there is none) whose ``(model, row)`` is not
+    in ``measured``: what this call did not measure again stays."""
     if not os.path.isfile(path):
         return [], []
     with open(path) as f:
         record = json.load(f)
-    return ([r for r in record["rows"] if r["model"] not in models],
-            [r for r in record["runs"] if r["model"] not in models])
+    return ([r for r in record["rows"] if (r["model"], r["row"]) not in measured],
+            [r for r in record["runs"] if (r["model"], r["row"]) not in measured])
 
 
 def main(argv=None):
@@ -174,7 +176,7 @@ def main(argv=None):
             for model in args.models for row in args.rows
             if any((m["model"], m["row"]) == (model, row) for m in measured)]
     base = os.path.join(args.results_dir, ARTIFACT)
-    kept_rows, kept_runs = earlier(base + ".json", args.models)
+    kept_rows, kept_runs = earlier(base + ".json", {(r["model"], r["row"]) for r in rows})
     write_json(base + ".json", dict(provenance=info, args=repo_relative(vars(args)), rows=kept_rows + rows,
                                     runs=kept_runs + measured))
     write_text(base + ".md", markdown(info, kept_rows + rows))

@@ -157,11 +157,11 @@ def ptq_args(fp_checkpoint, output_dir, *extra):
 
 
 def _outputs(output_dir):
-    """``(results.json, unit_losses.json, final weights)`` of a finished run: the weights of its last
-    checkpointed pass ("units"; "search" when MRECG-loss kept its search pass as the final one)."""
+    """``(results.json, unit_losses.json, final weights)`` of a finished run: the weights of its final
+    pass ("units"; "search" when MRECG-loss kept its search pass as the final one)."""
     results = json.loads((output_dir / "results.json").read_text())
     losses = json.loads((output_dir / "unit_losses.json").read_text())
-    final = output_dir / "checkpoints" / ("units" if (output_dir / "checkpoints" / "units").exists() else "search")
+    final = output_dir / "checkpoints" / ("search" if results.get("search_pass_kept") else "units")
     state = json.loads((final / "state.json").read_text())
     weights = load_arrays(str(final / state["weights"]))
     return results, losses, weights
@@ -250,6 +250,22 @@ def test_mrecg_loss_search_is_the_qdrop_run_and_can_reuse_it(capsys, tmp_path, f
     assert mrecg["scheme"] == str(list(range(len(qdrop_losses)))) and mrecg["search_pass_kept"]
     assert mrecg["ptq_top1"] == runs["qdrop"][0]["ptq_top1"] and mrecg_losses["unit_losses"] == qdrop_losses
     for a, b in zip(runs["qdrop"][2], mrecg_weights):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_mrecg_loss_interrupted_in_a_kept_search_pass_resumes_to_the_qdrop_run(capsys, tmp_path, fp_checkpoint,
+                                                                               qdrop_run):
+    """A crash inside MRECG-loss's search pass, then the same command: the pass resumes after its last
+    checkpointed unit and, merging nothing, is kept: the uninterrupted QDrop run to the bit."""
+    run = tmp_path / "mrecg"
+    code, err = run_ptq(capsys, *ptq_args(fp_checkpoint, run, "--method=mrecg_loss", "--crash_after_units=2"))
+    assert code == 1 and "simulated crash after 2 reconstruction units" in err
+    code, err = run_ptq(capsys, *ptq_args(fp_checkpoint, run, "--method=mrecg_loss"))
+    assert code == 0, err[-2000:]
+    (qdrop, qdrop_losses, qdrop_weights), (mrecg, mrecg_losses, mrecg_weights) = _outputs(qdrop_run), _outputs(run)
+    assert mrecg["search_pass_kept"] and mrecg["resumed_units"] == 2 and not (run / "checkpoints" / "units").exists()
+    assert mrecg["ptq_top1"] == qdrop["ptq_top1"] and mrecg_losses["unit_losses"] == qdrop_losses["unit_losses"]
+    for a, b in zip(qdrop_weights, mrecg_weights):
         np.testing.assert_array_equal(a, b)
 
 

@@ -11,15 +11,15 @@ import pytest
 from benchmarks import trained_fidelity
 
 
-def _report(keras_acc, tflite_acc, agree, max_steps, builtin_agree, exact=1.0):
-    body = dict(num_images=1000, output_step=0.1, max_abs_diff_steps=max_steps, mean_abs_diff_steps=0.5,
+def _report(keras_acc, tflite_acc, agree, max_steps, builtin_agree, exact=1.0, mean_steps=0.5, wall_s=10.0):
+    body = dict(num_images=1000, output_step=0.1, max_abs_diff_steps=max_steps, mean_abs_diff_steps=mean_steps,
                 top1_agreement=agree, accuracy_keras=keras_acc, accuracy_tflite=tflite_acc)
     return dict(body, classes_covered=10, size_bytes=2_000_000, integer_only=True, all_convs_integer=True,
-                weights_on_grid=True, scales_match_learned=True, wall_s=10.0,
+                weights_on_grid=True, scales_match_learned=True, wall_s=wall_s,
                 integer_emulation=dict(body, max_abs_diff_steps=0.0 if exact == 1.0 else 1.0,
                                        bit_exact_fraction=exact),
-                builtin_kernels=dict(body, max_abs_diff_steps=10 * max_steps, top1_agreement=builtin_agree,
-                                     accuracy_tflite=tflite_acc - 0.01))
+                builtin_kernels=dict(body, max_abs_diff_steps=10 * max_steps, mean_abs_diff_steps=3 * mean_steps,
+                                     top1_agreement=builtin_agree, accuracy_tflite=tflite_acc - 0.01))
 
 
 def _finished_run(runs_dir, name):
@@ -39,8 +39,9 @@ def test_rows_aggregate_the_seeds_and_other_models_rows_are_kept(tmp_path, monke
     for seed in (0, 1):
         _finished_run(runs, f"repvgg_a0_s{seed}_repq_w4a4")
     _finished_run(runs, "repvgg_a0_s0_repq_w8a8")  # not asked for below
-    reports = {"repvgg_a0_s0_repq_w4a4": _report(0.98, 0.98, 1.0, 4.0, 0.97),
-               "repvgg_a0_s1_repq_w4a4": _report(0.97, 0.968, 0.996, 9.0, 0.95, exact=0.999)}
+    reports = {"repvgg_a0_s0_repq_w4a4": _report(0.98, 0.98, 1.0, 4.0, 0.97, mean_steps=0.2, wall_s=30.0),
+               "repvgg_a0_s1_repq_w4a4": _report(0.97, 0.968, 0.996, 9.0, 0.95, exact=0.999, mean_steps=0.6,
+                                                 wall_s=50.0)}
     exported = []
 
     def fake_export(run_dir, num_eval):
@@ -49,8 +50,11 @@ def test_rows_aggregate_the_seeds_and_other_models_rows_are_kept(tmp_path, monke
 
     monkeypatch.setattr(trained_fidelity, "export_report", fake_export)
     earlier = dict(provenance={}, rows=[dict(model="ecbsr_m4c16_x2", row="RepQ W4A4", kept=True),
-                                        dict(model="repvgg_a0", row="RepQ W8A8", stale=True)],
-                   runs=[dict(model="ecbsr_m4c16_x2", seed=0), dict(model="repvgg_a0", seed=5)])
+                                        dict(model="repvgg_a0", row="RepQ W8A8", kept=True),
+                                        dict(model="repvgg_a0", row="RepQ W4A4", stale=True)],
+                   runs=[dict(model="ecbsr_m4c16_x2", row="RepQ W4A4", seed=0),
+                         dict(model="repvgg_a0", row="RepQ W8A8", seed=0),
+                         dict(model="repvgg_a0", row="RepQ W4A4", seed=5)])
     (results / "trained_fidelity.json").write_text(json.dumps(earlier))
     monkeypatch.setattr(trained_fidelity, "markdown", lambda info, rows: "table\n")
     monkeypatch.setattr(trained_fidelity, "plot", lambda rows, path: None)
@@ -58,9 +62,11 @@ def test_rows_aggregate_the_seeds_and_other_models_rows_are_kept(tmp_path, monke
                                   "--runs_dir", str(runs), "--results_dir", str(results), "--num_eval", "64"]) == 0
     assert exported == [("repvgg_a0_s0_repq_w4a4", 64), ("repvgg_a0_s1_repq_w4a4", 64)]  # seed 2 has no run
     record = json.loads((results / "trained_fidelity.json").read_text())
-    assert record["rows"][0] == dict(model="ecbsr_m4c16_x2", row="RepQ W4A4", kept=True)
-    assert len(record["rows"]) == 2 and [r["model"] for r in record["runs"]] == ["ecbsr_m4c16_x2"] + ["repvgg_a0"] * 2
-    row = record["rows"][1]
+    # rows not measured again (another model, another row of this model) stay; the re-measured one is replaced
+    assert record["rows"][:2] == earlier["rows"][:2] and len(record["rows"]) == 3
+    assert [(r["row"], r["seed"]) for r in record["runs"]] == [("RepQ W4A4", 0), ("RepQ W8A8", 0),
+                                                             ("RepQ W4A4", 0), ("RepQ W4A4", 1)]
+    row = record["rows"][2]
     assert row["seeds"] == [0, 1] and row["unit"] == "%"
     assert row["keras"] == pytest.approx(97.5) and row["tflite"] == pytest.approx(97.4)
     assert row["largest_metric_gap"] == pytest.approx(0.2)  # seed 1: 96.8 against 97.0
@@ -68,6 +74,8 @@ def test_rows_aggregate_the_seeds_and_other_models_rows_are_kept(tmp_path, monke
     assert row["top1_agreement_min"] == 0.996 and row["builtin_top1_agreement_min"] == 0.95
     assert (row["xnnpack_max_steps"], row["builtin_max_steps"], row["integer_max_steps"]) == (9.0, 90.0, 1.0)
     assert row["integer_bit_exact_min"] == 0.999 and row["integer_graph"] is True
+    assert row["xnnpack_mean_steps"] == pytest.approx(0.4) and row["builtin_mean_steps"] == pytest.approx(1.2)
+    assert row["wall_s"] == pytest.approx(40.0)
     assert row["commit"] == record["provenance"]["commit"]
 
 
@@ -86,6 +94,6 @@ def test_markdown_gives_one_line_per_row_with_its_unit(tmp_path):
     text = trained_fidelity.markdown(dict(command="python benchmarks/trained_fidelity.py", commit="abc", dirty=False,
                                           date="now"), [dict(row, commit="abcdef123")])
     assert "| ecbsr_m4c16_x2 | RepQ W8A8 | 1 | 1000 | 32.03 dB | 32.05 dB | 0.02 | - | 2 / 0.500 | 0 / 100.00 % " \
-           "| 32.00 dB, 20 / 0.50 | True | 2.00 MB | 10 | abcdef1 |" in text
+           "| 32.00 dB, 20 / 1.50 | True | 2.00 MB | 10 | abcdef1 |" in text
     trained_fidelity.plot([row], str(tmp_path / "p.png"))
     assert (tmp_path / "p.png").stat().st_size > 0

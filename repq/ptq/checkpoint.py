@@ -9,7 +9,8 @@ Layout under the checkpoint directory (every file written atomically, weights be
 * ``<pass>/unit_<k>.npz``: quantized-model weights after the first ``k`` units of the pass.
 
 ``<pass>`` is ``search`` (the QDrop pass that picks MRECG-loss merges) or ``units`` (the final
-reconstruction). The weights (``keras.Model.get_weights`` of the quantized model) hold every
+reconstruction; MRECG-loss writes none when its search selects no merge: the search pass is then
+the final one, ``search_pass_kept`` in the report). The weights (``keras.Model.get_weights`` of the quantized model) hold every
 piece of state a later unit reads: kernels, α, weight/activation qparams, quantizer states.
 The random streams are seeded per unit (:func:`repq.ptq.reconstruct.reconstruct_unit`), so a
 resumed run ends with exactly the weights of an uninterrupted one. A corrupt, partial or
