@@ -79,6 +79,30 @@ def test_tfmot8_follows_the_recipe_schedule_and_regularisers(tmp_path):
     assert 0.0 <= json.loads(out.read_text())["top1"] <= 100.0
 
 
+def test_tfmot8_twin_of_every_merged_zoo_classifier_computes_the_same():
+    """The tf_keras twin the tfmot baseline quantizes, built from each merged zoo classifier in the
+    recipes' layouts (AC-/OREPA-ResNet-18 with the imagenet stem and its padded max pool, RepVGG-A0),
+    gives the Keras 3 model's logits (float32, relative 1e-4)."""
+    code = ("import numpy as np, keras, tf_keras, repq\n"
+            "from repq import models\n"
+            "from repq.baselines import tfmot8\n"
+            "from repq.graph import flatten_model\n"
+            "from tests.conftest import randomize_norms\n"
+            "x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype('float32')\n"
+            "for name, kw in (('ac_resnet18', dict(stem='imagenet')), ('orepa_resnet18', dict(stem='imagenet')),\n"
+            "                 ('repvgg_a0', {})):\n"
+            "    keras.utils.set_random_seed(0)\n"
+            "    model = models.create_model(name, num_classes=10, input_shape=(32, 32, 3), **kw)\n"
+            "    randomize_norms(model)\n"
+            "    merged = flatten_model(repq.reparametrize(model))\n"
+            "    twin = tfmot8.build_tf_keras_model(merged, tf_keras)\n"
+            "    ref, got = np.asarray(merged(x)), twin(x).numpy()\n"
+            "    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max(), (name, np.abs(got - ref).max())\n"
+            "print('ok')\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]
+
+
 def test_tfmot8_calibrates_activation_ranges_before_qat():
     """tfmot starts every activation range at [-6, 6], which clips a conv on [0, 255] inputs.
     calibrate_ranges sets each range to the mean of its batch ranges (checked against the float conv's

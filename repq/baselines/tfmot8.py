@@ -62,6 +62,7 @@ def _translate(layer, tf_keras):
     import keras
 
     from repq.layers import PaddedConv2D, PixelShuffleResidual
+    from repq.models.resnet import PaddedMaxPool
 
     name = layer.name
     if isinstance(layer, keras.layers.InputLayer):
@@ -87,6 +88,11 @@ def _translate(layer, tf_keras):
         return [tf_keras.layers.Add(name=name)]
     if type(layer) is keras.layers.GlobalAveragePooling2D:
         return [tf_keras.layers.GlobalAveragePooling2D(name=name)]
+    if isinstance(layer, PaddedMaxPool):  # the ResNets' imagenet stem: symmetric zero padding 1, then valid
+        return [tf_keras.layers.ZeroPadding2D(1, name=f"{name}_pad"),
+                tf_keras.layers.MaxPooling2D(layer.pool_size, layer.strides, "valid", name=name)]
+    if type(layer) is keras.layers.MaxPooling2D:
+        return [tf_keras.layers.MaxPooling2D(layer.pool_size, layer.strides, layer.padding, name=name)]
     raise ValueError(f"tfmot8: no tf_keras translation for layer {name!r} ({type(layer).__name__}).")
 
 
