@@ -200,7 +200,10 @@ def integer_cell(row):
 
 def markdown(rows, claim_rows, info):
     pm = lambda m, s: f"{m:.2f} ± {s:.2f}"  # noqa: E731
-    lines = [markdown_header(info), "| model | method | metric | seeds | FP | quantized | quantized − FP | "
+    lines = [markdown_header(info), "The command above wrote this file; rows it did not run are kept from earlier "
+             "commands (their `commits` column says when they ran; every run's train.py command and commit are in "
+             "qat_results.json's `runs`).", "",
+             "| model | method | metric | seeds | FP | quantized | quantized − FP | "
              "deploy == QAT | integer == QAT | wall (s/run) | commits |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         q = pm(r["q_mean"], r["q_std"]) if "q_mean" in r else "-"
