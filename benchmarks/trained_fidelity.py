@@ -45,7 +45,10 @@ def parse_args(argv=None):
                    help="benchmarks/qat_results.py's --runs_dir")
     p.add_argument("--num_eval", type=int, default=1000, help="test images per export (export.py --num_eval)")
     p.add_argument("--results_dir", default=RESULTS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.num_eval < 1:
+        p.error(f"--num_eval={args.num_eval} must be >= 1.")
+    return args
 
 
 def find_runs(args):

@@ -33,6 +33,12 @@ def test_models_without_finished_runs_are_named_with_the_command_that_trains_the
     assert "ac_resnet18" in str(stop.value) and "benchmarks/qat_results.py --models ac_resnet18" in str(stop.value)
 
 
+def test_a_bad_num_eval_is_refused_before_anything_runs(capsys):
+    with pytest.raises(SystemExit) as stop:
+        trained_fidelity.parse_args(["--num_eval", "0"])
+    assert stop.value.code == 2 and "--num_eval=0 must be >= 1" in capsys.readouterr().err
+
+
 def test_rows_aggregate_the_seeds_and_other_models_rows_are_kept(tmp_path, monkeypatch):
     runs, results = tmp_path / "runs", tmp_path / "results"
     results.mkdir()
