@@ -79,6 +79,12 @@ def test_tfmot8_follows_the_recipe_schedule_and_regularisers(tmp_path):
     assert 0.0 <= json.loads(out.read_text())["top1"] <= 100.0
 
 
+def _run_ok(code, timeout=300):
+    """Run ``code`` in a fresh Python (tf_keras/tfmot switch a process to legacy Keras); it must print 'ok'."""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]
+
+
 def test_tfmot8_twin_of_every_merged_zoo_classifier_computes_the_same():
     """The tf_keras twin the tfmot baseline quantizes, built from each merged zoo classifier in the
     recipes' layouts (AC-/OREPA-ResNet-18 with the imagenet stem and its padded max pool, RepVGG-A0),
@@ -99,8 +105,7 @@ def test_tfmot8_twin_of_every_merged_zoo_classifier_computes_the_same():
             "    ref, got = np.asarray(merged(x)), twin(x).numpy()\n"
             "    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max(), (name, np.abs(got - ref).max())\n"
             "print('ok')\n")
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]
+    _run_ok(code, timeout=600)
 
 
 def test_tfmot8_calibrates_activation_ranges_before_qat():
@@ -127,8 +132,7 @@ def test_tfmot8_calibrates_activation_ranges_before_qat():
             "after = error(q)\n"
             "assert after * 50 < before, (before, after)\n"
             "print('ok', before, after)\n")
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]
+    _run_ok(code)
 
 
 def test_tfmot8_command_carries_the_recipe():
