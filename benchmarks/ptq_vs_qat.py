@@ -28,6 +28,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks.checks import missing_fp_checkpoint  # noqa: E402
 from benchmarks.provenance import markdown_header, provenance, repo_relative  # noqa: E402
 from benchmarks.seed_stats import beyond_noise, sample_std  # noqa: E402
 from repq.training.artifacts import atomic_write, write_json, write_text  # noqa: E402
@@ -321,9 +322,9 @@ def plot_curves(args, runs, path):
 
 def main(argv=None):
     args = parse_args(argv)
-    if not os.path.isfile(args.fp_checkpoint):
-        sys.exit(f"ptq_vs_qat.py: error: --fp_checkpoint {args.fp_checkpoint!r} does not exist; train one with "
-                 f"`python train.py --model {args.model} --method fp`.")
+    missing = missing_fp_checkpoint(args.fp_checkpoint, args.model)
+    if missing:
+        sys.exit(f"ptq_vs_qat.py: error: {missing}")
     info = provenance()
     base = os.path.join(args.results_dir, args.name or f"ptq_vs_qat_{args.model}")
     runs = []

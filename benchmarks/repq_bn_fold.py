@@ -25,6 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 sys.path.insert(0, ROOT)
 
+from benchmarks.checks import missing_fp_checkpoint  # noqa: E402
 from benchmarks.provenance import markdown_header, provenance, repo_relative  # noqa: E402
 
 
@@ -37,9 +38,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--results_dir", default=RESULTS)
     args = p.parse_args(argv)
-    if not os.path.isfile(args.fp_checkpoint):
-        p.error(f"--fp_checkpoint {args.fp_checkpoint!r} does not exist; train one with "
-                f"`python train.py --model {args.model} --method fp`.")
+    missing = missing_fp_checkpoint(args.fp_checkpoint, args.model)
+    if missing:
+        p.error(missing)
     try:
         args.bits = [tuple(int(b) for b in pair.split("/")) for pair in args.bits]
     except ValueError:

@@ -24,6 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 sys.path.insert(0, ROOT)
 
+from benchmarks.checks import missing_fp_checkpoint  # noqa: E402
 from benchmarks.provenance import markdown_header, provenance, repo_relative  # noqa: E402
 
 SETTINGS = (("tfmot's start, [-6, 6]", 0), ("calibrated on 8 batches", 8))
@@ -84,9 +85,9 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results_dir", default=RESULTS)
     args = parser.parse_args(argv)
-    if not os.path.isfile(args.fp_checkpoint):
-        sys.exit(f"tfmot_ranges.py: error: --fp_checkpoint {args.fp_checkpoint!r} does not exist; train one with "
-                 f"`python train.py --model {args.model} --method fp`.")
+    missing = missing_fp_checkpoint(args.fp_checkpoint, args.model)
+    if missing:
+        sys.exit(f"tfmot_ranges.py: error: {missing}")
     from repq.training.artifacts import write_json, write_text
 
     info = provenance(argv and [sys.argv[0], *argv])

@@ -174,17 +174,19 @@ def main(argv=None):
         print(f"[{i + 1}/{len(runs)}] {model} {row} seed {seed}", flush=True)
         measured.append(dict(model=model, row=row, seed=seed, run=repo_relative(run_dir),
                              report=export_report(run_dir, args.num_eval)))
-    rows = [dict(summarize(model, row, [m for m in measured if (m["model"], m["row"]) == (model, row)]),
-                 commit=info["commit"])
-            for model in args.models for row in args.rows
-            if any((m["model"], m["row"]) == (model, row) for m in measured)]
+    by_row = {}  # (model, row) -> its seeds' runs, in --models / --rows order
+    for m in measured:
+        by_row.setdefault((m["model"], m["row"]), []).append(m)
     base = os.path.join(args.results_dir, ARTIFACT)
-    kept_rows, kept_runs = earlier(base + ".json", {(r["model"], r["row"]) for r in rows})
-    write_json(base + ".json", dict(provenance=info, args=repo_relative(vars(args)), rows=kept_rows + rows,
+    kept_rows, kept_runs = earlier(base + ".json", set(by_row))
+    rows = kept_rows + [dict(summarize(model, row, seeds), commit=info["commit"])
+                        for (model, row), seeds in by_row.items()]
+    write_json(base + ".json", dict(provenance=info, args=repo_relative(vars(args)), rows=rows,
                                     runs=kept_runs + measured))
-    write_text(base + ".md", markdown(info, kept_rows + rows))
-    plot(kept_rows + rows, base + ".png")
-    print(markdown(info, kept_rows + rows))
+    table = markdown(info, rows)
+    write_text(base + ".md", table)
+    plot(rows, base + ".png")
+    print(table)
     return 0
 
 
