@@ -6,7 +6,7 @@ FP model (the other BNEst rows start from that one). Each row is reported as mea
 8-bit within 0.3 pt of FP, 4-bit within 1 pt, RepQ >= merged LSQ, RepQ-BNEst >= merged LSQ
 ("beyond noise": the difference of the means exceeds twice its standard error).
 
-  python benchmarks/qat_results.py --models repvgg_a0 --seeds 0 1 2 [--tfmot8] [--low_bits] [--freeze_ablation]
+  python benchmarks/qat_results.py --models repvgg_a0 --seeds 0 1 2 [--tfmot8] [--low_bits] [--freeze_ablation] [--bn_variance_floor]
   python benchmarks/qat_results.py --models repvgg_a0 --rows "Merged 8-bit (tfmot) W8A8"   # add one row
 
 Writes benchmarks/results/qat_results.{json,md} (rows of other models, and with ``--rows`` the other
@@ -14,6 +14,9 @@ rows of these models, are kept from the earlier table), with the commit and the 
 records its own commit (the table's "commits" column); per-run artefacts stay under --runs_dir.
 The command resumes: a run whose run dir holds its record (``qat_results_run.json``, written when it
 finished) from the same command and the same FP checkpoint is read, not rerun (``--rerun`` runs it again).
+A seed whose rows are all in the committed table, by the same commands, but whose run dirs are not on this
+machine is kept from the table as it is: commit the table after each seed, and a table too long for one
+machine's session (OREPA-ResNet-18) grows seed by seed.
 """
 
 import argparse
@@ -53,8 +56,14 @@ BNEST_FP_ROW = "RepQ-BNEst W4A4"  # trains the BNEst FP model of its seed
 LOW_BITS = [("RepQ W3A3", ["--method=repq", "--bits=3"]), ("Merged LSQ W3A3", ["--method=merged_lsq", "--bits=3"]),
             ("RepQ W2A4", ["--method=repq", "--weight_bits=2", "--act_bits=4"]),
             ("Merged LSQ W2A4", ["--method=merged_lsq", "--weight_bits=2", "--act_bits=4"])]
+# RepQ-BN with the BN variance floor (train.py --bn_variance_floor): the remedy for the batch-statistics
+# start below 4 bits (docs/training.md, "RepQ-BN below 4 bits"); models with BN only.
+BN_VARIANCE_FLOOR = [("RepQ W4A4 (BN variance floor)", ["--method=repq", "--bits=4", "--bn_variance_floor"])]
+BN_VARIANCE_FLOOR_LOW_BITS = [
+    ("RepQ W3A3 (BN variance floor)", ["--method=repq", "--bits=3", "--bn_variance_floor"]),
+    ("RepQ W2A4 (BN variance floor)", ["--method=repq", "--weight_bits=2", "--act_bits=4", "--bn_variance_floor"])]
 
-ALL_ROWS = ROWS + FREEZE_ABLATION + TFMOT8 + LOW_BITS  # the table's order
+ALL_ROWS = ROWS + FREEZE_ABLATION + TFMOT8 + LOW_BITS + BN_VARIANCE_FLOOR + BN_VARIANCE_FLOOR_LOW_BITS  # table order
 RUN_RECORD = "qat_results_run.json"  # in each run dir: the finished run as the table records it
 
 
@@ -176,6 +185,9 @@ def claims(rows):
                                 detail=f"drop {r['drop_mean']:+.2f} +- {r['drop_std']:.2f} {unit}"))
         comparisons = [(label, label.replace("RepQ-BNEst", "RepQ").replace("RepQ", "Merged LSQ"), label)
                        for label in ("RepQ W4A4", "RepQ-BNEst W4A4", "RepQ W3A3", "RepQ W2A4")]
+        for bits in ("W4A4", "W3A3", "W2A4"):
+            floor = f"RepQ {bits} (BN variance floor)"
+            comparisons += [(floor, f"Merged LSQ {bits}", floor), (floor, f"RepQ {bits}", floor)]
         comparisons += [(BNEST_FP_ROW, BNEST_UNFROZEN_ROW, f"{BNEST_FP_ROW} (BN frozen after 1 QAT epoch)"),
                         (REPQ_BN_FROZEN_ROW, "RepQ W4A4", REPQ_BN_FROZEN_ROW)]
         for label, base, name in comparisons:
@@ -226,6 +238,23 @@ def load_runs():
     return data.get("runs", []) if isinstance(data, dict) else []  # a list: the single-seed format, superseded
 
 
+def finished_seed(earlier, model, rows, seed, runs_dir):
+    """The earlier table's runs of every row in ``rows`` for ``model`` and ``seed``, made by the same
+    train.py commands, whose run dirs are gone (another machine); else None.
+
+    A seed is kept whole or not at all: its rows start from one FP model, and a row missing from the
+    table would need that FP checkpoint, so the seed's runs go through ``run_or_reuse`` instead."""
+    found = []
+    for label, flags in rows:
+        out, cmd = train_command(model, label, flags, seed, runs_dir)
+        match = [r for r in earlier if r["model"] == model and r["label"] == label and r["seed"] == seed
+                 and r.get("command") == shown_command(cmd)]
+        if not match or os.path.isfile(os.path.join(out, RUN_RECORD)):
+            return None
+        found.append(match[-1])
+    return found
+
+
 def check_fp_checkpoints(model, rows, args):
     """Exit with an error unless every seed's FP checkpoint that ``rows`` start from is in --runs_dir
     or made by one of ``rows`` (the FP row, the RepQ-BNEst row)."""
@@ -246,6 +275,8 @@ def main(argv=None):
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     parser.add_argument("--tfmot8", action="store_true", help="also the tfmot 8-bit baseline")
     parser.add_argument("--low_bits", action="store_true", help="also W3A3 and W2A4 rows")
+    parser.add_argument("--bn_variance_floor", action="store_true",
+                        help="also RepQ W4A4 with --bn_variance_floor (and W3A3, W2A4 with --low_bits); models with BN")
     parser.add_argument("--freeze_ablation", action="store_true",
                         help="also RepQ-BNEst W4A4 with batch statistics throughout (--freeze_bn_after=never) "
                         "and RepQ W4A4 with the BN statistics frozen after 1 QAT epoch (--freeze_bn_after=1)")
@@ -256,7 +287,8 @@ def main(argv=None):
                         help="run every row again, even where --runs_dir holds its finished run (default: reuse it)")
     args = parser.parse_args(argv)
     info = provenance()
-    runs = [r for r in load_runs() if r["model"] not in args.models or (args.rows and r["label"] not in args.rows)]
+    earlier = load_runs()
+    runs = [r for r in earlier if r["model"] not in args.models or (args.rows and r["label"] not in args.rows)]
     for model in args.models:
         if args.rows:
             rows = [r for r in ALL_ROWS if r[0] in args.rows]
@@ -264,8 +296,17 @@ def main(argv=None):
         else:
             rows = [r for r in ROWS if not (model.startswith("ecbsr") and "--bnest" in r[1])]
             rows += (TFMOT8 if args.tfmot8 else []) + (LOW_BITS if args.low_bits else [])
-            rows += FREEZE_ABLATION if args.freeze_ablation and not model.startswith("ecbsr") else []
+            if not model.startswith("ecbsr"):  # ECBSR has no BN
+                rows += FREEZE_ABLATION if args.freeze_ablation else []
+                if args.bn_variance_floor:
+                    rows += BN_VARIANCE_FLOOR + (BN_VARIANCE_FLOOR_LOW_BITS if args.low_bits else [])
         for seed in args.seeds:
+            finished = None if args.rerun else finished_seed(earlier, model, rows, seed, os.path.abspath(args.runs_dir))
+            if finished is not None:
+                print(f"qat_results.py: {model}, seed {seed}: every row is in the earlier table "
+                      f"(benchmarks/results/qat_results.json); kept (--rerun runs them again)", flush=True)
+                runs += finished
+                continue
             for label, flags in rows:
                 runs.append(run_or_reuse(model, label, flags, seed, os.path.abspath(args.runs_dir), info, args.rerun))
             write_results(runs, info)  # after every seed: an interrupted run keeps the seeds it finished

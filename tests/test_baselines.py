@@ -173,6 +173,38 @@ def test_qat_results_adds_one_row_from_existing_fp_checkpoints(tmp_path):
     assert row["integer_qat_max_abs_diff"] == pytest.approx(0.1) and qat_results.integer_cell(row) == "False (max 0.100)"
 
 
+def test_qat_results_keeps_a_finished_seed_from_the_committed_table_on_a_new_machine(tmp_path, monkeypatch):
+    """A seed whose rows are all in qat_results.json (same commands) but whose run dirs are gone is kept,
+    not retrained; a seed missing one row runs every row again (one FP model per seed)."""
+    import shutil
+    from benchmarks import qat_results
+
+    monkeypatch.setattr(qat_results, "RESULTS", str(tmp_path))
+    done = []
+    monkeypatch.setattr(qat_results, "run", lambda model, label, flags, seed, runs_dir: done.append((label, seed)) or
+                        dict(model=model, label=label, metric="top1", seed=seed, wall_s=2.0,
+                             metrics={"fp": 98.0, "qat": 97.0 + seed}))
+    runs_dir = tmp_path / "runs"
+    argv = ["--models", "ac_resnet18", "--seeds", "0", "1", "--low_bits", "--bn_variance_floor",
+            "--runs_dir", str(runs_dir)]
+    qat_results.main(argv)
+    labels = [label for label, seed in done if seed == 0]
+    assert labels[-3:] == ["RepQ W4A4 (BN variance floor)", "RepQ W3A3 (BN variance floor)",
+                           "RepQ W2A4 (BN variance floor)"]
+    table = json.loads((tmp_path / "qat_results.json").read_text())
+    shutil.rmtree(runs_dir)  # a new machine: the committed table only
+    table["runs"] = [r for r in table["runs"] if not (r["seed"] == 1 and r["label"] == "RepQ W2A4")]
+    (tmp_path / "qat_results.json").write_text(json.dumps(table))
+    done.clear()
+    qat_results.main(argv)
+    assert {seed for _, seed in done} == {1} and [label for label, _ in done] == labels  # seed 0 kept whole
+    rows = {r["label"]: r for r in json.loads((tmp_path / "qat_results.json").read_text())["rows"]}
+    assert rows["RepQ W2A4"]["seeds"] == [0, 1] and rows["RepQ W2A4 (BN variance floor)"]["q"] == [97.0, 98.0]
+    done.clear()
+    qat_results.main([*argv, "--rerun"])
+    assert len(done) == 2 * len(labels)
+
+
 def test_qat_results_bnest_rows_share_the_bnest_fp_model(tmp_path, monkeypatch):
     """The RepQ-BNEst row trains its seed's BNEst FP model; the freeze ablation row starts from it."""
     from benchmarks import qat_results

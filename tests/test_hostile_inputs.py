@@ -59,6 +59,7 @@ def assert_one_line_error(err, *needles):
     (["--epochs=-1"], "--epochs=-1 must be >= 0"),
     (["--freeze_bn_after=soon"], "--freeze_bn_after=soon: give a number of QAT epochs >= 0, or 'never'"),
     (["--freeze_bn_after=-1"], "--freeze_bn_after=-1: give a number of QAT epochs >= 0, or 'never'"),
+    (["--method=merged_lsq", "--bn_variance_floor"], "--bn_variance_floor changes how RepQ folds its branch BNs"),
     (["--strategy=multi_worker"], "needs TF_CONFIG"),
     (["--dataset=nope"], "Unknown dataset 'nope'"),
     (["--act_bits=1"], "--act_bits=1: bit width"),

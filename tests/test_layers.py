@@ -152,6 +152,32 @@ def test_repq_bn_batch_statistics_fold_equals_batchnorm_training_forward():
     assert rel_max_error(reference, folded) < TOL
 
 
+def test_variance_floor_normalizes_each_branch_with_max_of_batch_and_moving_variance():
+    """``variance_floor=True`` equals each branch normalised (in NumPy, on its own output) with
+    max(batch variance, moving variance), and the moving variance moves towards that value."""
+    block = built_block(lambda: RepVGGBlock(8), 8)
+    rng = np.random.default_rng(11)
+    for norm in block.norms:  # half the channels above this batch's variance, half below
+        norm.moving_variance.assign(np.where(np.arange(8) % 2, 50.0, 1e-3).astype("float32"))
+    x = rng.normal(size=(4, 6, 6, 8)).astype("float32")
+    moving_before = [ops.convert_to_numpy(n.moving_variance) for n in block.norms]
+    expected, used = 0.0, []
+    for out, norm, moving in zip(block.branch_outputs(x), block.norms, moving_before):
+        out = ops.convert_to_numpy(out).astype("float64")
+        batch_var = out.var(axis=(0, 1, 2))
+        assert np.any(moving > batch_var) and np.any(moving < batch_var)  # the floor is active on some channels
+        var = np.maximum(batch_var, moving)
+        used.append(var)
+        gamma, beta = (ops.convert_to_numpy(v) for v in (norm.gamma, norm.beta))
+        expected = expected + gamma * (out - out.mean(axis=(0, 1, 2))) / np.sqrt(var + norm.epsilon) + beta
+    expected = np.maximum(expected, 0.0)  # the block's ReLU
+    kernel, bias = block.merged_kernel_and_bias(x, training=True, variance_floor=True)
+    folded = ops.convert_to_numpy(block.activate(block.convolve(x, kernel) + bias))
+    assert rel_max_error(expected, folded) < TOL
+    for norm, moving, var in zip(block.norms, moving_before, used):
+        np.testing.assert_allclose(ops.convert_to_numpy(norm.moving_variance), 0.9 * moving + 0.1 * var, rtol=1e-5)
+
+
 def test_bnest_matches_formula_and_true_statistics_on_large_maps():
     rng = np.random.default_rng(5)
     x = rng.normal(1.0, 2.0, size=(8, 64, 64, 6)).astype("float32")

@@ -139,6 +139,30 @@ def test_qat_model_keras_round_trip(tmp_path):
                                   np.asarray(keras.models.load_model(tmp_path / "deploy.keras")(x)))
 
 
+def test_bn_variance_floor_reaches_every_rep_block_and_survives_a_round_trip(tmp_path):
+    """quantize_model(bn_variance_floor=True): every QuantRepConv folds with max(batch, moving) variance in
+    training (RepConvBlock.merged_kernel_and_bias is tested against NumPy in test_layers), saved in .keras."""
+    model = small("repvgg_a0")
+    x = np.random.default_rng(0).normal(size=(4, *model.input_shape[1:])).astype("float32")
+    qat = quantize_model(model, 3, 3, bn_variance_floor=True)
+    blocks = [l for l in quantized_layers(qat) if isinstance(l, QuantRepConv)]
+    assert blocks and all(b.bn_variance_floor for b in blocks)
+    assert not any(b.bn_variance_floor for b in quantized_layers(quantize_model(model, 3, 3))
+                   if isinstance(b, QuantRepConv))  # default: RepQ-BN as specified
+    qat.save(tmp_path / "qat.keras")
+    loaded = keras.models.load_model(tmp_path / "qat.keras")
+    assert all(l.bn_variance_floor for l in quantized_layers(loaded) if isinstance(l, QuantRepConv))
+    np.testing.assert_array_equal(np.asarray(qat(x)), np.asarray(loaded(x)))
+    first = blocks[1]
+    for norm in first.layer.norms:  # a large moving variance: the floor decides the fold
+        if norm is not None:
+            norm.moving_variance.assign(np.full(norm.moving_variance.shape, 1e3, "float32"))
+    inputs = np.random.default_rng(1).normal(size=(4, 8, 8, first.layer.in_channels)).astype("float32")
+    floor_kernel, _ = first.float_kernel_and_bias(inputs, training=True)
+    moving_kernel, _ = first.float_kernel_and_bias()
+    np.testing.assert_allclose(np.asarray(floor_kernel), np.asarray(moving_kernel), rtol=1e-4, atol=1e-7)
+
+
 def test_merged_lsq_baseline_wraps_plain_convs():
     fp = small("repvgg_a0")
     fp(np.zeros((2, 32, 32, 3), "float32"), training=True)

@@ -45,6 +45,9 @@ flags.DEFINE_integer("fp_epochs", None, "FP epochs (overrides the recipe, and it
 flags.DEFINE_integer("batch_size", None, "Batch size (overrides the recipe).")
 flags.DEFINE_string("freeze_bn_after", None, "RepQ QAT: epochs after which the BN statistics are frozen (overrides the "
                     "recipe's freeze_bn_after / bnest_freeze_bn_after); 'never': batch statistics throughout (Table S1).")
+flags.DEFINE_bool("bn_variance_floor", None, "RepQ QAT: fold each branch BN with max(batch, moving) variance in "
+                  "training (overrides the recipe's bn_variance_floor; default off, RepQ-BN as specified). Keeps "
+                  "the folded kernels on the weight grid below 4 bits; see docs/training.md.")
 flags.DEFINE_string("ptq_init", None, "With --method=merged_lsq: start QAT from a PTQ result of this method "
                     "(repq.ptq.METHODS, e.g. qdrop) instead of the FP weights.")
 flags.DEFINE_integer("ptq_iters", 100, "Reconstruction steps per unit for --ptq_init.")
@@ -110,6 +113,9 @@ def check_flags():
         if value is not None and value < (0 if name.endswith("epochs") else 1):
             raise UsageError(f"--{name}={value} must be {'>= 0' if name.endswith('epochs') else '>= 1'}.")
     freeze_bn_override()  # a bad --freeze_bn_after is a usage error before any work
+    if FLAGS.bn_variance_floor and FLAGS.method != "repq":
+        raise UsageError(f"--bn_variance_floor changes how RepQ folds its branch BNs; it does not apply to "
+                         f"--method={FLAGS.method}. Use it with --method=repq.")
     if FLAGS.ptq_init is not None:
         from repq.ptq import METHODS as PTQ_METHODS
         if FLAGS.ptq_init not in PTQ_METHODS:
@@ -152,6 +158,8 @@ def load_recipe():
     given, freeze_after = freeze_bn_override()
     if given:
         recipe.freeze_bn_after = freeze_after
+    if FLAGS.bn_variance_floor is not None:
+        recipe.bn_variance_floor = FLAGS.bn_variance_floor
     if FLAGS.fp_epochs is not None:
         recipe.fp_epochs = FLAGS.fp_epochs
     if FLAGS.batch_size is not None:
@@ -495,7 +503,8 @@ def run(w_bits, a_bits):
             with strategy.scope():
                 if FLAGS.method == "repq":
                     qat = quantize_model(fp_model, w_bits, a_bits, bn="bnest" if FLAGS.bnest else "repq",
-                                         config=quantize_config(recipe, fp_model))
+                                         config=quantize_config(recipe, fp_model),
+                                         bn_variance_floor=recipe.get("bn_variance_floor", False))
                 elif FLAGS.ptq_init:
                     qat = ptq_initialised(fp_model, make_train(shard=False), w_bits, a_bits, score, results)
                 else:

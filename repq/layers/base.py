@@ -143,7 +143,7 @@ class RepConvBlock(keras.layers.Layer):
         return y
 
     # ----------------------------------------------------------------- merge
-    def merged_kernel_and_bias(self, inputs=None, training=False):
+    def merged_kernel_and_bias(self, inputs=None, training=False, variance_floor=False):
         """One conv kernel ``(k,k,in/g,out)`` and bias ``(out,)`` equal to the block.
 
         With ``training=False`` every norm is folded with its moving statistics,
@@ -153,6 +153,13 @@ class RepConvBlock(keras.layers.Layer):
         "bn"``, RepQ-BN) or estimated from the input (``"bnest"``), and the
         moving statistics are updated. Differentiable w.r.t. every branch
         variable.
+
+        ``variance_floor=True`` (training only) folds each branch with
+        ``max(batch variance, moving variance)`` per channel and updates the
+        moving variance with that value, so a batch whose signal shrank (low-bit
+        layers upstream) cannot scale the folded kernel above the moving-statistics
+        kernel the weight steps were calibrated on (docs/training.md, "RepQ-BN
+        below 4 bits"). The default is RepQ-BN as specified: the batch variance.
         """
         kernels = self.branch_kernels()
         batch_moments = [None] * len(kernels)
@@ -167,6 +174,8 @@ class RepConvBlock(keras.layers.Layer):
                     mean, var = norm.moving_mean, norm.moving_variance
                 else:
                     mean, var = moments
+                    if variance_floor:
+                        var = ops.maximum(var, ops.cast(norm.moving_variance, var.dtype))
                     update_moving_moments(norm, mean, var)
                 kernel, bias = fold_norm(kernel, bias, norm, mean, var)
             kernel_sum = kernel_sum + kernel

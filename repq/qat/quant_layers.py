@@ -117,8 +117,10 @@ class QuantRepConv(QuantWrapper):
     PReLU into the conv and holds that tensor in int8.
     """
 
-    def __init__(self, layer, weight_bits, act_bits=None, input_signed=True, **kwargs):
+    def __init__(self, layer, weight_bits, act_bits=None, input_signed=True, bn_variance_floor=False, **kwargs):
         super().__init__(layer, weight_bits, act_bits, input_signed, **kwargs)
+        # Training folds each branch BN with max(batch, moving) variance (RepConvBlock.merged_kernel_and_bias).
+        self.bn_variance_floor = bool(bn_variance_floor)
         self.preact_quantizer = (RangeFakeQuant(name="preact_quantizer")
                                  if getattr(layer, "activation", None) == "prelu" else None)
         # Set by repq.callbacks.FreezeNormStatistics: training folds the branch norms with their
@@ -132,7 +134,8 @@ class QuantRepConv(QuantWrapper):
             self.preact_quantizer.build(self.compute_output_shape(input_shape))
 
     def float_kernel_and_bias(self, inputs=None, training=False):
-        return self.layer.merged_kernel_and_bias(inputs, training=training and not self.norm_statistics_frozen)
+        return self.layer.merged_kernel_and_bias(inputs, training=training and not self.norm_statistics_frozen,
+                                                 variance_floor=self.bn_variance_floor)
 
     def call(self, inputs, training=False):
         x = self.quantize_input(inputs, training)
@@ -150,6 +153,11 @@ class QuantRepConv(QuantWrapper):
         if self.preact_quantizer is None:
             return deployed
         return keras.Sequential([conv, copy_layer(self.preact_quantizer), deployed.layers[-1]], name=block.name)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(bn_variance_floor=self.bn_variance_floor)
+        return config
 
 
 @keras.saving.register_keras_serializable(package="repq")

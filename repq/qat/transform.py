@@ -112,7 +112,7 @@ def _layer_choices(model, config, folded=()):
 
 
 def quantize_model(model, weight_bits=4, act_bits=4, bn="repq", keep_bn=None, rule=None,
-                   range_quantizers=True, config=None):
+                   range_quantizers=True, config=None, bn_variance_floor=False):
     """Return a trainable QAT copy of ``model`` (RepQ).
 
     Every rep block becomes a :class:`QuantRepConv` (merged kernel -> LSQ
@@ -141,6 +141,10 @@ def quantize_model(model, weight_bits=4, act_bits=4, bn="repq", keep_bn=None, ru
         "exclude": [pattern, ...]}``): per-layer bit widths, which override the rule and
         :func:`repq.quantize_annotate_layer`, and layers left float. A pattern matching no layer
         is a ValueError.
+      bn_variance_floor: in training, fold each branch BN with ``max(batch variance, moving
+        variance)`` instead of the batch variance (and update the moving variance with it): keeps
+        the folded kernels on the weight grid below 4 bits in deep BN nets, where RepQ-BN as
+        specified (False, the default) can start at chance (docs/training.md, "RepQ-BN below 4 bits").
     """
     from repq.checks import check_built_model, check_not_quantized
     from repq.models import model_defaults
@@ -193,7 +197,7 @@ def quantize_model(model, weight_bits=4, act_bits=4, bn="repq", keep_bn=None, ru
                 inner.norm_mode = "bnest"
             elif bn == "repq":
                 inner.norm_mode = "bn"
-            return QuantRepConv(inner, w_bits, a_bits, signed, name=layer.name)
+            return QuantRepConv(inner, w_bits, a_bits, signed, bn_variance_floor=bn_variance_floor, name=layer.name)
         wrapper = QuantDense if isinstance(layer, keras.layers.Dense) else QuantConv2D
         return wrapper(inner, w_bits, a_bits, signed, name=layer.name)
 
