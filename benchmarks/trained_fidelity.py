@@ -12,8 +12,9 @@ every test image), and the QAT model computed in integers (``repq.integer_predic
 XNNPACK model. Differences are in output quantization steps.
 
 Writes benchmarks/results/trained_fidelity.{json,md,png} with the commit and the command; the rows
-this call does not measure (other models, other --rows) are kept from the earlier artefact (each
-row names its commit).
+this call does not measure (other models, other --rows) are kept from the earlier artefact, and so are
+the earlier runs of --seeds whose run dirs are not on this machine (a table that grows seed by seed,
+as qat_results.py's does); each row names the commits of its runs.
 """
 
 import argparse
@@ -139,7 +140,7 @@ def markdown(info, rows):
             f"| {r['integer_max_steps']:.0f} / {100 * r['integer_bit_exact_min']:.2f} % "
             f"| {r['builtin_tflite']:.2f} {r['unit']}{builtin_agree}, {r['builtin_max_steps']:.0f} / "
             f"{r['builtin_mean_steps']:.2f} | {r['integer_graph']} | {r['size_bytes'] / 1e6:.2f} MB "
-            f"| {r['wall_s']:.0f} | {(r.get('commit') or '?')[:7]} |")
+            f"| {r['wall_s']:.0f} | {', '.join(c[:7] for c in (r.get('commit') or '?').split(', '))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -149,15 +150,19 @@ def plot(rows, path):
     fidelity_bars(rows, path, labels=[f"{r['model']}\n{r['row']}" for r in rows])
 
 
-def earlier(path, measured):
-    """``(rows, runs)`` of the artefact at ``path`` (none if there is none) whose ``(model, row)`` is not
-    in ``measured``: what this call did not measure again stays."""
+def earlier(path, measured_rows, measured_runs, seeds):
+    """``(rows, runs)`` of the artefact at ``path`` (none if there is none) that this call keeps: the rows and
+    runs of every ``(model, row)`` not in ``measured_rows``, and of those measured, the runs of ``seeds`` not in
+    ``measured_runs`` (``(model, row, seed)``: run dirs on another machine), each run with its commit."""
     if not os.path.isfile(path):
         return [], []
     with open(path) as f:
         record = json.load(f)
-    return ([r for r in record["rows"] if (r["model"], r["row"]) not in measured],
-            [r for r in record["runs"] if (r["model"], r["row"]) not in measured])
+    commits = {(r["model"], r["row"]): r.get("commit") for r in record["rows"]}
+    runs = [dict(r, commit=r.get("commit") or commits.get((r["model"], r["row"]))) for r in record["runs"]
+            if (r["model"], r["row"]) not in measured_rows
+            or (r["seed"] in seeds and (r["model"], r["row"], r["seed"]) not in measured_runs)]
+    return [r for r in record["rows"] if (r["model"], r["row"]) not in measured_rows], runs
 
 
 def main(argv=None):
@@ -172,15 +177,18 @@ def main(argv=None):
     measured = []
     for i, (model, row, seed, run_dir) in enumerate(runs):
         print(f"[{i + 1}/{len(runs)}] {model} {row} seed {seed}", flush=True)
-        measured.append(dict(model=model, row=row, seed=seed, run=repo_relative(run_dir),
+        measured.append(dict(model=model, row=row, seed=seed, run=repo_relative(run_dir), commit=info["commit"],
                              report=export_report(run_dir, args.num_eval)))
-    by_row = {}  # (model, row) -> its seeds' runs, in --models / --rows order
-    for m in measured:
-        by_row.setdefault((m["model"], m["row"]), []).append(m)
     base = os.path.join(args.results_dir, ARTIFACT)
-    kept_rows, kept_runs = earlier(base + ".json", set(by_row))
-    rows = kept_rows + [dict(summarize(model, row, seeds), commit=info["commit"])
-                        for (model, row), seeds in by_row.items()]
+    measured_rows = {(m["model"], m["row"]) for m in measured}
+    kept_rows, kept_runs = earlier(base + ".json", measured_rows,
+                                   {(m["model"], m["row"], m["seed"]) for m in measured}, set(args.seeds))
+    by_row = {}  # (model, row) -> its seeds' runs (kept and measured), in --models / --rows order
+    for m in measured + [r for r in kept_runs if (r["model"], r["row"]) in measured_rows]:
+        by_row.setdefault((m["model"], m["row"]), []).append(m)
+    rows = kept_rows + [dict(summarize(model, row, sorted(runs, key=lambda r: r["seed"])),
+                             commit=", ".join(sorted({(r.get("commit") or "?")[:7] for r in runs})))
+                        for (model, row), runs in by_row.items()]
     write_json(base + ".json", dict(provenance=info, args=repo_relative(vars(args)), rows=rows,
                                     runs=kept_runs + measured))
     table = markdown(info, rows)

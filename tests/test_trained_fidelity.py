@@ -82,7 +82,29 @@ def test_rows_aggregate_the_seeds_and_other_models_rows_are_kept(tmp_path, monke
     assert row["integer_bit_exact_min"] == 0.999 and row["integer_graph"] is True
     assert row["xnnpack_mean_steps"] == pytest.approx(0.4) and row["builtin_mean_steps"] == pytest.approx(1.2)
     assert row["wall_s"] == pytest.approx(40.0)
-    assert row["commit"] == record["provenance"]["commit"]
+    assert row["commit"] == record["provenance"]["commit"][:7]
+
+
+def test_runs_of_asked_seeds_whose_run_dirs_are_gone_are_kept_in_their_row(tmp_path, monkeypatch):
+    """Seed 0 exported in an earlier session (its run dir is not here), seed 1 now: the row covers both, and
+    names both commits; a seed not asked for (--seeds) is dropped."""
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    results.mkdir()
+    _finished_run(runs, "ac_resnet18_s1_repq_w4a4")
+    monkeypatch.setattr(trained_fidelity, "export_report", lambda run_dir, num_eval: _report(0.97, 0.97, 1.0, 2.0, 0.99))
+    earlier = dict(provenance={}, rows=[dict(model="ac_resnet18", row="RepQ W4A4", commit="1111111aaaa")],
+                   runs=[dict(model="ac_resnet18", row="RepQ W4A4", seed=s, report=_report(0.99, 0.99, 1.0, 4.0, 0.98))
+                         for s in (0, 7)])
+    (results / "trained_fidelity.json").write_text(json.dumps(earlier))
+    monkeypatch.setattr(trained_fidelity, "markdown", lambda info, rows: "table\n")
+    monkeypatch.setattr(trained_fidelity, "plot", lambda rows, path: None)
+    trained_fidelity.main(["--models", "ac_resnet18", "--rows", "RepQ W4A4", "--seeds", "0", "1", "2",
+                           "--runs_dir", str(runs), "--results_dir", str(results)])
+    record = json.loads((results / "trained_fidelity.json").read_text())
+    (row,) = record["rows"]
+    assert row["seeds"] == [0, 1] and row["keras"] == pytest.approx(98.0) and row["xnnpack_max_steps"] == 4.0
+    assert row["commit"] == ", ".join(sorted(["1111111", record["provenance"]["commit"][:7]]))
+    assert sorted(r["seed"] for r in record["runs"]) == [0, 1]
 
 
 def _sr(report, keras_psnr, tflite_psnr):
