@@ -9,13 +9,13 @@ FP model (the other BNEst rows start from that one). Each row is reported as mea
   python benchmarks/qat_results.py --models repvgg_a0 --seeds 0 1 2 [--tfmot8] [--low_bits] [--freeze_ablation] [--bn_variance_floor]
   python benchmarks/qat_results.py --models repvgg_a0 --rows "Merged 8-bit (tfmot) W8A8"   # add one row
 
-Writes benchmarks/results/qat_results.{json,md} (rows of other models, and with ``--rows`` the other
-rows of these models, are kept from the earlier table), with the commit and the command; each run
+Writes benchmarks/results/qat_results.{json,md} (rows of other models, runs of seeds not in --seeds, and
+with ``--rows`` the other rows of these models, are kept from the earlier table), with the commit and the command; each run
 records its own commit (the table's "commits" column); per-run artefacts stay under --runs_dir.
 The command resumes: a run whose run dir holds its record (``qat_results_run.json``, written when it
 finished) from the same command and the same FP checkpoint is read, not rerun (``--rerun`` runs it again).
-A seed whose rows are all in the committed table, by the same commands, but whose run dirs are not on this
-machine is kept from the table as it is: commit the table after each seed, and a table too long for one
+A seed whose rows are all in the committed table, by the same commands, but whose run records are not on
+this machine is kept from the table as it is: commit the table after each seed, and a table too long for one
 machine's session (OREPA-ResNet-18) grows seed by seed.
 """
 
@@ -177,7 +177,8 @@ def claims(rows):
         by = {r["label"]: r for r in rows if r["model"] == model}
         metric = by.get("FP", {}).get("metric", "top1")
         unit = "pt" if metric == "top1" else "dB"
-        for label, bits in (("RepQ W8A8", 8), ("RepQ W4A4", 4), ("RepQ-BNEst W4A4", 4), (REPQ_BN_FROZEN_ROW, 4)):
+        for label, bits in (("RepQ W8A8", 8), ("RepQ W4A4", 4), ("RepQ-BNEst W4A4", 4), (REPQ_BN_FROZEN_ROW, 4),
+                            (BN_VARIANCE_FLOOR[0][0], 4)):
             if label in by and "q" in by[label]:
                 r, tol = by[label], tolerance(metric, bits)
                 out.append(dict(model=model, claim=f"{label} within {tol} {unit} of its FP",
@@ -240,19 +241,23 @@ def load_runs():
 
 def finished_seed(earlier, model, rows, seed, runs_dir):
     """The earlier table's runs of every row in ``rows`` for ``model`` and ``seed``, made by the same
-    train.py commands, whose run dirs are gone (another machine); else None.
+    train.py commands, where none of them has its run record (RUN_RECORD) in ``runs_dir`` (another
+    machine); else None, saying why when the table has some of them.
 
     A seed is kept whole or not at all: its rows start from one FP model, and a row missing from the
     table would need that FP checkpoint, so the seed's runs go through ``run_or_reuse`` instead."""
-    found = []
+    found, missing = [], []
     for label, flags in rows:
         out, cmd = train_command(model, label, flags, seed, runs_dir)
+        if os.path.isfile(os.path.join(out, RUN_RECORD)):
+            return None  # this machine has the seed's runs: run_or_reuse reads them
         match = [r for r in earlier if r["model"] == model and r["label"] == label and r["seed"] == seed
                  and r.get("command") == shown_command(cmd)]
-        if not match or os.path.isfile(os.path.join(out, RUN_RECORD)):
-            return None
-        found.append(match[-1])
-    return found
+        (found.append(match[-1]) if match else missing.append(label))
+    if missing and found:
+        print(f"qat_results.py: {model}, seed {seed}: the earlier table lacks {', '.join(missing)} (or has it from "
+              "another command); the seed is trained again, every row from one FP model", flush=True)
+    return None if missing else found
 
 
 def check_fp_checkpoints(model, rows, args):
@@ -288,7 +293,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     info = provenance()
     earlier = load_runs()
-    runs = [r for r in earlier if r["model"] not in args.models or (args.rows and r["label"] not in args.rows)]
+    # kept as they are: other models, other rows (--rows) and other seeds of these models
+    runs = [r for r in earlier if r["model"] not in args.models or (args.rows and r["label"] not in args.rows)
+            or r["seed"] not in args.seeds]
     for model in args.models:
         if args.rows:
             rows = [r for r in ALL_ROWS if r[0] in args.rows]
@@ -317,7 +324,8 @@ def write_results(runs, info):
     """Summarize ``runs`` into qat_results.{json,md}; returns the Markdown."""
     order = [label for label, _ in ALL_ROWS]
     keys = sorted({(r["model"], r["label"]) for r in runs}, key=lambda key: (key[0], order.index(key[1])))
-    table = [summarize([r for r in runs if (r["model"], r["label"]) == key]) for key in keys]
+    table = [summarize(sorted([r for r in runs if (r["model"], r["label"]) == key], key=lambda r: r["seed"]))
+             for key in keys]
     claim_rows = claims(table)
     text = markdown(table, claim_rows, info)
     write_json(os.path.join(RESULTS, "qat_results.json"), dict(provenance=info, rows=table, claims=claim_rows, runs=runs))

@@ -1,7 +1,8 @@
 """RepQ-BN's folded kernels in training mode (batch statistics) against inference mode (moving ones), per layer.
 
     python benchmarks/repq_bn_fold.py --model ac_resnet18 \
-        --fp_checkpoint runs/qat_results/ac_resnet18_s0_fp/fp_model.keras [--bits 4/4 3/3 2/4] [--images 250]
+        --fp_checkpoint runs/qat_results/ac_resnet18_s0_fp/fp_model.keras [--bits 4/4 3/3 2/4] [--images 250] \
+        [--bn_variance_floor]
 
 RepQ-BN trains with every branch BatchNorm folded into the merged kernel on the *batch* statistics of
 the current (quantized) inputs; the weight steps are calibrated (``repq.qat.calibrate``) on the kernel
@@ -10,9 +11,10 @@ rows do (``quantize_model(bn="repq")`` with the recipe's config, ``calibrate`` o
 and runs ``--images`` test images once in each mode. Per quantized layer: the output's standard
 deviation and the folded kernel's max |W| in both modes (ratio training / inference), and the
 top-1 of each mode. Where a layer's ratio is large the training-mode kernel leaves the calibrated
-weight grid (clipped at ``qmax * step``).
+weight grid (clipped at ``qmax * step``). ``--bn_variance_floor`` quantizes with the BN variance floor
+(``quantize_model(bn_variance_floor=True)``: training folds with max(batch, moving) variance).
 
-Writes benchmarks/results/repq_bn_fold_<model>.{json,md} with the commit and the command.
+Writes benchmarks/results/repq_bn_fold_<model>[_bn_variance_floor].{json,md} with the commit and the command.
 """
 
 import argparse
@@ -36,6 +38,8 @@ def parse_args(argv=None):
     p.add_argument("--bits", nargs="+", default=["4/4", "3/3", "2/4"], help="weight/activation bits, e.g. 2/4")
     p.add_argument("--images", type=int, default=250, help="test images for the forward passes")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bn_variance_floor", action="store_true",
+                   help="quantize with quantize_model(bn_variance_floor=True) (train.py --bn_variance_floor)")
     p.add_argument("--results_dir", default=RESULTS)
     args = p.parse_args(argv)
     missing = missing_fp_checkpoint(args.fp_checkpoint, args.model)
@@ -78,7 +82,7 @@ def recording(layers):
                 layer.call = call
 
 
-def measure(fp_model, config, weight_bits, act_bits, calibration, images, labels, seed):
+def measure(fp_model, config, weight_bits, act_bits, calibration, images, labels, seed, bn_variance_floor=False):
     """One bit width -> ``{bits, top1_inference, top1_training, layers: [...]}``."""
     import keras
     import numpy as np
@@ -87,7 +91,7 @@ def measure(fp_model, config, weight_bits, act_bits, calibration, images, labels
     from repq.qat.transform import quantized_layers
 
     keras.utils.set_random_seed(seed)
-    qat = quantize_model(fp_model, weight_bits, act_bits, bn="repq", config=config)
+    qat = quantize_model(fp_model, weight_bits, act_bits, bn="repq", config=config, bn_variance_floor=bn_variance_floor)
     calibrate(qat, calibration)
     folded = [w for w in quantized_layers(qat) if hasattr(w, "float_kernel_and_bias")]
     top1 = {}
@@ -108,8 +112,9 @@ def measure(fp_model, config, weight_bits, act_bits, calibration, images, labels
 def markdown(info, args, runs):
     lines = [markdown_header(info),
              f"{args.model} from `{repo_relative(args.fp_checkpoint)}`, {args.images} test images, calibrated on one "
-             "training batch of the recipe's size. Ratios: training mode (BN folded on batch statistics) / "
-             "inference mode (moving statistics).", ""]
+             "training batch of the recipe's size. Ratios: training mode (BN folded on batch statistics"
+             + (", floored by the moving variance: --bn_variance_floor" if args.bn_variance_floor else "")
+             + ") / inference mode (moving statistics).", ""]
     for run in runs:
         lines += [f"### W{run['weight_bits']}A{run['act_bits']}: top-1 {run['top1_inference']:.1f} % in inference "
                   f"mode, {run['top1_training']:.1f} % in training mode", "",
@@ -145,11 +150,11 @@ def main(argv=None):
     runs = []
     for weight_bits, act_bits in args.bits:
         runs.append(measure(fp_model, train.quantize_config(recipe, fp_model), weight_bits, act_bits,
-                            calibration, images, np.asarray(labels), args.seed))
+                            calibration, images, np.asarray(labels), args.seed, args.bn_variance_floor))
         print(f"W{weight_bits}A{act_bits}: top-1 {runs[-1]['top1_inference']:.1f} % inference, "
               f"{runs[-1]['top1_training']:.1f} % training; largest kernel ratio "
               f"{max(r['kernel_ratio'] for r in runs[-1]['layers']):.1f}", flush=True)
-    base = os.path.join(args.results_dir, f"repq_bn_fold_{args.model}")
+    base = os.path.join(args.results_dir, f"repq_bn_fold_{args.model}" + ("_bn_variance_floor" if args.bn_variance_floor else ""))
     write_json(base + ".json", dict(provenance=info, args=repo_relative(vars(args)), runs=runs))
     write_text(base + ".md", markdown(info, args, runs))
     print(markdown(info, args, runs))

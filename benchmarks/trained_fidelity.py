@@ -13,8 +13,9 @@ XNNPACK model. Differences are in output quantization steps.
 
 Writes benchmarks/results/trained_fidelity.{json,md,png} with the commit and the command; the rows
 this call does not measure (other models, other --rows) are kept from the earlier artefact, and so are
-the earlier runs of --seeds whose run dirs are not on this machine (a table that grows seed by seed,
-as qat_results.py's does); each row names the commits of its runs.
+the earlier exports of --seeds whose run dirs are not on this machine, where they exported the run that
+qat_results.json holds for that seed (same commit): a table that grows seed by seed, as qat_results.py's
+does; each row names the commits of its exports.
 """
 
 import argparse
@@ -30,7 +31,7 @@ RESULTS = os.path.join(ROOT, "benchmarks", "results")
 sys.path.insert(0, ROOT)
 
 from benchmarks.provenance import markdown_header, provenance, repo_relative  # noqa: E402
-from benchmarks.qat_results import ALL_ROWS, MODELS, slug  # noqa: E402
+from benchmarks.qat_results import ALL_ROWS, MODELS, RUN_RECORD, slug  # noqa: E402
 
 QUANTIZED_ROWS = [label for label, flags in ALL_ROWS if "--method=fp" not in flags and "tfmot" not in label]
 ARTIFACT = "trained_fidelity"
@@ -150,18 +151,42 @@ def plot(rows, path):
     fidelity_bars(rows, path, labels=[f"{r['model']}\n{r['row']}" for r in rows])
 
 
-def earlier(path, measured_rows, measured_runs, seeds):
+def qat_table_commits(results_dir):
+    """``{(model, row, seed): commit}`` of the runs in qat_results.json in ``results_dir`` (empty: none)."""
+    path = os.path.join(results_dir, "qat_results.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return {(r["model"], r["label"], r["seed"]): r.get("commit") for r in json.load(f).get("runs", [])}
+
+
+def run_record_commit(run_dir):
+    """The commit in the run dir's qat_results.py run record (None: no record)."""
+    record = os.path.join(run_dir, RUN_RECORD)
+    if not os.path.isfile(record):
+        return None
+    with open(record) as f:
+        return json.load(f).get("commit")
+
+
+def earlier(path, measured_rows, measured_runs, seeds, table_commits):
     """``(rows, runs)`` of the artefact at ``path`` (none if there is none) that this call keeps: the rows and
-    runs of every ``(model, row)`` not in ``measured_rows``, and of those measured, the runs of ``seeds`` not in
-    ``measured_runs`` (``(model, row, seed)``: run dirs on another machine), each run with its commit."""
+    runs of every ``(model, row)`` not in ``measured_rows``; of those measured, the runs of ``seeds`` not in
+    ``measured_runs`` (``(model, row, seed)``: run dirs on another machine) that exported the QAT run the
+    table holds for that seed (``table_commits``: same commit). Each run carries its commit."""
     if not os.path.isfile(path):
         return [], []
     with open(path) as f:
         record = json.load(f)
     commits = {(r["model"], r["row"]): r.get("commit") for r in record["rows"]}
-    runs = [dict(r, commit=r.get("commit") or commits.get((r["model"], r["row"]))) for r in record["runs"]
-            if (r["model"], r["row"]) not in measured_rows
-            or (r["seed"] in seeds and (r["model"], r["row"], r["seed"]) not in measured_runs)]
+
+    def kept(r):
+        key = (r["model"], r["row"], r["seed"])
+        if (r["model"], r["row"]) not in measured_rows:
+            return True
+        return (r["seed"] in seeds and key not in measured_runs and r.get("qat_commit") is not None
+                and r["qat_commit"] == table_commits.get(key))
+    runs = [dict(r, commit=r.get("commit") or commits.get((r["model"], r["row"]))) for r in record["runs"] if kept(r)]
     return [r for r in record["rows"] if (r["model"], r["row"]) not in measured_rows], runs
 
 
@@ -178,11 +203,11 @@ def main(argv=None):
     for i, (model, row, seed, run_dir) in enumerate(runs):
         print(f"[{i + 1}/{len(runs)}] {model} {row} seed {seed}", flush=True)
         measured.append(dict(model=model, row=row, seed=seed, run=repo_relative(run_dir), commit=info["commit"],
-                             report=export_report(run_dir, args.num_eval)))
+                             qat_commit=run_record_commit(run_dir), report=export_report(run_dir, args.num_eval)))
     base = os.path.join(args.results_dir, ARTIFACT)
     measured_rows = {(m["model"], m["row"]) for m in measured}
-    kept_rows, kept_runs = earlier(base + ".json", measured_rows,
-                                   {(m["model"], m["row"], m["seed"]) for m in measured}, set(args.seeds))
+    kept_rows, kept_runs = earlier(base + ".json", measured_rows, {(m["model"], m["row"], m["seed"]) for m in measured},
+                                   set(args.seeds), qat_table_commits(args.results_dir))
     by_row = {}  # (model, row) -> its seeds' runs (kept and measured), in --models / --rows order
     for m in measured + [r for r in kept_runs if (r["model"], r["row"]) in measured_rows]:
         by_row.setdefault((m["model"], m["row"]), []).append(m)

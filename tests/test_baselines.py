@@ -201,6 +201,10 @@ def test_qat_results_keeps_a_finished_seed_from_the_committed_table_on_a_new_mac
     rows = {r["label"]: r for r in json.loads((tmp_path / "qat_results.json").read_text())["rows"]}
     assert rows["RepQ W2A4"]["seeds"] == [0, 1] and rows["RepQ W2A4 (BN variance floor)"]["q"] == [97.0, 98.0]
     done.clear()
+    qat_results.main([*argv[:4], *argv[5:]])  # --seeds 0 only: seed 1 stays in the table, as it is
+    rows = {r["label"]: r for r in json.loads((tmp_path / "qat_results.json").read_text())["rows"]}
+    assert done == [] and rows["RepQ W2A4"]["seeds"] == [0, 1]  # seed 0 kept from the table again
+    done.clear()
     qat_results.main([*argv, "--rerun"])
     assert len(done) == 2 * len(labels)
 

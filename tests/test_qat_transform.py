@@ -153,13 +153,17 @@ def test_bn_variance_floor_reaches_every_rep_block_and_survives_a_round_trip(tmp
     loaded = keras.models.load_model(tmp_path / "qat.keras")
     assert all(l.bn_variance_floor for l in quantized_layers(loaded) if isinstance(l, QuantRepConv))
     np.testing.assert_array_equal(np.asarray(qat(x)), np.asarray(loaded(x)))
-    first = blocks[1]
-    for norm in first.layer.norms:  # a large moving variance: the floor decides the fold
+    plain = next(l for l in quantized_layers(quantize_model(model, 3, 3)) if isinstance(l, QuantRepConv))
+    assert "bn_variance_floor" not in plain.get_config()  # the default saves as before this option
+    with pytest.raises(ValueError, match="bn_variance_floor applies to RepQ-BN"):
+        quantize_model(model, 3, 3, bn="bnest", bn_variance_floor=True)
+    block = blocks[1]
+    for norm in block.layer.norms:  # a large moving variance: the floor decides the fold
         if norm is not None:
             norm.moving_variance.assign(np.full(norm.moving_variance.shape, 1e3, "float32"))
-    inputs = np.random.default_rng(1).normal(size=(4, 8, 8, first.layer.in_channels)).astype("float32")
-    floor_kernel, _ = first.float_kernel_and_bias(inputs, training=True)
-    moving_kernel, _ = first.float_kernel_and_bias()
+    inputs = np.random.default_rng(1).normal(size=(4, 8, 8, block.layer.in_channels)).astype("float32")
+    floor_kernel, _ = block.float_kernel_and_bias(inputs, training=True)
+    moving_kernel, _ = block.float_kernel_and_bias()
     np.testing.assert_allclose(np.asarray(floor_kernel), np.asarray(moving_kernel), rtol=1e-4, atol=1e-7)
 
 

@@ -48,4 +48,6 @@ def test_bad_bits_and_missing_checkpoint_are_usage_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         repq_bn_fold.parse_args(["--fp_checkpoint", str(fp), "--bits", "4x4"])
     assert "weight/activation pairs" in capsys.readouterr().err
-    assert repq_bn_fold.parse_args(["--fp_checkpoint", str(fp), "--bits", "2/4"]).bits == [(2, 4)]
+    args = repq_bn_fold.parse_args(["--fp_checkpoint", str(fp), "--bits", "2/4"])
+    assert args.bits == [(2, 4)] and not args.bn_variance_floor
+    assert repq_bn_fold.parse_args(["--fp_checkpoint", str(fp), "--bn_variance_floor"]).bn_variance_floor

@@ -87,15 +87,19 @@ def test_rows_aggregate_the_seeds_and_other_models_rows_are_kept(tmp_path, monke
 
 def test_runs_of_asked_seeds_whose_run_dirs_are_gone_are_kept_in_their_row(tmp_path, monkeypatch):
     """Seed 0 exported in an earlier session (its run dir is not here), seed 1 now: the row covers both, and
-    names both commits; a seed not asked for (--seeds) is dropped."""
+    names both commits; a seed not asked for (--seeds), or whose QAT run changed since, is dropped."""
     runs, results = tmp_path / "runs", tmp_path / "results"
     results.mkdir()
     _finished_run(runs, "ac_resnet18_s1_repq_w4a4")
     monkeypatch.setattr(trained_fidelity, "export_report", lambda run_dir, num_eval: _report(0.97, 0.97, 1.0, 2.0, 0.99))
     earlier = dict(provenance={}, rows=[dict(model="ac_resnet18", row="RepQ W4A4", commit="1111111aaaa")],
-                   runs=[dict(model="ac_resnet18", row="RepQ W4A4", seed=s, report=_report(0.99, 0.99, 1.0, 4.0, 0.98))
-                         for s in (0, 7)])
+                   runs=[dict(model="ac_resnet18", row="RepQ W4A4", seed=s, qat_commit=c,
+                              report=_report(0.99, 0.99, 1.0, 4.0, 0.98))
+                         for s, c in ((0, "q0"), (7, "q7"), (2, "stale"))])
     (results / "trained_fidelity.json").write_text(json.dumps(earlier))
+    # the QAT table's runs: seed 2 was retrained since its export (another commit), so that export is dropped
+    (results / "qat_results.json").write_text(json.dumps(dict(runs=[
+        dict(model="ac_resnet18", label="RepQ W4A4", seed=s, commit=c) for s, c in ((0, "q0"), (2, "q2"), (7, "q7"))])))
     monkeypatch.setattr(trained_fidelity, "markdown", lambda info, rows: "table\n")
     monkeypatch.setattr(trained_fidelity, "plot", lambda rows, path: None)
     trained_fidelity.main(["--models", "ac_resnet18", "--rows", "RepQ W4A4", "--seeds", "0", "1", "2",

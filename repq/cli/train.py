@@ -45,9 +45,9 @@ flags.DEFINE_integer("fp_epochs", None, "FP epochs (overrides the recipe, and it
 flags.DEFINE_integer("batch_size", None, "Batch size (overrides the recipe).")
 flags.DEFINE_string("freeze_bn_after", None, "RepQ QAT: epochs after which the BN statistics are frozen (overrides the "
                     "recipe's freeze_bn_after / bnest_freeze_bn_after); 'never': batch statistics throughout (Table S1).")
-flags.DEFINE_bool("bn_variance_floor", None, "RepQ QAT: fold each branch BN with max(batch, moving) variance in "
-                  "training (overrides the recipe's bn_variance_floor; default off, RepQ-BN as specified). Keeps "
-                  "the folded kernels on the weight grid below 4 bits; see docs/training.md.")
+flags.DEFINE_bool("bn_variance_floor", None, "RepQ-BN QAT: fold each branch BN with max(batch, moving) variance in "
+                  "training (overrides the recipe's bn_variance_floor; default off, RepQ-BN as specified); see "
+                  "docs/training.md, 'RepQ-BN below 4 bits'.")
 flags.DEFINE_string("ptq_init", None, "With --method=merged_lsq: start QAT from a PTQ result of this method "
                     "(repq.ptq.METHODS, e.g. qdrop) instead of the FP weights.")
 flags.DEFINE_integer("ptq_iters", 100, "Reconstruction steps per unit for --ptq_init.")
@@ -113,9 +113,9 @@ def check_flags():
         if value is not None and value < (0 if name.endswith("epochs") else 1):
             raise UsageError(f"--{name}={value} must be {'>= 0' if name.endswith('epochs') else '>= 1'}.")
     freeze_bn_override()  # a bad --freeze_bn_after is a usage error before any work
-    if FLAGS.bn_variance_floor and FLAGS.method != "repq":
-        raise UsageError(f"--bn_variance_floor changes how RepQ folds its branch BNs; it does not apply to "
-                         f"--method={FLAGS.method}. Use it with --method=repq.")
+    if FLAGS.bn_variance_floor and (FLAGS.method != "repq" or FLAGS.bnest or FLAGS.model.startswith("ecbsr")):
+        raise UsageError("--bn_variance_floor changes how RepQ-BN folds its branch BatchNorms: use it with "
+                         "--method=repq on a model with BatchNorm, without --bnest.")
     if FLAGS.ptq_init is not None:
         from repq.ptq import METHODS as PTQ_METHODS
         if FLAGS.ptq_init not in PTQ_METHODS:
@@ -159,7 +159,8 @@ def load_recipe():
     if given:
         recipe.freeze_bn_after = freeze_after
     if FLAGS.bn_variance_floor is not None:
-        recipe.bn_variance_floor = FLAGS.bn_variance_floor
+        with recipe.unlocked():
+            recipe.bn_variance_floor = FLAGS.bn_variance_floor
     if FLAGS.fp_epochs is not None:
         recipe.fp_epochs = FLAGS.fp_epochs
     if FLAGS.batch_size is not None:

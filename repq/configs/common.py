@@ -16,9 +16,9 @@ A recipe is an ``ml_collections.ConfigDict``:
   statistics and trains on the moving statistics, as deployed (``repq.callbacks.FreezeNormStatistics``;
   None: batch statistics throughout, as Table S1); ``bnest_freeze_bn_after``: the same for
   ``--bnest`` runs (train.py puts it in ``freeze_bn_after``),
-* ``bn_variance_floor``: RepQ QAT folds each branch BN with ``max(batch, moving)`` variance in
-  training instead of the batch variance (``repq.quantize_model(bn_variance_floor=True)``; False:
-  RepQ-BN as specified),
+* ``bn_variance_floor`` (optional, absent: False, RepQ-BN as specified): RepQ QAT folds each branch BN
+  with ``max(batch, moving)`` variance in training (``repq.quantize_model(bn_variance_floor=True)``);
+  absent by default so that run directories of earlier versions stay resumable,
 * ``select_best``: keep the weights of the best validation epoch (classification) or the
   last epoch (ECBSR),
 * ``stem``: the zoo model's stride layout, ``"auto"`` (small-image layout below 64 px),
@@ -64,7 +64,6 @@ def recipe(*, model, task, dataset, epochs, batch_size, loss, label_smoothing, o
                                                step_8bit=step_8bit_lr, step_4bit=step_4bit_lr))
     config.freeze_bn_after = ml_collections.FieldReference(None, field_type=int)
     config.bnest_freeze_bn_after = ml_collections.FieldReference(None, field_type=int)
-    config.bn_variance_floor = False
     config.select_best = task == "classification"
     config.stem = "auto"
     return config

@@ -156,10 +156,12 @@ class RepConvBlock(keras.layers.Layer):
 
         ``variance_floor=True`` (training only) folds each branch with
         ``max(batch variance, moving variance)`` per channel and updates the
-        moving variance with that value, so a batch whose signal shrank (low-bit
-        layers upstream) cannot scale the folded kernel above the moving-statistics
-        kernel the weight steps were calibrated on (docs/training.md, "RepQ-BN
-        below 4 bits"). The default is RepQ-BN as specified: the batch variance.
+        moving variance with that value, so inference normalizes as training
+        did; the moving variance then never decreases. A batch whose signal
+        shrank (low-bit layers upstream) cannot scale a branch's folded kernel
+        above its moving-statistics fold, the kernel the weight steps were
+        calibrated on at the start of QAT (docs/training.md, "RepQ-BN below 4
+        bits"). The default is RepQ-BN as specified: the batch variance.
         """
         kernels = self.branch_kernels()
         batch_moments = [None] * len(kernels)

@@ -156,7 +156,8 @@ class QuantRepConv(QuantWrapper):
 
     def get_config(self):
         config = super().get_config()
-        config.update(bn_variance_floor=self.bn_variance_floor)
+        if self.bn_variance_floor:  # only when set: files of the default stay loadable by earlier versions
+            config.update(bn_variance_floor=True)
         return config
 
 

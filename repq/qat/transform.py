@@ -141,10 +141,11 @@ def quantize_model(model, weight_bits=4, act_bits=4, bn="repq", keep_bn=None, ru
         "exclude": [pattern, ...]}``): per-layer bit widths, which override the rule and
         :func:`repq.quantize_annotate_layer`, and layers left float. A pattern matching no layer
         is a ValueError.
-      bn_variance_floor: in training, fold each branch BN with ``max(batch variance, moving
-        variance)`` instead of the batch variance (and update the moving variance with it): keeps
-        the folded kernels on the weight grid below 4 bits in deep BN nets, where RepQ-BN as
-        specified (False, the default) can start at chance (docs/training.md, "RepQ-BN below 4 bits").
+      bn_variance_floor: with ``bn="repq"``: in training, fold each branch BN with ``max(batch
+        variance, moving variance)`` instead of the batch variance, and update the moving variance
+        (which then never decreases) with it: a shrinking signal cannot inflate a branch's folded
+        kernel above its moving-statistics fold. False (the default): RepQ-BN as specified, which can
+        start at chance below 4 bits in deep BN nets (docs/training.md, "RepQ-BN below 4 bits").
     """
     from repq.checks import check_built_model, check_not_quantized
     from repq.models import model_defaults
@@ -156,6 +157,8 @@ def quantize_model(model, weight_bits=4, act_bits=4, bn="repq", keep_bn=None, ru
     integer_range(act_bits, False, "act_bits")
     if bn not in BN_MODES:
         raise ValueError(f"Invalid value for argument bn. Expected one of {BN_MODES}. Received: bn={bn!r}")
+    if bn_variance_floor and bn != "repq":
+        raise ValueError(f"bn_variance_floor applies to RepQ-BN (bn='repq'); it is not defined for bn={bn!r}.")
     rule = model_defaults(model).precision_rule if rule is None else rule
     if not isinstance(rule, PrecisionRule):
         raise TypeError(f"Invalid value for argument rule. Expected a PrecisionRule. Received: rule={rule!r} "
