@@ -183,7 +183,8 @@ def claims(rows):
                 r, tol = by[label], tolerance(metric, bits)
                 out.append(dict(model=model, claim=f"{label} within {tol} {unit} of its FP",
                                 holds=keeps_fp(r["drop_mean"], tol),
-                                detail=f"drop {r['drop_mean']:+.2f} +- {r['drop_std']:.2f} {unit}"))
+                                detail=(f"drop {r['drop_mean']:+.2f} +- {r['drop_std']:.2f} {unit}" if len(r["seeds"]) > 1
+                                        else f"drop {r['drop_mean']:+.2f} {unit} (1 seed)")))
         comparisons = [(label, label.replace("RepQ-BNEst", "RepQ").replace("RepQ", "Merged LSQ"), label)
                        for label in ("RepQ W4A4", "RepQ-BNEst W4A4", "RepQ W3A3", "RepQ W2A4")]
         for bits in ("W4A4", "W3A3", "W2A4"):
@@ -212,16 +213,19 @@ def integer_cell(row):
 
 
 def markdown(rows, claim_rows, info):
-    pm = lambda m, s: f"{m:.2f} ± {s:.2f}"  # noqa: E731
+    def cell(row, key):  # "mean ± std"; one seed measures no spread: its value alone
+        mean, std = row[f"{key}_mean"], row[f"{key}_std"]
+        return f"{mean:.2f}" if len(row["seeds"]) == 1 else f"{mean:.2f} ± {std:.2f}"
+
     lines = [markdown_header(info), "The command above wrote this file; rows it did not run are kept from earlier "
              "commands (their `commits` column says when they ran; every run's train.py command and commit are in "
              "qat_results.json's `runs`).", "",
              "| model | method | metric | seeds | FP | quantized | quantized − FP | "
              "deploy == QAT | integer == QAT | wall (s/run) | commits |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        q = pm(r["q_mean"], r["q_std"]) if "q_mean" in r else "-"
-        d = pm(r["drop_mean"], r["drop_std"]) if "drop_mean" in r else "-"
-        lines.append(f"| {r['model']} | {r['label']} | {r['metric']} | {len(r['seeds'])} | {pm(r['fp_mean'], r['fp_std'])} "
+        q = cell(r, "q") if "q_mean" in r else "-"
+        d = cell(r, "drop") if "drop_mean" in r else "-"
+        lines.append(f"| {r['model']} | {r['label']} | {r['metric']} | {len(r['seeds'])} | {cell(r, 'fp')} "
                      f"| {q} | {d} | {dash(r['deploy_equals_qat'])} | {integer_cell(r)} | {r['wall_s_mean']:.0f} "
                      f"| {', '.join(r['commits'])} |")
     lines += ["", "| model | claim | holds | beyond noise | measured |", "|---|---|---|---|---|"]

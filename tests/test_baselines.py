@@ -204,6 +204,11 @@ def test_qat_results_keeps_a_finished_seed_from_the_committed_table_on_a_new_mac
     qat_results.main([*argv[:4], *argv[5:]])  # --seeds 0 only: seed 1 stays in the table, as it is
     rows = {r["label"]: r for r in json.loads((tmp_path / "qat_results.json").read_text())["rows"]}
     assert done == [] and rows["RepQ W2A4"]["seeds"] == [0, 1]  # seed 0 kept from the table again
+    text = (tmp_path / "qat_results.md").read_text()
+    assert "| ac_resnet18 | FP | top1 | 2 | 98.00 ± 0.00 |" in text
+    one_seed = qat_results.summarize([r for r in table["runs"] if r["label"] == "RepQ W4A4" and r["seed"] == 0])
+    assert "| ac_resnet18 | RepQ W4A4 | top1 | 1 | 98.00 | 97.00 | -1.00 |" in qat_results.markdown(
+        [one_seed], qat_results.claims([one_seed]), dict(command="c", commit="abc", dirty=False, date="now"))
     done.clear()
     qat_results.main([*argv, "--rerun"])
     assert len(done) == 2 * len(labels)
