@@ -124,7 +124,9 @@ def markdown(info, rows):
              "Trained QAT models of `benchmarks/qat_results.py` exported by `export.py --format tflite`; metric means "
              "over the seeds; differences in output quantization steps (max over the seeds' outputs, mean of their "
              "means). XNNPACK = LiteRT's default CPU runtime, builtin = TFLite's builtin (reference) kernels; "
-             "integer-exact = the QAT model computed in integers (`repq.integer_predict`) against the XNNPACK model.",
+             "integer-exact = the QAT model computed in integers (`repq.integer_predict`) against the XNNPACK model. "
+             "Rows and seeds the command above did not export are kept from earlier commands (the `commit` column "
+             "names the commits of each row's exports).",
              "",
              "| model | row | seeds | images | Keras QAT | TFLite (XNNPACK) | largest gap | top-1 agree (min) "
              "| XNNPACK vs float QAT: max / mean steps | integer-exact vs XNNPACK: max steps / bit-exact (min) "
