@@ -119,6 +119,15 @@ def file_sha256(path):
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def run_record(run_dir):
+    """The finished run's record (RUN_RECORD) in ``run_dir``, or None: no finished run there."""
+    path = os.path.join(run_dir, RUN_RECORD)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def run_or_reuse(model, label, flags, seed, runs_dir, info, rerun=False):
     """``run``, recorded with this process's commit in the run dir's RUN_RECORD; or, unless ``rerun``, the
     record already there when it was made by the same command from the same FP model (SHA-256 of the FP
@@ -126,9 +135,8 @@ def run_or_reuse(model, label, flags, seed, runs_dir, info, rerun=False):
     out, cmd = train_command(model, label, flags, seed, runs_dir)
     command, record_path = shown_command(cmd), os.path.join(out, RUN_RECORD)
     fp_sha = file_sha256(fp_checkpoint(model, label, flags, seed, runs_dir))
-    if not rerun and os.path.isfile(record_path):
-        with open(record_path) as f:
-            record = json.load(f)
+    record = None if rerun else run_record(out)
+    if record is not None:
         if record.get("command") == command and record.get("fp_checkpoint_sha256") == fp_sha:
             print(f"qat_results.py: {label}, seed {seed}: reusing the finished run in {repo_relative(out)} "
                   f"(commit {record['commit'][:7]}); --rerun runs it again", flush=True)
@@ -234,8 +242,9 @@ def markdown(rows, claim_rows, info):
     return "\n".join(lines) + "\n"
 
 
-def load_runs():
-    path = os.path.join(RESULTS, "qat_results.json")
+def load_runs(results_dir=None):
+    """The runs of the table's qat_results.json in ``results_dir`` (default: RESULTS); [] if there is none."""
+    path = os.path.join(RESULTS if results_dir is None else results_dir, "qat_results.json")
     if not os.path.exists(path):
         return []
     with open(path) as f:
@@ -257,7 +266,10 @@ def finished_seed(earlier, model, rows, seed, runs_dir):
             return None  # this machine has the seed's runs: run_or_reuse reads them
         match = [r for r in earlier if r["model"] == model and r["label"] == label and r["seed"] == seed
                  and r.get("command") == shown_command(cmd)]
-        (found.append(match[-1]) if match else missing.append(label))
+        if match:
+            found.append(match[-1])
+        else:
+            missing.append(label)
     if missing and found:
         print(f"qat_results.py: {model}, seed {seed}: the earlier table lacks {', '.join(missing)} (or has it from "
               "another command); the seed is trained again, every row from one FP model", flush=True)

@@ -31,7 +31,7 @@ RESULTS = os.path.join(ROOT, "benchmarks", "results")
 sys.path.insert(0, ROOT)
 
 from benchmarks.provenance import markdown_header, provenance, repo_relative  # noqa: E402
-from benchmarks.qat_results import ALL_ROWS, MODELS, RUN_RECORD, slug  # noqa: E402
+from benchmarks.qat_results import ALL_ROWS, MODELS, load_runs, run_record, slug  # noqa: E402
 
 QUANTIZED_ROWS = [label for label, flags in ALL_ROWS if "--method=fp" not in flags and "tfmot" not in label]
 ARTIFACT = "trained_fidelity"
@@ -153,24 +153,6 @@ def plot(rows, path):
     fidelity_bars(rows, path, labels=[f"{r['model']}\n{r['row']}" for r in rows])
 
 
-def qat_table_commits(results_dir):
-    """``{(model, row, seed): commit}`` of the runs in qat_results.json in ``results_dir`` (empty: none)."""
-    path = os.path.join(results_dir, "qat_results.json")
-    if not os.path.isfile(path):
-        return {}
-    with open(path) as f:
-        return {(r["model"], r["label"], r["seed"]): r.get("commit") for r in json.load(f).get("runs", [])}
-
-
-def run_record_commit(run_dir):
-    """The commit in the run dir's qat_results.py run record (None: no record)."""
-    record = os.path.join(run_dir, RUN_RECORD)
-    if not os.path.isfile(record):
-        return None
-    with open(record) as f:
-        return json.load(f).get("commit")
-
-
 def earlier(path, measured_rows, measured_runs, seeds, table_commits):
     """``(rows, runs)`` of the artefact at ``path`` (none if there is none) that this call keeps: the rows and
     runs of every ``(model, row)`` not in ``measured_rows``; of those measured, the runs of ``seeds`` not in
@@ -205,11 +187,13 @@ def main(argv=None):
     for i, (model, row, seed, run_dir) in enumerate(runs):
         print(f"[{i + 1}/{len(runs)}] {model} {row} seed {seed}", flush=True)
         measured.append(dict(model=model, row=row, seed=seed, run=repo_relative(run_dir), commit=info["commit"],
-                             qat_commit=run_record_commit(run_dir), report=export_report(run_dir, args.num_eval)))
+                             qat_commit=(run_record(run_dir) or {}).get("commit"),
+                             report=export_report(run_dir, args.num_eval)))
     base = os.path.join(args.results_dir, ARTIFACT)
     measured_rows = {(m["model"], m["row"]) for m in measured}
     kept_rows, kept_runs = earlier(base + ".json", measured_rows, {(m["model"], m["row"], m["seed"]) for m in measured},
-                                   set(args.seeds), qat_table_commits(args.results_dir))
+                                   set(args.seeds), {(r["model"], r["label"], r["seed"]): r.get("commit")
+                                                     for r in load_runs(args.results_dir)})
     by_row = {}  # (model, row) -> its seeds' runs (kept and measured), in --models / --rows order
     for m in measured + [r for r in kept_runs if (r["model"], r["row"]) in measured_rows]:
         by_row.setdefault((m["model"], m["row"]), []).append(m)
