@@ -2,8 +2,9 @@
 
 For every seed: ``train.py`` trains the FP model once (``--method=fp``); every quantized row
 starts from that checkpoint (``--fp_checkpoint``), except RepQ-BNEst, which trains its own BNEst
-FP model (the other BNEst rows start from that one). Each row is reported as mean +- std over the seeds, and the RepQ claims are tested:
-8-bit within 0.3 pt of FP, 4-bit within 1 pt, RepQ >= merged LSQ, RepQ-BNEst >= merged LSQ
+FP model (the other BNEst rows start from that one). Each row is reported as mean +- std over the seeds. The
+claims: first whether each FP baseline converged in every seed (top-1 >= 98.5 %; ECBSR >= bicubic + 1 dB),
+then the RepQ claims: 8-bit within 0.3 pt of FP, 4-bit within 1 pt, RepQ >= merged LSQ, RepQ-BNEst >= merged LSQ
 ("beyond noise": the difference of the means exceeds twice its standard error).
 
   python benchmarks/qat_results.py --models repvgg_a0 --seeds 0 1 2 [--tfmot8] [--low_bits] [--freeze_ablation] [--bn_variance_floor]
@@ -35,6 +36,7 @@ sys.path.insert(0, ROOT)
 
 from benchmarks.provenance import markdown_header, provenance, repo_relative  # noqa: E402
 from benchmarks.seed_stats import beyond_noise, sample_std  # noqa: E402
+from benchmarks.zoo_fp import BICUBIC_GAIN_BAR, TOP1_BAR  # noqa: E402
 from repq.claims import keeps_fp, tolerance  # noqa: E402
 from repq.training.artifacts import write_json, write_text  # noqa: E402
 
@@ -171,6 +173,8 @@ def summarize(runs):
                integer_qat_max_abs_diff=(max(abs(r["metrics"]["integer"] - r["metrics"]["qat"]) for r in runs)
                                          if all("integer" in r["metrics"] for r in runs) else None),
                wall_s_mean=float(np.mean([r["wall_s"] for r in runs])),
+               **({"bicubic": [r["metrics"]["bicubic"] for r in runs]}
+                  if all("bicubic" in r["metrics"] for r in runs) else {}),
                commits=sorted({r.get("commit", "?")[:7] for r in runs}))
     if q is not None:
         row.update(q_mean=float(q.mean()), q_std=sample_std(q), q=q.tolist(), drop_mean=float((q - fp).mean()),
@@ -178,13 +182,35 @@ def summarize(runs):
     return row
 
 
+def baseline_claim(name, row):
+    """Whether the FP model that ``row``'s runs start from converged in every seed (the bar of
+    benchmarks/zoo_fp.py: top-1 >= TOP1_BAR %; PSNR >= bicubic + BICUBIC_GAIN_BAR dB), as a claim row.
+
+    The quantization claims compare methods only on converged baselines; this row says whether they do."""
+    fp = np.array(row["fp"])
+    if row["metric"] == "top1":
+        claim, holds = f"{name} converged: every seed >= {TOP1_BAR} % top-1", bool(fp.min() >= TOP1_BAR)
+        detail = f"min {fp.min():.2f} %, per seed {', '.join(f'{v:.2f}' for v in fp)}"
+    elif "bicubic" in row:
+        gain = fp - np.array(row["bicubic"])
+        claim, holds = f"{name} converged: every seed >= bicubic + {BICUBIC_GAIN_BAR} dB", bool(gain.min() >= BICUBIC_GAIN_BAR)
+        detail = f"min gain {gain.min():+.2f} dB over bicubic"
+    else:
+        return None
+    return dict(model=row["model"], claim=claim, holds=holds, detail=detail)
+
+
 def claims(rows):
-    """The RepQ claims per model, each ``{claim, holds, beyond_noise, detail}``."""
+    """The RepQ claims per model, each ``{claim, holds, beyond_noise, detail}``; first whether the FP
+    baselines converged (``baseline_claim``)."""
     out = []
     for model in sorted({r["model"] for r in rows}):
         by = {r["label"]: r for r in rows if r["model"] == model}
         metric = by.get("FP", {}).get("metric", "top1")
         unit = "pt" if metric == "top1" else "dB"
+        for name, label in (("FP", "FP"), ("BNEst FP", BNEST_FP_ROW)):
+            claim = baseline_claim(name, by[label]) if label in by else None
+            out += [claim] if claim is not None else []
         for label, bits in (("RepQ W8A8", 8), ("RepQ W4A4", 4), ("RepQ-BNEst W4A4", 4), (REPQ_BN_FROZEN_ROW, 4),
                             (BN_VARIANCE_FLOOR[0][0], 4)):
             if label in by and "q" in by[label]:

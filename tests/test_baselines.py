@@ -309,3 +309,27 @@ def test_qat_results_rows_reruns_only_the_named_rows_and_keeps_the_rest(tmp_path
     assert rows["repvgg_a0", tfmot]["q"] == [98.5] and rows["repvgg_a0", tfmot]["commits"] != ["aaaaaaa"]
     for key in (("repvgg_a0", "RepQ W8A8"), ("ac_resnet18", tfmot), ("ac_resnet18", "RepQ W8A8")):
         assert rows[key]["q"] == [97.0] and rows[key]["commits"] == ["aaaaaaa"]
+
+
+def test_qat_results_claims_say_whether_each_fp_baseline_converged():
+    """The claims start with the FP baselines against zoo_fp's bars, every seed: the BN FP model of the
+    FP row, the BNEst FP model of the RepQ-BNEst row (top-1 >= 98.5 %), ECBSR's FP >= bicubic + 1 dB."""
+    from benchmarks import qat_results
+
+    def runs(model, label, fps, metric="top1", **metrics):
+        return [dict(model=model, label=label, metric=metric, seed=s, wall_s=1.0,
+                     metrics={"fp": fp, "qat": fp - 0.2, **metrics}) for s, fp in enumerate(fps)]
+
+    rows = [qat_results.summarize(runs("m", "FP", [98.9, 98.5, 98.7])),
+            qat_results.summarize(runs("m", "RepQ-BNEst W4A4", [98.8, 98.2, 98.6])),  # one seed under the bar
+            qat_results.summarize(runs("sr", "FP", [32.0, 31.3], metric="psnr", bicubic=30.4)),
+            qat_results.summarize(runs("sr2", "FP", [31.0], metric="psnr", bicubic=30.4))]
+    found = {(c["model"], c["claim"].split(" converged")[0]): c for c in qat_results.claims(rows)
+             if "converged" in c["claim"]}
+    assert set(found) == {("m", "FP"), ("m", "BNEst FP"), ("sr", "FP"), ("sr2", "FP")}
+    assert found["m", "FP"]["holds"] is True and found["m", "BNEst FP"]["holds"] is False
+    assert "min 98.20 %" in found["m", "BNEst FP"]["detail"]
+    assert found["sr", "FP"]["holds"] is False and "min gain +0.90 dB" in found["sr", "FP"]["detail"]
+    assert found["sr2", "FP"]["holds"] is False
+    rows[2] = qat_results.summarize(runs("sr", "FP", [32.0, 31.5], metric="psnr", bicubic=30.4))
+    assert [c["holds"] for c in qat_results.claims(rows) if c["model"] == "sr" and "converged" in c["claim"]] == [True]
