@@ -148,12 +148,13 @@ def test_embedded_recipes_keep_table_s1_lr_ratios(model):
     assert embedded.warmup_epochs == min(paper.warmup_epochs, 1)
 
 
-@pytest.mark.parametrize("args, fp_epochs, freeze", [
-    ([], 30, None), (["--bnest"], 48, 1), (["--bnest", "--fp_epochs=5"], 5, 1),
-    (["--bnest", "--freeze_bn_after=never"], 48, None), (["--freeze_bn_after=2"], 30, 2)])
-def test_bnest_fp_epochs_apply_only_to_bnest_runs(args, fp_epochs, freeze):
+@pytest.mark.parametrize("args, fp_epochs, freeze, fp_lr", [
+    ([], 30, None, 1e-3), (["--bnest"], 48, 1, 5e-4), (["--bnest", "--fp_epochs=5"], 5, 1, 5e-4),
+    (["--bnest", "--freeze_bn_after=never"], 48, None, 5e-4), (["--freeze_bn_after=2"], 30, 2, 1e-3)])
+def test_bnest_fp_epochs_apply_only_to_bnest_runs(args, fp_epochs, freeze, fp_lr):
     """A recipe's ``bnest_fp_epochs`` sets the FP stage of ``--bnest`` runs; ``--fp_epochs`` still wins.
-    ``bnest_freeze_bn_after`` likewise sets ``freeze_bn_after`` of ``--bnest`` runs; ``--freeze_bn_after`` wins."""
+    ``bnest_freeze_bn_after`` likewise sets ``freeze_bn_after`` of ``--bnest`` runs; ``--freeze_bn_after`` wins.
+    ``bnest_fp_lr`` sets the FP LR of ``--bnest`` runs only; the QAT LR stays."""
     from absl import flags
 
     from repq.cli import train
@@ -166,7 +167,9 @@ def test_bnest_fp_epochs_apply_only_to_bnest_runs(args, fp_epochs, freeze):
         flags.FLAGS.unparse_flags()
     assert (recipe.fp_epochs, recipe.qat_epochs) == (fp_epochs, 6)
     assert recipe.freeze_bn_after == freeze
+    assert recipe.lr.fp == pytest.approx(fp_lr) and recipe.lr.qat == pytest.approx(1e-4)
     assert importlib.import_module("repq.configs.repvgg_a0").get_config().bnest_fp_epochs is None
+    assert "bnest_fp_lr" not in importlib.import_module("repq.configs.repvgg_a0").get_config()
 
 
 def _variables():

@@ -153,6 +153,8 @@ def load_recipe():
         recipe.qat_epochs = FLAGS.epochs
     if FLAGS.bnest and recipe.get("bnest_fp_epochs") is not None:
         recipe.fp_epochs = recipe.bnest_fp_epochs
+    if FLAGS.bnest and recipe.get("bnest_fp_lr") is not None:
+        recipe.lr.fp = recipe.bnest_fp_lr
     if FLAGS.bnest and "bnest_freeze_bn_after" in recipe:
         recipe.freeze_bn_after = recipe.bnest_freeze_bn_after
     given, freeze_after = freeze_bn_override()

@@ -6,6 +6,8 @@ A recipe is an ``ml_collections.ConfigDict``:
   ``scale``, ``patch_size``, ``repeat_patches``, ``limit_train``/``limit_test`` examples),
 * ``fp_epochs`` and ``qat_epochs`` (Table S1: the QAT stage keeps the FP epochs),
   ``bnest_fp_epochs`` (FP epochs of a ``--bnest`` model; None: ``fp_epochs``),
+  ``bnest_fp_lr`` (optional, absent: ``lr.fp``): the FP LR of a ``--bnest`` model; absent unless a recipe
+  sets it, so that run directories of earlier versions stay resumable,
   ``steps_per_epoch`` (None: the whole training split), ``batch_size``,
 * ``loss`` ("ce" | "l1"), ``label_smoothing``,
 * ``optimizer`` ("sgd" | "adam"), ``momentum``, ``schedule`` ("warmup_cosine" | "cosine"
@@ -77,7 +79,7 @@ def check_variant(variant, allowed):
 
 def embedded_classification(config, *, fp_epochs, qat_epochs, batch_size, optimizer, fp_lr, label_smoothing,
                             weight_decay, stem, steps_per_epoch=None, bnest_fp_epochs=None,
-                            bnest_freeze_bn_after=None):
+                            bnest_freeze_bn_after=None, bnest_fp_lr=None):
     """Shrink a Table S1 classification recipe to mnist5k on a 2-core CPU.
 
     The optimizer and FP LR are replaced; every other LR of the recipe (QAT, merged 8-bit,
@@ -91,6 +93,8 @@ def embedded_classification(config, *, fp_epochs, qat_epochs, batch_size, optimi
     config.fp_epochs, config.qat_epochs = fp_epochs, qat_epochs
     config.bnest_fp_epochs = bnest_fp_epochs
     config.bnest_freeze_bn_after = bnest_freeze_bn_after
+    if bnest_fp_lr is not None:
+        config.bnest_fp_lr = bnest_fp_lr
     config.batch_size = batch_size
     config.steps_per_epoch = steps_per_epoch
     config.optimizer = optimizer
