@@ -14,15 +14,18 @@ Writes benchmarks/results/qat_results.{json,md} (rows of other models, runs of s
 with ``--rows`` the other rows of these models, are kept from the earlier table), with the commit and the command; each run
 records its own commit (the table's "commits" column); per-run artefacts stay under --runs_dir.
 The command resumes: a run whose run dir holds its record (``qat_results_run.json``, written when it
-finished) from the same command and the same FP checkpoint is read, not rerun (``--rerun`` runs it again).
-A seed whose rows are all in the committed table, by the same commands, but whose run records are not on
+finished) from the same command, the same FP checkpoint and the recipe the row trains with now (a recipe
+changed since is named and rerun) is read, not rerun (``--rerun`` runs it again).
+A seed whose rows are all in the committed table, by the same commands and recipes, but whose run records are not on
 this machine is kept from the table as it is: commit the table after each seed, and a table too long for one
 machine's session (OREPA-ResNet-18) grows seed by seed.
 """
 
 import argparse
+import functools
 import hashlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -121,6 +124,76 @@ def file_sha256(path):
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+# Recipe fields train.py resolves into others for --bnest runs (fp_epochs, lr.fp, freeze_bn_after): the
+# resolved values are compared, not these.
+RESOLVED_RECIPE_FIELDS = ("bnest_fp_epochs", "bnest_fp_lr", "bnest_freeze_bn_after")
+
+
+@functools.lru_cache(maxsize=None)
+def _current_recipe(model, flags):
+    from absl import flags as absl_flags
+
+    from repq.cli import train
+
+    absl_flags.FLAGS.unparse_flags()
+    try:
+        absl_flags.FLAGS(["train.py", f"--model={model}", *flags])
+        return json.dumps(train.load_recipe().to_dict())
+    finally:
+        absl_flags.FLAGS.unparse_flags()
+
+
+def current_recipe(model, flags):
+    """The recipe train.py trains row ``flags`` of ``model`` with at this commit (``train.load_recipe``:
+    the model's recipe with the row's flags applied), as a run record stores it (JSON data)."""
+    return json.loads(_current_recipe(model, tuple(flags)))
+
+
+def _flat(recipe, prefix=""):
+    items = {}
+    for key, value in recipe.items():
+        if isinstance(value, dict):
+            items.update(_flat(value, f"{prefix}{key}."))
+        elif key not in RESOLVED_RECIPE_FIELDS:
+            items[prefix + key] = value
+    return items
+
+
+def recipe_changes(recorded, current):
+    """Dotted names of the recipe fields whose values differ between a run's recorded recipe and ``current``.
+
+    A field missing on one side (added or removed since the run) counts as unchanged when the other side
+    holds None or False, the value an absent optional field stands for (e.g. ``bn_variance_floor``)."""
+    recorded, current = _flat(recorded), _flat(current)
+    changed = []
+    for key in sorted(set(recorded) | set(current)):
+        if key not in recorded or key not in current:
+            value = current.get(key, recorded.get(key))
+            if value is not None and value is not False:
+                changed.append(key)
+            continue
+        a, b = recorded[key], current[key]
+        if isinstance(a, float) or isinstance(b, float):
+            same = isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=1e-9)
+        else:
+            same = a == b
+        if not same:
+            changed.append(key)
+    return changed
+
+
+def same_recipe(record, model, flags, what):
+    """Whether ``record`` (a finished run) was trained with the recipe its row uses now; prints why not.
+    A record without a recipe (none stored) cannot be checked and counts as the same."""
+    if "recipe" not in record:
+        return True
+    changed = recipe_changes(record["recipe"], current_recipe(model, flags))
+    if changed:
+        print(f"qat_results.py: {what} was trained with another recipe ({', '.join(changed)} changed since "
+              f"commit {record.get('commit', '?')[:7]}); it is trained again", flush=True)
+    return not changed
+
+
 def run_record(run_dir):
     """The finished run's record (RUN_RECORD) in ``run_dir``, or None: no finished run there."""
     path = os.path.join(run_dir, RUN_RECORD)
@@ -133,13 +206,15 @@ def run_record(run_dir):
 def run_or_reuse(model, label, flags, seed, runs_dir, info, rerun=False):
     """``run``, recorded with this process's commit in the run dir's RUN_RECORD; or, unless ``rerun``, the
     record already there when it was made by the same command from the same FP model (SHA-256 of the FP
-    checkpoint), so an interrupted table resumes where it stopped and each reused run keeps its own commit."""
+    checkpoint) with the recipe the row trains with now (``same_recipe``), so an interrupted table resumes where
+    it stopped and each reused run keeps its own commit."""
     out, cmd = train_command(model, label, flags, seed, runs_dir)
     command, record_path = shown_command(cmd), os.path.join(out, RUN_RECORD)
     fp_sha = file_sha256(fp_checkpoint(model, label, flags, seed, runs_dir))
     record = None if rerun else run_record(out)
     if record is not None:
-        if record.get("command") == command and record.get("fp_checkpoint_sha256") == fp_sha:
+        if (record.get("command") == command and record.get("fp_checkpoint_sha256") == fp_sha
+                and same_recipe(record, model, flags, f"{label}, seed {seed}, in {repo_relative(out)}")):
             print(f"qat_results.py: {label}, seed {seed}: reusing the finished run in {repo_relative(out)} "
                   f"(commit {record['commit'][:7]}); --rerun runs it again", flush=True)
             return record
@@ -281,7 +356,7 @@ def load_runs(results_dir=None):
 
 def finished_seed(earlier, model, rows, seed, runs_dir):
     """The earlier table's runs of every row in ``rows`` for ``model`` and ``seed``, made by the same
-    train.py commands, where none of them has its run record (RUN_RECORD) in ``runs_dir`` (another
+    train.py commands with the recipes the rows train with now, where none of them has its run record (RUN_RECORD) in ``runs_dir`` (another
     machine); else None, saying why when the table has some of them.
 
     A seed is kept whole or not at all: its rows start from one FP model, and a row missing from the
@@ -292,14 +367,15 @@ def finished_seed(earlier, model, rows, seed, runs_dir):
         if os.path.isfile(os.path.join(out, RUN_RECORD)):
             return None  # this machine has the seed's runs: run_or_reuse reads them
         match = [r for r in earlier if r["model"] == model and r["label"] == label and r["seed"] == seed
-                 and r.get("command") == shown_command(cmd)]
+                 and r.get("command") == shown_command(cmd)
+                 and same_recipe(r, model, flags, f"{label}, seed {seed}, in the earlier table")]
         if match:
             found.append(match[-1])
         else:
             missing.append(label)
     if missing and found:
         print(f"qat_results.py: {model}, seed {seed}: the earlier table lacks {', '.join(missing)} (or has it from "
-              "another command); the seed is trained again, every row from one FP model", flush=True)
+              "another command or recipe); the seed is trained again, every row from one FP model", flush=True)
     return None if missing else found
 
 

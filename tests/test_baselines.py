@@ -288,6 +288,53 @@ def test_qat_results_resumes_from_finished_runs_unless_their_fp_model_changed(tm
     assert table(["--rerun"])[0] == labels
 
 
+def test_qat_results_reruns_a_run_trained_with_another_recipe(tmp_path, monkeypatch):
+    """A finished run (its run record, or the committed table on a new machine) whose recorded recipe differs
+    from the one its row trains with now is trained again, not reused; fields train.py resolves (bnest_*) and
+    optional fields absent on one side with their default (None / False) do not count as changes."""
+    import shutil
+    from benchmarks import qat_results
+
+    current = qat_results.current_recipe("ac_resnet18", ["--method=repq", "--bits=4", "--bnest"])
+    assert current["lr"]["fp"] == pytest.approx(5e-4) and current["fp_epochs"] == 48  # bnest_fp_lr, bnest_fp_epochs
+    older = json.loads(json.dumps(current))
+    older["lr"]["fp"], older["bn_variance_floor"] = 1e-3, False
+    del older["bnest_fp_lr"]
+    assert qat_results.recipe_changes(older, current) == ["lr.fp"]
+    older["lr"]["fp"] = current["lr"]["fp"]
+    assert qat_results.recipe_changes(older, current) == []
+    older["quantize"] = {"exclude": ["stem"]}
+    assert qat_results.recipe_changes(older, current) == ["quantize.exclude"]
+
+    monkeypatch.setattr(qat_results, "RESULTS", str(tmp_path))
+    done = []
+    monkeypatch.setattr(qat_results, "run", lambda model, label, flags, seed, runs_dir: done.append(label) or dict(
+        model=model, label=label, metric="top1", seed=seed, wall_s=2.0, recipe=qat_results.current_recipe(model, flags),
+        metrics={"fp": 98.0} if label == "FP" else {"fp": 98.0, "qat": 97.0}))
+    runs_dir = tmp_path / "runs"
+    argv = ["--models", "ac_resnet18", "--seeds", "0", "--runs_dir", str(runs_dir)]
+    qat_results.main(argv)
+    labels = list(done)
+    record_path = runs_dir / "ac_resnet18_s0_repq-bnest_w4a4" / qat_results.RUN_RECORD
+    record = json.loads(record_path.read_text())
+    record["recipe"]["lr"]["fp"] = 1e-3  # trained before the recipe's BNEst FP LR
+    record_path.write_text(json.dumps(record))
+    done.clear()
+    qat_results.main(argv)
+    assert done == ["RepQ-BNEst W4A4"]
+    table = json.loads((tmp_path / "qat_results.json").read_text())
+    shutil.rmtree(runs_dir)  # a new machine: the committed table only
+    done.clear()
+    qat_results.main(argv)
+    assert done == []  # every run in the table has the current recipe: the seed is kept
+    for r in table["runs"]:
+        if r["label"] == "RepQ W4A4":
+            r["recipe"]["weight_decay"] = 1e-4
+    (tmp_path / "qat_results.json").write_text(json.dumps(table))
+    qat_results.main(argv)
+    assert done == labels  # one row has another recipe: the seed trains again from one FP model
+
+
 def test_qat_results_rows_reruns_only_the_named_rows_and_keeps_the_rest(tmp_path, monkeypatch):
     """``--rows LABEL`` replaces that row of --models; the other rows of that model and every row of other
     models stay as the earlier table had them (with their commits)."""
