@@ -5,9 +5,9 @@ variance of each normalized branch output, against BNEst's estimate from the blo
 (``E[X]·ΣW``, ``V[X]·ΣW²``, SPEC B). Reported per layer: the feature-map size, the median over
 channels of ``|est − true| / std_true`` for the mean and of ``est / true`` for the variance.
 
-  python benchmarks/bnest_error.py --checkpoint runs/main_job/fp_model.keras [--batches 4]
+  python benchmarks/bnest_error.py --checkpoint runs/main_job/fp_model.keras [--batches 4] [--name bnest_error]
 
-Writes benchmarks/results/bnest_error.{json,md,png} with the commit and the command.
+Writes benchmarks/results/<name>.{json,md,png} with the commit and the command.
 """
 
 import argparse
@@ -54,6 +54,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default=os.path.join("runs", "main_job", "fp_model.keras"))
     parser.add_argument("--batches", type=int, default=4, help="test batches of 64")
+    parser.add_argument("--name", default="bnest_error", help="artifact name under benchmarks/results/")
     args = parser.parse_args()
     model = keras.saving.load_model(args.checkpoint, compile=False)
     test = get_dataset("mnist5k", "test", 64)[0].take(args.batches)
@@ -77,8 +78,8 @@ def main():
               f"{r['var_ratio']:.2f} | {r['worst_branch_var_ratio']:.2f} |" for r in rows]
     from repq.training import write_json, write_text
 
-    write_json(os.path.join(RESULTS, "bnest_error.json"), dict(provenance=info, checkpoint=args.checkpoint, rows=rows))
-    write_text(os.path.join(RESULTS, "bnest_error.md"), "\n".join(lines) + "\n")
+    write_json(os.path.join(RESULTS, f"{args.name}.json"), dict(provenance=info, checkpoint=args.checkpoint, rows=rows))
+    write_text(os.path.join(RESULTS, f"{args.name}.md"), "\n".join(lines) + "\n")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -90,7 +91,7 @@ def main():
     ax.set_xticks(range(len(rows)), [f"{r['layer']}\\n{r['map_size']}px" for r in rows], rotation=90, fontsize=6)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(os.path.join(RESULTS, "bnest_error.png"), dpi=100)
+    fig.savefig(os.path.join(RESULTS, f"{args.name}.png"), dpi=100)
     print("\n".join(lines))
 
 
