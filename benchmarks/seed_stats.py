@@ -1,4 +1,5 @@
-"""Statistics over seeds shared by the results tables: the sample std and the "beyond noise" test."""
+"""Statistics shared by the results tables: the sample std over seeds, the "beyond noise" test, and the
+binomial standard error of one accuracy measured on a finite test set."""
 
 import numpy as np
 
@@ -14,3 +15,10 @@ def beyond_noise(a, b):
     a, b = np.asarray(a, float), np.asarray(b, float)
     se = np.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b)) if min(len(a), len(b)) > 1 else np.inf
     return bool(abs(a.mean() - b.mean()) > 2 * se)
+
+
+def binomial_se(percent, num_test):
+    """Standard error, in percentage points, of one top-1 accuracy of ``percent`` % measured on ``num_test``
+    test images: ``100 * sqrt(p (1 - p) / n)`` with p = percent / 100 (the test set's sampling noise)."""
+    p = percent / 100.0
+    return 100.0 * float(np.sqrt(p * (1.0 - p) / num_test))

@@ -376,6 +376,17 @@ def test_qat_results_claims_say_whether_each_fp_baseline_converged():
     assert set(found) == {("m", "FP"), ("m", "BNEst FP"), ("sr", "FP"), ("sr2", "FP")}
     assert found["m", "FP"]["holds"] is True and found["m", "BNEst FP"]["holds"] is False
     assert "min 98.20 %" in found["m", "BNEst FP"]["detail"]
+    # beyond noise: the worst seed is more than 2 binomial s.e. of one top-1 at the bar (1,000 test images:
+    # 100 * sqrt(0.985 * 0.015 / 1000) = 0.384 pt) away from 98.5 %; 98.2 and 98.5 are not, 97.0 is
+    assert found["m", "FP"]["beyond_noise"] is False and found["m", "BNEst FP"]["beyond_noise"] is False
+    assert "0.38 pt" in found["m", "BNEst FP"]["detail"] and "mean 98.53 +- 0.31 %" in found["m", "BNEst FP"]["detail"]
+    assert "beyond_noise" not in found["sr", "FP"]
+    far = [qat_results.summarize(runs("m", "FP", [99.4, 99.3, 99.5])),
+           qat_results.summarize(runs("m", "RepQ-BNEst W4A4", [98.8, 97.0]))]
+
+    def noise(num_test=None):
+        return [c["beyond_noise"] for c in qat_results.claims(far, num_test) if "converged" in c["claim"]]
+    assert noise() == [True, True] and noise(num_test=100) == [False, False]  # 100 images: s.e. 1.22 pt
     assert found["sr", "FP"]["holds"] is False and "min gain +0.90 dB" in found["sr", "FP"]["detail"]
     assert found["sr2", "FP"]["holds"] is False
     rows[2] = qat_results.summarize(runs("sr", "FP", [32.0, 31.5], metric="psnr", bicubic=30.4))
