@@ -203,6 +203,58 @@ def test_bnest_grouped_matches_per_group_computation():
     np.testing.assert_allclose(var, np.concatenate([vx[:2] @ kq[:, :3], vx[2:] @ kq[:, 3:]]), rtol=1e-5)
 
 
+@pytest.mark.parametrize("size,stride,groups", [(1, 1, 1), (2, 2, 1), (2, 1, 1), (5, 2, 1), (3, 1, 4)],
+                         ids=["1x1", "2x2_s2", "2x2", "5x5_s2", "3x3_depthwise"])
+def test_padding_aware_bnest_matches_true_statistics_on_small_maps(size, stride, groups):
+    """Sampled i.i.d. inputs (per-channel mean and std), padded k//2 and convolved: the padding-aware
+    estimate lands on the measured batch moments, where the spec's border-blind formula is far off
+    (a 1x1 map reads only the centre tap)."""
+    rng = np.random.default_rng(size * 10 + stride)
+    channels, out = 4, 8 if groups > 1 else 5
+    x = (rng.normal(size=(16384, size, size, channels)) * rng.uniform(0.5, 2.0, channels)
+         + rng.normal(0.0, 2.0, channels)).astype("float32")
+    kernel = rng.normal(size=(3, 3, channels // groups, out)).astype("float32")
+    padded = np.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)])
+    if groups == 1:
+        y = tf.nn.conv2d(padded, kernel, stride, "VALID").numpy()
+    else:
+        y = tf.nn.depthwise_conv2d(padded, kernel.reshape(3, 3, channels, out // channels), [1, stride, stride, 1],
+                                   "VALID").numpy()
+    true_mean, true_var = y.mean(axis=(0, 1, 2)), y.var(axis=(0, 1, 2))
+    mean, var = (ops.convert_to_numpy(t) for t in estimate_output_moments(x, kernel, None, groups, padding=(1, stride)))
+    std = np.sqrt(true_var)
+    assert np.abs(mean - true_mean).max() < 0.03 * std.max()  # sampling error of 16,384 x H'W' values
+    np.testing.assert_allclose(var, true_var, rtol=0.05)
+    blind_mean, blind_var = (ops.convert_to_numpy(t) for t in estimate_output_moments(x, kernel, None, groups))
+    if size <= 2:  # most taps read padding: the border-blind formula misses by far more than the tolerance
+        assert np.abs(blind_mean - true_mean).max() > 0.3 * std.max() or np.abs(blind_var / true_var - 1).max() > 0.3
+
+
+def test_padding_aware_bnest_equals_the_formula_without_padding():
+    """A 1x1 conv (pad 0) reads no padding: both estimates agree to float rounding."""
+    rng = np.random.default_rng(9)
+    x = rng.normal(1.0, 2.0, size=(4, 3, 3, 6)).astype("float32")
+    kernel, bias = rng.normal(size=(1, 1, 6, 5)).astype("float32"), rng.normal(size=5).astype("float32")
+    for blind, aware in zip(estimate_output_moments(x, kernel, bias), estimate_output_moments(x, kernel, bias,
+                                                                                              padding=(0, 2))):
+        np.testing.assert_allclose(ops.convert_to_numpy(aware), ops.convert_to_numpy(blind), rtol=1e-5)
+
+
+def test_padding_aware_bnest_block_trains_deploys_and_round_trips(tmp_path):
+    block = ACBlock(6, strides=2, norm_mode="bnest", bnest_padding_aware=True)
+    x = np.random.default_rng(10).normal(size=(8, 2, 2, 4)).astype("float32")
+    block(x, training=True)
+    blind = ACBlock.from_config({**block.get_config(), "bnest_padding_aware": False})
+    blind(x, training=True)
+    blind.set_weights(block.get_weights())
+    for b in (block, blind):
+        b(x, training=True)
+    moving = [ops.convert_to_numpy(n.moving_variance) for b in (block, blind) for n in b.norms[:1]]
+    assert not np.allclose(moving[0], moving[1])  # the two estimates differ on a 2x2 map
+    assert rel_max_error(block(x, training=False), block.deploy_layer()(x)) < TOL
+    assert ACBlock.from_config(block.get_config()).bnest_padding_aware is True
+
+
 def test_bnest_block_deploys_exactly():
     block = built_block(lambda: RepVGGBlock(8, norm_mode="bnest"), 8)
     x = np.random.default_rng(7).normal(size=(2, 6, 6, 8)).astype("float32")

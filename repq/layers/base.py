@@ -60,10 +60,13 @@ class RepConvBlock(keras.layers.Layer):
         applied after the branch sum.
       norm_mode: "bn" (BatchNorm with batch statistics in training) or "bnest"
         (BN estimation: statistics derived from the input's mean/variance).
+      bnest_padding_aware: with ``norm_mode="bnest"``, estimate with the zero
+        padding counted (``estimate_output_moments(padding=...)``) instead of
+        the spec's formula, which neglects the border (small feature maps).
     """
 
     def __init__(self, filters, kernel_size=3, strides=1, groups=1,
-                 activation=None, norm_mode="bn", **kwargs):
+                 activation=None, norm_mode="bn", bnest_padding_aware=False, **kwargs):
         super().__init__(**kwargs)
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd, got {kernel_size}.")
@@ -81,6 +84,7 @@ class RepConvBlock(keras.layers.Layer):
         self.groups = int(groups)
         self.activation = activation
         self.norm_mode = norm_mode
+        self.bnest_padding_aware = bool(bnest_padding_aware)
         self.pad = self.kernel_size // 2
         self.norms = []
         self.prelu = None
@@ -189,7 +193,8 @@ class RepConvBlock(keras.layers.Layer):
         """Per-branch (mean, var) of this batch, ``None`` for branches without norm."""
         if self.norm_mode == "bnest":
             moments = input_moments(inputs)  # once per block: every branch reads the same input
-            return [estimate_output_moments(inputs, k, b, self.groups, moments) if n is not None else None
+            padding = (self.pad, self.strides) if self.bnest_padding_aware else None
+            return [estimate_output_moments(inputs, k, b, self.groups, moments, padding) if n is not None else None
                     for (k, b), n in zip(kernels, self.norms)]
         outputs = self.branch_outputs(inputs)
         return [batch_moments(o) if n is not None else None for o, n in zip(outputs, self.norms)]
@@ -231,5 +236,6 @@ class RepConvBlock(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(filters=self.filters, kernel_size=self.kernel_size, strides=self.strides,
-                      groups=self.groups, activation=self.activation, norm_mode=self.norm_mode)
+                      groups=self.groups, activation=self.activation, norm_mode=self.norm_mode,
+                      bnest_padding_aware=self.bnest_padding_aware)
         return config

@@ -100,7 +100,7 @@ class ECBlock(RepConvBlock):
 
     def get_config(self):
         config = super().get_config()
-        for key in ("kernel_size", "strides", "groups", "norm_mode"):
+        for key in ("kernel_size", "strides", "groups", "norm_mode", "bnest_padding_aware"):
             config.pop(key)
         config.update(depth_multiplier=self.depth_multiplier, with_identity=self.with_identity)
         return config
