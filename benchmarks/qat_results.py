@@ -2,12 +2,14 @@
 
 For every seed: ``train.py`` trains the FP model once (``--method=fp``); every quantized row
 starts from that checkpoint (``--fp_checkpoint``), except RepQ-BNEst, which trains its own BNEst
-FP model (the other BNEst rows start from that one). Each row is reported as mean +- std over the seeds. The
+FP model (the other BNEst rows start from that one), and RepQ-BNEst with the padding-aware estimate
+(``--bnest_padding_aware``), which trains its own with that estimate. Each row is reported as mean +- std over the seeds. The
 claims: first whether each FP baseline converged in every seed (top-1 >= 98.5 %; ECBSR >= bicubic + 1 dB),
 then the RepQ claims: 8-bit within 0.3 pt of FP, 4-bit within 1 pt, RepQ >= merged LSQ, RepQ-BNEst >= merged LSQ
 ("beyond noise": the difference of the means exceeds twice its standard error).
 
-  python benchmarks/qat_results.py --models repvgg_a0 --seeds 0 1 2 [--tfmot8] [--low_bits] [--freeze_ablation] [--bn_variance_floor]
+  python benchmarks/qat_results.py --models repvgg_a0 --seeds 0 1 2 [--tfmot8] [--low_bits] [--freeze_ablation] \
+      [--bn_variance_floor] [--bnest_padding_aware]
   python benchmarks/qat_results.py --models repvgg_a0 --rows "Merged 8-bit (tfmot) W8A8"   # add one row
 
 Writes benchmarks/results/qat_results.{json,md} (rows of other models, runs of seeds not in --seeds, and
@@ -69,7 +71,13 @@ BN_VARIANCE_FLOOR_LOW_BITS = [
     ("RepQ W3A3 (BN variance floor)", ["--method=repq", "--bits=3", "--bn_variance_floor"]),
     ("RepQ W2A4 (BN variance floor)", ["--method=repq", "--weight_bits=2", "--act_bits=4", "--bn_variance_floor"])]
 
-ALL_ROWS = ROWS + FREEZE_ABLATION + TFMOT8 + LOW_BITS + BN_VARIANCE_FLOOR + BN_VARIANCE_FLOOR_LOW_BITS  # table order
+# RepQ-BNEst with the padding-aware estimate (train.py --bnest_padding_aware): trains its own BNEst FP model
+# with that estimate (docs/training.md, "BNEst's estimation error on real feature maps"); models with BN only.
+BNEST_PADDING_AWARE_ROW = "RepQ-BNEst W4A4 (padding-aware)"
+BNEST_PADDING_AWARE = [(BNEST_PADDING_AWARE_ROW, ["--method=repq", "--bits=4", "--bnest", "--bnest_padding_aware"])]
+
+ALL_ROWS = (ROWS + FREEZE_ABLATION + TFMOT8 + LOW_BITS + BN_VARIANCE_FLOOR + BN_VARIANCE_FLOOR_LOW_BITS
+            + BNEST_PADDING_AWARE)  # table order
 RUN_RECORD = "qat_results_run.json"  # in each run dir: the finished run as the table records it
 
 
@@ -79,7 +87,7 @@ def slug(label):
 
 def fp_source_row(label, flags):
     """The row whose run trains the FP model that row ``label`` starts from (None: it trains its own)."""
-    if "--method=fp" in flags or label == BNEST_FP_ROW:
+    if "--method=fp" in flags or label in (BNEST_FP_ROW, BNEST_PADDING_AWARE_ROW):
         return None
     return BNEST_FP_ROW if "--bnest" in flags else "FP"
 
@@ -291,11 +299,12 @@ def claims(rows, num_test=None):
         by = {r["label"]: r for r in rows if r["model"] == model}
         metric = by.get("FP", {}).get("metric", "top1")
         unit = "pt" if metric == "top1" else "dB"
-        for name, label in (("FP", "FP"), ("BNEst FP", BNEST_FP_ROW)):
+        for name, label in (("FP", "FP"), ("BNEst FP", BNEST_FP_ROW),
+                            ("BNEst FP (padding-aware)", BNEST_PADDING_AWARE_ROW)):
             claim = baseline_claim(name, by[label], num_test) if label in by else None
             out += [claim] if claim is not None else []
         for label, bits in (("RepQ W8A8", 8), ("RepQ W4A4", 4), ("RepQ-BNEst W4A4", 4), (REPQ_BN_FROZEN_ROW, 4),
-                            (BN_VARIANCE_FLOOR[0][0], 4)):
+                            (BN_VARIANCE_FLOOR[0][0], 4), (BNEST_PADDING_AWARE_ROW, 4)):
             if label in by and "q" in by[label]:
                 r, tol = by[label], tolerance(metric, bits)
                 out.append(dict(model=model, claim=f"{label} within {tol} {unit} of its FP",
@@ -308,14 +317,22 @@ def claims(rows, num_test=None):
             floor = f"RepQ {bits} (BN variance floor)"
             comparisons += [(floor, f"Merged LSQ {bits}", floor), (floor, f"RepQ {bits}", floor)]
         comparisons += [(BNEST_FP_ROW, BNEST_UNFROZEN_ROW, f"{BNEST_FP_ROW} (BN frozen after 1 QAT epoch)"),
-                        (REPQ_BN_FROZEN_ROW, "RepQ W4A4", REPQ_BN_FROZEN_ROW)]
+                        (REPQ_BN_FROZEN_ROW, "RepQ W4A4", REPQ_BN_FROZEN_ROW),
+                        (BNEST_PADDING_AWARE_ROW, "Merged LSQ W4A4", BNEST_PADDING_AWARE_ROW),
+                        (BNEST_PADDING_AWARE_ROW, BNEST_FP_ROW, BNEST_PADDING_AWARE_ROW)]
         for label, base, name in comparisons:
             if label in by and base in by and "q" in by[label] and "q" in by[base]:
-                a, b = by[label]["q"], by[base]["q"]
-                out.append(dict(model=model, claim=f"{name} >= {base}", holds=float(np.mean(a)) >= float(np.mean(b)),
-                                beyond_noise=beyond_noise(a, b),
-                                detail=f"{np.mean(a):.2f} vs {np.mean(b):.2f} {unit}"))
+                out.append(comparison(model, f"{name} >= {base}", by[label]["q"], by[base]["q"], unit))
+        if BNEST_PADDING_AWARE_ROW in by and BNEST_FP_ROW in by:  # the two estimates' FP models
+            out.append(comparison(model, "BNEst FP (padding-aware) >= BNEst FP", by[BNEST_PADDING_AWARE_ROW]["fp"],
+                                  by[BNEST_FP_ROW]["fp"], unit))
     return out
+
+
+def comparison(model, claim, a, b, unit):
+    """The claim "mean(a) >= mean(b)" as a claim row, with whether the difference is beyond noise."""
+    return dict(model=model, claim=claim, holds=float(np.mean(a)) >= float(np.mean(b)), beyond_noise=beyond_noise(a, b),
+                detail=f"{np.mean(a):.2f} vs {np.mean(b):.2f} {unit}")
 
 
 def dash(value):
@@ -408,6 +425,9 @@ def main(argv=None):
     parser.add_argument("--low_bits", action="store_true", help="also W3A3 and W2A4 rows")
     parser.add_argument("--bn_variance_floor", action="store_true",
                         help="also RepQ W4A4 with --bn_variance_floor (and W3A3, W2A4 with --low_bits); models with BN")
+    parser.add_argument("--bnest_padding_aware", action="store_true",
+                        help="also RepQ-BNEst W4A4 with the padding-aware estimate, from its own BNEst FP model; "
+                        "models with BN")
     parser.add_argument("--freeze_ablation", action="store_true",
                         help="also RepQ-BNEst W4A4 with batch statistics throughout (--freeze_bn_after=never) "
                         "and RepQ W4A4 with the BN statistics frozen after 1 QAT epoch (--freeze_bn_after=1)")
@@ -433,6 +453,7 @@ def main(argv=None):
                 rows += FREEZE_ABLATION if args.freeze_ablation else []
                 if args.bn_variance_floor:
                     rows += BN_VARIANCE_FLOOR + (BN_VARIANCE_FLOOR_LOW_BITS if args.low_bits else [])
+                rows += BNEST_PADDING_AWARE if args.bnest_padding_aware else []
         for seed in args.seeds:
             finished = None if args.rerun else finished_seed(earlier, model, rows, seed, os.path.abspath(args.runs_dir))
             if finished is not None:

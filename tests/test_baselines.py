@@ -237,6 +237,31 @@ def test_qat_results_bnest_rows_share_the_bnest_fp_model(tmp_path, monkeypatch):
     assert any(c["claim"].endswith(f">= {ablation}") and c["holds"] for c in claims)
 
 
+def test_qat_results_padding_aware_bnest_row_trains_its_own_fp_model_and_is_compared(tmp_path, monkeypatch):
+    """--bnest_padding_aware adds a row that trains its own BNEst FP model with that estimate (no
+    --fp_checkpoint; train.py gets the flag); its FP is checked against the bar and compared with the spec's."""
+    from benchmarks import qat_results
+
+    label, flags = qat_results.BNEST_PADDING_AWARE[0]
+    runs = str(tmp_path)
+    assert qat_results.fp_checkpoint("ac_resnet18", label, flags, 0, runs) is None
+    _, cmd = qat_results.train_command("ac_resnet18", label, flags, 0, runs)
+    assert "--bnest_padding_aware" in cmd and not any(a.startswith("--fp_checkpoint") for a in cmd)
+    monkeypatch.setattr(qat_results, "RESULTS", str(tmp_path))
+    fps = {"RepQ-BNEst W4A4": [98.4, 98.6], label: [99.0, 99.1]}
+    monkeypatch.setattr(qat_results, "run", lambda model, row, flags, seed, runs_dir: dict(
+        model=model, label=row, metric="top1", seed=seed, wall_s=2.0,
+        metrics={"fp": fps[row][seed], "qat": fps[row][seed] - 0.3}))
+    qat_results.main(["--models", "ac_resnet18", "--seeds", "0", "1", "--rows", "RepQ-BNEst W4A4", label,
+                      "--runs_dir", runs])
+    claims = {c["claim"]: c for c in json.loads((tmp_path / "qat_results.json").read_text())["claims"]}
+    assert claims["BNEst FP (padding-aware) converged: every seed >= 98.5 % top-1"]["holds"] is True
+    assert claims["BNEst FP converged: every seed >= 98.5 % top-1"]["holds"] is False
+    assert claims[f"{label} within 1.0 pt of its FP"]["holds"] is True
+    assert claims["BNEst FP (padding-aware) >= BNEst FP"]["holds"] is True
+    assert claims[f"{label} >= RepQ-BNEst W4A4"]["detail"] == "98.75 vs 98.20 pt"
+
+
 def test_qat_results_repq_bn_freeze_row_starts_from_the_bn_fp_model(tmp_path, monkeypatch):
     """The RepQ-BN freeze ablation starts from the seed's BN FP model; its 1-pt claim and its comparison
     with RepQ W4A4 (batch statistics throughout) are stated."""

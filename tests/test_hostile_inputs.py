@@ -61,6 +61,7 @@ def assert_one_line_error(err, *needles):
     (["--freeze_bn_after=-1"], "--freeze_bn_after=-1: give a number of QAT epochs >= 0, or 'never'"),
     (["--method=merged_lsq", "--bn_variance_floor"], "--bn_variance_floor changes how RepQ-BN folds its branch"),
     (["--bnest", "--bn_variance_floor"], "use it with --method=repq on a model with BatchNorm, without --bnest"),
+    (["--bnest_padding_aware"], "--bnest_padding_aware changes how BN estimation estimates: use it with --bnest"),
     (["--strategy=multi_worker"], "needs TF_CONFIG"),
     (["--dataset=nope"], "Unknown dataset 'nope'"),
     (["--act_bits=1"], "--act_bits=1: bit width"),
@@ -109,6 +110,15 @@ def test_fp_checkpoint_of_another_architecture(capsys, tmp_path):
                           f"--output_dir={tmp_path / 'o'}")
     assert code == 2
     assert_one_line_error(err, path, "is not a ecbsr_m4c16_x4 model")
+
+
+def test_fp_checkpoint_with_another_bnest_estimate_is_refused(capsys, tmp_path):
+    path = str(tmp_path / "bnest.keras")
+    models.create_model("repvgg_a0", num_classes=10, input_shape=(32, 32, 3), norm_mode="bnest").save(path)
+    code, err = run_train(capsys, "--model=repvgg_a0", "--bnest", "--bnest_padding_aware", "--limit=2",
+                          f"--fp_checkpoint={path}", f"--output_dir={tmp_path / 'o'}")
+    assert code == 2
+    assert_one_line_error(err, path, "trained without --bnest_padding_aware")
 
 
 def test_corrupt_stage_artefact_in_run_dir_is_not_used(capsys, tmp_path):

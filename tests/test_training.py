@@ -295,6 +295,23 @@ def test_embedded_recipes_freeze_bnest_statistics_after_one_qat_epoch_and_table_
     assert (imagenet.freeze_bn_after, imagenet.bnest_freeze_bn_after) == (None, None)
 
 
+def test_create_model_bnest_padding_aware_sets_every_bnest_block_and_survives_keras_files(tmp_path):
+    from repq.graph import all_layers
+    from repq.layers.base import RepConvBlock
+
+    model = models.create_model("resnet18", num_classes=10, input_shape=(32, 32, 3), norm_mode="bnest",
+                                bnest_padding_aware=True)
+    blocks = [layer for layer in all_layers(model) if isinstance(layer, RepConvBlock)]
+    assert {b.norm_mode for b in blocks} == {"bn", "bnest"}  # ResNet-18 keeps BN in its last two convs
+    assert all(b.bnest_padding_aware == (b.norm_mode == "bnest") for b in blocks)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert [b.bnest_padding_aware for b in all_layers(loaded) if isinstance(b, RepConvBlock)] == \
+        [b.bnest_padding_aware for b in blocks]
+    with pytest.raises(ValueError, match="has no BNEst block; pass norm_mode='bnest'"):
+        models.create_model("resnet18", num_classes=10, input_shape=(32, 32, 3), bnest_padding_aware=True)
+
+
 def test_create_model_unknown_name_is_clear():
     with pytest.raises(ValueError, match="unknown model 'repvgg_z9'"):
         models.create_model("repvgg_z9")

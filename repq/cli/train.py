@@ -38,6 +38,9 @@ flags.DEFINE_integer("bits", 4, "Weight and activation bit width (2..8).")
 flags.DEFINE_integer("weight_bits", None, "Overrides --bits for weights.")
 flags.DEFINE_integer("act_bits", None, "Overrides --bits for activations.")
 flags.DEFINE_bool("bnest", False, "BN estimation in the FP and QAT stages (RepQ-BNEst).")
+flags.DEFINE_bool("bnest_padding_aware", False, "With --bnest: estimate each branch's statistics with the zero padding "
+                  "counted, not neglected as in the spec's formula (small feature maps; docs/training.md, 'BNEst's "
+                  "estimation error on real feature maps').")
 flags.DEFINE_string("dataset", None, "Dataset (default: the recipe's; mnist5k / skimage_sr embedded).")
 flags.DEFINE_string("data_dir", None, "tensorflow_datasets data_dir for cifar10 / imagenet2012.")
 flags.DEFINE_integer("epochs", None, "QAT epochs (overrides the recipe).")
@@ -104,6 +107,8 @@ def check_flags():
         raise UsageError(f"--fp_checkpoint {FLAGS.fp_checkpoint!r} does not exist.")
     if FLAGS.bnest and FLAGS.model.startswith("ecbsr"):
         raise UsageError("ECBSR has no BatchNorm; --bnest does not apply.")
+    if FLAGS.bnest_padding_aware and not FLAGS.bnest:
+        raise UsageError("--bnest_padding_aware changes how BN estimation estimates: use it with --bnest.")
     if FLAGS.strategy not in STRATEGIES:
         raise UsageError(f"unknown strategy {FLAGS.strategy!r}; choose one of: {', '.join(STRATEGIES)}.")
     if FLAGS.num_cpu_devices is not None and FLAGS.num_cpu_devices < 1:
@@ -240,7 +245,8 @@ def create_zoo_model(recipe, info):
     if recipe.task == "super_resolution":  # upscales by its registry entry's sr_scale (recipe.data.scale)
         return models.create_model(FLAGS.model)
     return models.create_model(FLAGS.model, num_classes=info.num_classes, input_shape=info.image_shape,
-                               norm_mode="bnest" if FLAGS.bnest else "bn", stem=recipe.stem)
+                               norm_mode="bnest" if FLAGS.bnest else "bn", stem=recipe.stem,
+                               bnest_padding_aware=FLAGS.bnest_padding_aware)
 
 
 def weight_shapes(model):
@@ -261,6 +267,16 @@ def check_fp_checkpoint(model, reference, path):
         raise UsageError(f"--fp_checkpoint {path} is not a {FLAGS.model}{' (BNEst)' if FLAGS.bnest else ''} model "
                          f"({len(model.weights)} weights, the zoo model has {len(reference.weights)} of other shapes); "
                          "pass the matching --model (and --bnest).")
+    if padding_aware_blocks(model) != padding_aware_blocks(reference):
+        raise UsageError(f"--fp_checkpoint {path} was trained {'with' if padding_aware_blocks(model) else 'without'} "
+                         "--bnest_padding_aware; pass the same setting as its FP training.")
+
+
+def padding_aware_blocks(model):
+    """Names of the blocks of ``model`` that estimate BN statistics with the padding counted."""
+    from repq.graph import all_layers
+
+    return sorted(layer.name for layer in all_layers(model) if getattr(layer, "bnest_padding_aware", False))
 
 
 def check_writable(output_dir):
@@ -292,6 +308,8 @@ def check_run_config(output_dir, w_bits, a_bits, recipe, write):
 
     config = {key: getattr(FLAGS, key) for key in RUN_KEYS}
     config.update(weight_bits=w_bits, act_bits=a_bits, recipe=recipe.to_dict())
+    if FLAGS.bnest_padding_aware:  # only when set: run directories of earlier versions stay resumable
+        config.update(bnest_padding_aware=True)
     if FLAGS.ptq_init:  # only when set: run directories of earlier versions stay resumable
         config.update({key: getattr(FLAGS, key) for key in ("ptq_init", "ptq_iters", "ptq_calib_size")})
     note = guard(output_dir, config, write)

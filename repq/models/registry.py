@@ -11,6 +11,8 @@ import dataclasses
 import warnings
 from collections.abc import Callable
 
+from repq.graph import all_layers
+from repq.layers.base import RepConvBlock
 from repq.models.defaults import GENERIC_DEFAULTS, ModelDefaults
 
 ATTRIBUTE = "repq_registry_name"
@@ -60,15 +62,26 @@ def _entry(name):
     return _MODELS[name]
 
 
-def create_model(name, **kwargs):
+def create_model(name, bnest_padding_aware=False, **kwargs):
     """Build a registered model, e.g. ``create_model("repvgg_a0", num_classes=10, input_shape=(32, 32, 3))``.
 
-    The model records ``name`` (:func:`registry_name`).
+    The model records ``name`` (:func:`registry_name`). ``bnest_padding_aware=True`` (with
+    ``norm_mode="bnest"``) makes every BNEst block estimate with its zero padding counted
+    (:class:`repq.layers.base.RepConvBlock`).
 
     Raises:
-      ValueError: for an unknown name (the message lists the known ones).
+      ValueError: for an unknown name (the message lists the known ones), or ``bnest_padding_aware``
+        on a model without BNEst blocks.
     """
     model = _entry(name).builder(**kwargs)
+    if bnest_padding_aware:
+        blocks = [layer for layer in all_layers(model)
+                  if isinstance(layer, RepConvBlock) and layer.norm_mode == "bnest"]
+        if not blocks:
+            raise ValueError(f"bnest_padding_aware=True: {name} built with {kwargs} has no BNEst block; "
+                             "pass norm_mode='bnest'.")
+        for block in blocks:
+            block.bnest_padding_aware = True
     set_registry_name(model, name)
     return model
 
