@@ -141,6 +141,23 @@ def test_tensor_read_with_two_learned_steps(bits, tmp_path):
     assert report["scales_match_learned"]
 
 
+def test_tensor_read_with_steps_one_float_apart(tmp_path):
+    """Two readers of one tensor whose learned steps are one float32 ulp apart, the values of a trained
+    W3A3 AC-ResNet-18 (at 3 bits both fake-quant ranges round to the same float32): the converter failed
+    on the PAD before conv1 ("same scale constraint"); the export reads the tensor with one step
+    (``graph.SAME_STEP_RTOL``) and stays bit-exact with its emulation."""
+    qat, rep, test = _qat_model("ac_resnet18", 3)
+    for block in ("stage2_block0", "stage3_block0", "stage4_block0"):
+        conv1, shortcut = (next(l for l in all_layers(qat) if l.name == f"{block}_{part}"
+                                and getattr(l, "input_quantizer", None) is not None) for part in ("conv1", "shortcut"))
+        step = np.float32(1.5214132)
+        conv1.input_quantizer.step.assign(step)
+        shortcut.input_quantizer.step.assign(np.nextafter(step, np.float32(np.inf)))
+    path, report = repq.export_tflite(qat, str(tmp_path / "m.tflite"), rep, test)
+    assert report["integer_only"], report["float_ops"]
+    assert report["integer_emulation"]["max_abs_diff_steps"] == 0.0
+
+
 def test_integer_predict_api():
     qat, rep, test = _qat_model("repvgg_a0", 4)
     x = test[0][0][:8]

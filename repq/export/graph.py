@@ -191,6 +191,7 @@ def export_model(model):
         deploy, recursive=True,
         clone_function=lambda l: (_dense_as_conv(l) if type(l) is QuantizedDense
                                   else _export_conv(l) if type(l) is QuantizedConv2D else l))
+    _unify_near_equal_steps(exported)
     _mark_shared_inputs(exported)
     fold_relu6(exported)
     return exported
@@ -233,15 +234,46 @@ def _clamps_at_6(reader):
     return False
 
 
-def _mark_shared_inputs(model):
-    """Set ``shared_input`` on quantized layers whose input tensor other quantized layers read
-    with a different learned step (see :class:`SharedInputMixin`)."""
+# Readers of one tensor whose learned input steps differ by less than this (relative) read it with one step.
+SAME_STEP_RTOL = 1e-5
+
+
+def _input_readers(model):
+    """``{tensor key: [quantized layers reading it]}`` over the flattened graph of ``model``."""
     readers = {}
     for layer, _, in_keys, _ in flat_steps(model, {}, []):
         if isinstance(layer, SharedInputMixin) and layer.act_bits is not None:
             for k in in_keys:
                 readers.setdefault(k, []).append(layer)
-    for layers in readers.values():
+    return readers
+
+
+def _unify_near_equal_steps(model):
+    """Give readers of one tensor whose learned input steps differ by at most SAME_STEP_RTOL the first
+    reader's step exactly (and act_bits, signedness alike: only then).
+
+    Why: the converter cannot place such a pair. Steps one float32 ulp apart can give the two readers'
+    fake-quants the same float32 range (3 bits: ``7 * 1.5214132 == 7 * 1.5214133``), which the converter
+    merges into one, while conv1's padded container (``fine_container``) derives from its own step: with a
+    ResNet block output read by conv1 and the projection shortcut, conversion fails with "'tfl.pad' op
+    quantization parameters violate the same scale constraint" (a trained W3A3 AC-ResNet-18). Equal
+    steps, or steps 1e-6 apart and more, convert. The change moves a quantized value by at most
+    SAME_STEP_RTOL of itself, far below one step; the fidelity report measures the result.
+    """
+    for layers in _input_readers(model).values():
+        first = layers[0]
+        base = float(first.input_step.numpy())
+        for layer in layers[1:]:
+            step = float(layer.input_step.numpy())
+            if (step != base and abs(step - base) <= SAME_STEP_RTOL * abs(base)
+                    and (layer.act_bits, layer.input_signed) == (first.act_bits, first.input_signed)):
+                layer.input_step.assign(first.input_step)
+
+
+def _mark_shared_inputs(model):
+    """Set ``shared_input`` on quantized layers whose input tensor other quantized layers read
+    with a different learned step (see :class:`SharedInputMixin`)."""
+    for layers in _input_readers(model).values():
         if len({float(l.input_step.numpy()) for l in layers}) > 1:
             for layer in layers:
                 layer.shared_input = True
