@@ -158,6 +158,32 @@ def test_tensor_read_with_steps_one_float_apart(tmp_path):
     assert report["integer_emulation"]["max_abs_diff_steps"] == 0.0
 
 
+@pytest.mark.parametrize("apart, unified", [(1, True), (1e-3, False)], ids=["one_ulp", "1e-3"])
+def test_export_unifies_only_steps_within_the_tolerance(apart, unified):
+    """Two readers of one tensor: steps one ulp apart get the first reader's step in the export graph;
+    steps 1e-3 apart keep their own (and the QAT model keeps its steps either way)."""
+    from repq.export.graph import export_model
+    from repq.layers import ConvBN
+
+    inputs = keras.Input((8, 8, 4))
+    x = ConvBN(8, 3, activation="relu", name="stem")(inputs)
+    y = keras.layers.Add()([ConvBN(8, 3, name="conv1")(x), ConvBN(8, 1, name="shortcut")(x)])
+    fp = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(y)))
+    qat = quantize_model(fp, 4, 4)
+    steps = {l.name: l.input_quantizer.step for l in all_layers(qat) if l.name in ("conv1", "shortcut")
+             and getattr(l, "input_quantizer", None) is not None}
+    base = np.float32(0.37)
+    other = np.nextafter(base, np.float32(1)) if apart == 1 else np.float32(base * (1 + apart))
+    steps["conv1"].assign(base)
+    steps["shortcut"].assign(other)
+    exported = {l.name: float(l.input_step.numpy()) for l in all_layers(export_model(qat)) if hasattr(l, "input_step")}
+    if unified:  # both get the step of the reader that comes first in the graph
+        assert exported["conv1"] == exported["shortcut"] and exported["conv1"] in (base, other)
+    else:
+        assert (exported["conv1"], exported["shortcut"]) == (base, other)
+    assert (float(steps["conv1"].numpy()), float(steps["shortcut"].numpy())) == (base, other)
+
+
 def test_integer_predict_api():
     qat, rep, test = _qat_model("repvgg_a0", 4)
     x = test[0][0][:8]

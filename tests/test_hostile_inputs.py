@@ -112,13 +112,16 @@ def test_fp_checkpoint_of_another_architecture(capsys, tmp_path):
     assert_one_line_error(err, path, "is not a ecbsr_m4c16_x4 model")
 
 
-def test_fp_checkpoint_with_another_bnest_estimate_is_refused(capsys, tmp_path):
+@pytest.mark.parametrize("aware", [False, True], ids=["spec_checkpoint", "padding_aware_checkpoint"])
+def test_fp_checkpoint_with_another_bnest_estimate_is_refused(capsys, tmp_path, aware):
     path = str(tmp_path / "bnest.keras")
-    models.create_model("repvgg_a0", num_classes=10, input_shape=(32, 32, 3), norm_mode="bnest").save(path)
-    code, err = run_train(capsys, "--model=repvgg_a0", "--bnest", "--bnest_padding_aware", "--limit=2",
-                          f"--fp_checkpoint={path}", f"--output_dir={tmp_path / 'o'}")
+    models.create_model("repvgg_a0", num_classes=10, input_shape=(32, 32, 3), norm_mode="bnest",
+                        bnest_padding_aware=aware).save(path)
+    flag = [] if aware else ["--bnest_padding_aware"]
+    code, err = run_train(capsys, "--model=repvgg_a0", "--bnest", *flag, "--limit=2", f"--fp_checkpoint={path}",
+                          f"--output_dir={tmp_path / 'o'}")
     assert code == 2
-    assert_one_line_error(err, path, "trained without --bnest_padding_aware")
+    assert_one_line_error(err, path, f"trained {'with' if aware else 'without'} --bnest_padding_aware")
 
 
 def test_corrupt_stage_artefact_in_run_dir_is_not_used(capsys, tmp_path):

@@ -267,16 +267,17 @@ def check_fp_checkpoint(model, reference, path):
         raise UsageError(f"--fp_checkpoint {path} is not a {FLAGS.model}{' (BNEst)' if FLAGS.bnest else ''} model "
                          f"({len(model.weights)} weights, the zoo model has {len(reference.weights)} of other shapes); "
                          "pass the matching --model (and --bnest).")
-    if padding_aware_blocks(model) != padding_aware_blocks(reference):
+    if FLAGS.bnest and padding_aware_blocks(model) != padding_aware_blocks(reference):
         raise UsageError(f"--fp_checkpoint {path} was trained {'with' if padding_aware_blocks(model) else 'without'} "
                          "--bnest_padding_aware; pass the same setting as its FP training.")
 
 
 def padding_aware_blocks(model):
-    """Names of the blocks of ``model`` that estimate BN statistics with the padding counted."""
+    """Names of the BNEst blocks of ``model`` that estimate with the padding counted."""
     from repq.graph import all_layers
 
-    return sorted(layer.name for layer in all_layers(model) if getattr(layer, "bnest_padding_aware", False))
+    return sorted(layer.name for layer in all_layers(model)
+                  if getattr(layer, "norm_mode", None) == "bnest" and getattr(layer, "bnest_padding_aware", False))
 
 
 def check_writable(output_dir):

@@ -234,7 +234,7 @@ def _clamps_at_6(reader):
     return False
 
 
-# Readers of one tensor whose learned input steps differ by less than this (relative) read it with one step.
+# Readers of one tensor whose learned input steps differ by at most this (relative) read it with one step.
 SAME_STEP_RTOL = 1e-5
 
 
@@ -249,25 +249,28 @@ def _input_readers(model):
 
 
 def _unify_near_equal_steps(model):
-    """Give readers of one tensor whose learned input steps differ by at most SAME_STEP_RTOL the first
-    reader's step exactly (and act_bits, signedness alike: only then).
+    """Give readers of one tensor with the same act_bits and signedness, whose learned input steps differ
+    by at most SAME_STEP_RTOL, the step of the first of them exactly.
 
     Why: the converter cannot place such a pair. Steps one float32 ulp apart can give the two readers'
     fake-quants the same float32 range (3 bits: ``7 * 1.5214132 == 7 * 1.5214133``), which the converter
     merges into one, while conv1's padded container (``fine_container``) derives from its own step: with a
     ResNet block output read by conv1 and the projection shortcut, conversion fails with "'tfl.pad' op
     quantization parameters violate the same scale constraint" (a trained W3A3 AC-ResNet-18). Equal
-    steps, or steps 1e-6 apart and more, convert. The change moves a quantized value by at most
-    SAME_STEP_RTOL of itself, far below one step; the fidelity report measures the result.
+    steps, or steps 1e-6 apart and more, convert. The change scales the reader's grid by at most
+    SAME_STEP_RTOL: a value rounds to another level only where it lies that close to a rounding boundary
+    (rare), and the fidelity report measures the result.
     """
     for layers in _input_readers(model).values():
-        first = layers[0]
-        base = float(first.input_step.numpy())
-        for layer in layers[1:]:
-            step = float(layer.input_step.numpy())
-            if (step != base and abs(step - base) <= SAME_STEP_RTOL * abs(base)
-                    and (layer.act_bits, layer.input_signed) == (first.act_bits, first.input_signed)):
-                layer.input_step.assign(first.input_step)
+        groups = {}
+        for layer in layers:
+            groups.setdefault((layer.act_bits, layer.input_signed), []).append(layer)
+        for first, *others in groups.values():
+            base = float(first.input_step.numpy())
+            for layer in others:
+                step = float(layer.input_step.numpy())
+                if step != base and abs(step - base) <= SAME_STEP_RTOL * abs(base):
+                    layer.input_step.assign(first.input_step)
 
 
 def _mark_shared_inputs(model):

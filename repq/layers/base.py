@@ -76,6 +76,9 @@ class RepConvBlock(keras.layers.Layer):
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}.")
         if norm_mode not in NORM_MODES:
             raise ValueError(f"norm_mode must be one of {NORM_MODES}, got {norm_mode!r}.")
+        if bnest_padding_aware and norm_mode != "bnest":
+            raise ValueError(f"bnest_padding_aware=True applies to BN estimation: pass norm_mode='bnest' "
+                             f"(got {norm_mode!r}).")
         if filters % groups:
             raise ValueError(f"filters={filters} is not divisible by groups={groups}.")
         self.filters = int(filters)

@@ -48,8 +48,8 @@ def input_moments(inputs):
     return batch_moments(inputs)
 
 
-def tap_coverage(size, kernel_size, pad, stride):
-    """``(out, k)`` float 0/1 matrix: whether tap ``t`` of a k-tap kernel at output position ``o``
+def tap_coverage(size, kernel_size, pad, stride, dtype="float32"):
+    """``(out, k)`` 0/1 matrix of ``dtype``: whether tap ``t`` of a k-tap kernel at output position ``o``
     reads the input (``0 <= o*stride - pad + t < size``) rather than the zero padding.
 
     ``size`` is the input's height or width (a Python int or a scalar tensor); ``out`` is the
@@ -57,7 +57,7 @@ def tap_coverage(size, kernel_size, pad, stride):
     """
     out = (size + 2 * pad - kernel_size) // stride + 1
     position = ops.arange(out)[:, None] * stride - pad + ops.arange(kernel_size)[None, :]
-    return ops.cast(ops.logical_and(position >= 0, position < size), "float32")
+    return ops.cast(ops.logical_and(position >= 0, position < size), dtype)
 
 
 def _per_tap(stat_in, kernel, groups):
@@ -79,8 +79,8 @@ def _padding_aware_moments(inputs, kernel, groups, mean_in, var_in, pad, stride)
     """
     k_h, k_w = kernel.shape[0], kernel.shape[1]
     shape = ops.shape(inputs)
-    rows = ops.cast(tap_coverage(shape[1], k_h, pad, stride), kernel.dtype)  # (H', k)
-    cols = ops.cast(tap_coverage(shape[2], k_w, pad, stride), kernel.dtype)  # (W', k)
+    rows = tap_coverage(shape[1], k_h, pad, stride, kernel.dtype)  # (H', k)
+    cols = tap_coverage(shape[2], k_w, pad, stride, kernel.dtype)  # (W', k)
     mean_p = ops.einsum("ah,bw,hwo->abo", rows, cols, _per_tap(mean_in, kernel, groups))
     var_p = ops.einsum("ah,bw,hwo->abo", rows, cols, _per_tap(var_in, ops.square(kernel), groups))
     mean = ops.mean(mean_p, axis=(0, 1))

@@ -62,7 +62,7 @@ def _entry(name):
     return _MODELS[name]
 
 
-def create_model(name, bnest_padding_aware=False, **kwargs):
+def create_model(name, *, bnest_padding_aware=False, **kwargs):
     """Build a registered model, e.g. ``create_model("repvgg_a0", num_classes=10, input_shape=(32, 32, 3))``.
 
     The model records ``name`` (:func:`registry_name`). ``bnest_padding_aware=True`` (with
@@ -78,8 +78,7 @@ def create_model(name, bnest_padding_aware=False, **kwargs):
         blocks = [layer for layer in all_layers(model)
                   if isinstance(layer, RepConvBlock) and layer.norm_mode == "bnest"]
         if not blocks:
-            raise ValueError(f"bnest_padding_aware=True: {name} built with {kwargs} has no BNEst block; "
-                             "pass norm_mode='bnest'.")
+            raise ValueError(f"bnest_padding_aware=True: this {name} has no BNEst block; pass norm_mode='bnest'.")
         for block in blocks:
             block.bnest_padding_aware = True
     set_registry_name(model, name)
