@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from repq import models
+from repq.graph import all_layers
 from repq.layers import RepVGGBlock
 from repq.qat import quantize_model, quantized_layers
 from repq.quantizers import ActivationQuantizer, WeightQuantizer, integer_range
@@ -296,7 +297,6 @@ def test_embedded_recipes_freeze_bnest_statistics_after_one_qat_epoch_and_table_
 
 
 def test_create_model_bnest_padding_aware_sets_every_bnest_block_and_survives_keras_files(tmp_path):
-    from repq.graph import all_layers
     from repq.layers.base import RepConvBlock
 
     model = models.create_model("resnet18", num_classes=10, input_shape=(32, 32, 3), norm_mode="bnest",
@@ -310,6 +310,29 @@ def test_create_model_bnest_padding_aware_sets_every_bnest_block_and_survives_ke
         [b.bnest_padding_aware for b in blocks]
     with pytest.raises(ValueError, match="has no BNEst block; pass norm_mode='bnest'"):
         models.create_model("resnet18", num_classes=10, input_shape=(32, 32, 3), bnest_padding_aware=True)
+
+
+def test_quantize_model_sets_or_drops_the_padding_aware_estimate(tmp_path):
+    """bn="bnest" with bnest_padding_aware=True turns it on in every BNEst block; bn="repq" on a padding-aware
+    BNEst FP model drops it with the estimate (the QAT model saves and loads); other combinations are refused."""
+    from repq.layers.base import RepConvBlock
+
+    def blocks(model):
+        return [layer for layer in all_layers(model) if isinstance(layer, RepConvBlock)]
+
+    inputs = keras.Input((8, 8, 3))
+    x = RepVGGBlock(8, name="b0")(inputs)
+    fp = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(RepVGGBlock(8, name="b1")(x))))
+    aware = quantize_model(fp, 4, 4, bn="bnest", bnest_padding_aware=True)
+    assert [(b.norm_mode, b.bnest_padding_aware) for b in blocks(aware)] == [("bnest", True)] * 2
+    for b in blocks(fp):  # an FP model trained with the padding-aware estimate, quantized with RepQ-BN
+        b.norm_mode, b.bnest_padding_aware = "bnest", True
+    repq_bn = quantize_model(fp, 4, 4, bn="repq")
+    assert [(b.norm_mode, b.bnest_padding_aware) for b in blocks(repq_bn)] == [("bn", False)] * 2
+    repq_bn.save(tmp_path / "qat.keras")
+    keras.saving.load_model(tmp_path / "qat.keras")
+    with pytest.raises(ValueError, match="bnest_padding_aware applies to BN estimation"):
+        quantize_model(fp, 4, 4, bn="repq", bnest_padding_aware=True)
 
 
 def test_create_model_unknown_name_is_clear():

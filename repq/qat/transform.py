@@ -112,7 +112,7 @@ def _layer_choices(model, config, folded=()):
 
 
 def quantize_model(model, weight_bits=4, act_bits=4, bn="repq", keep_bn=None, rule=None,
-                   range_quantizers=True, config=None, bn_variance_floor=False):
+                   range_quantizers=True, config=None, bn_variance_floor=False, bnest_padding_aware=None):
     """Return a trainable QAT copy of ``model`` (RepQ).
 
     Every rep block becomes a :class:`QuantRepConv` (merged kernel -> LSQ
@@ -146,6 +146,9 @@ def quantize_model(model, weight_bits=4, act_bits=4, bn="repq", keep_bn=None, ru
         (which then never decreases) with it: a shrinking signal cannot inflate a branch's folded
         kernel above its moving-statistics fold. False (the default): RepQ-BN as specified, which can
         start at chance below 4 bits in deep BN nets (docs/training.md, "RepQ-BN below 4 bits").
+      bnest_padding_aware: with ``bn="bnest"``: True/False sets whether the BNEst blocks estimate with
+        the zero padding counted (:class:`repq.layers.base.RepConvBlock`); None (the default) keeps each
+        block's own setting (False unless the FP model was built with it).
     """
     from repq.checks import check_built_model, check_not_quantized
     from repq.models import model_defaults
@@ -159,6 +162,8 @@ def quantize_model(model, weight_bits=4, act_bits=4, bn="repq", keep_bn=None, ru
         raise ValueError(f"Invalid value for argument bn. Expected one of {BN_MODES}. Received: bn={bn!r}")
     if bn_variance_floor and bn != "repq":
         raise ValueError(f"bn_variance_floor applies to RepQ-BN (bn='repq'); it is not defined for bn={bn!r}.")
+    if bnest_padding_aware is not None and bn != "bnest":
+        raise ValueError(f"bnest_padding_aware applies to BN estimation (bn='bnest'); it is not defined for bn={bn!r}.")
     rule = model_defaults(model).precision_rule if rule is None else rule
     if not isinstance(rule, PrecisionRule):
         raise TypeError(f"Invalid value for argument rule. Expected a PrecisionRule. Received: rule={rule!r} "
@@ -198,8 +203,10 @@ def quantize_model(model, weight_bits=4, act_bits=4, bn="repq", keep_bn=None, ru
         if isinstance(layer, RepConvBlock):
             if bn == "bnest" and layer.name not in keep_bn:
                 inner.norm_mode = "bnest"
+                if bnest_padding_aware is not None:
+                    inner.bnest_padding_aware = bool(bnest_padding_aware)
             elif bn == "repq":
-                inner.norm_mode = "bn"
+                inner.norm_mode, inner.bnest_padding_aware = "bn", False
             return QuantRepConv(inner, w_bits, a_bits, signed, bn_variance_floor=bn_variance_floor, name=layer.name)
         wrapper = QuantDense if isinstance(layer, keras.layers.Dense) else QuantConv2D
         return wrapper(inner, w_bits, a_bits, signed, name=layer.name)
