@@ -141,19 +141,37 @@ def test_tensor_read_with_two_learned_steps(bits, tmp_path):
     assert report["scales_match_learned"]
 
 
+def _two_reader_block(bits):
+    """A stem, then conv1 (3x3, padded) and a 1x1 shortcut reading its output, added: a ResNet block
+    in small. Returns the QAT model and a batch of inputs."""
+    from repq.layers import ConvBN
+
+    inputs = keras.Input((8, 8, 4))
+    x = ConvBN(8, 3, activation="relu", name="stem")(inputs)
+    y = keras.layers.ReLU()(keras.layers.Add()([ConvBN(8, 3, name="conv1")(x), ConvBN(8, 1, name="shortcut")(x)]))
+    fp = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(y)))
+    randomize_norms(fp)
+    qat = quantize_model(fp, bits, bits)
+    x = np.random.default_rng(0).normal(size=(16, 8, 8, 4)).astype("float32")
+    qat(x, training=True)
+    return qat, x
+
+
+def _reader_steps(qat):
+    return {l.name: l.input_quantizer.step for l in all_layers(qat)
+            if l.name in ("conv1", "shortcut") and getattr(l, "input_quantizer", None) is not None}
+
+
 def test_tensor_read_with_steps_one_float_apart(tmp_path):
     """Two readers of one tensor whose learned steps are one float32 ulp apart, the values of a trained
     W3A3 AC-ResNet-18 (at 3 bits both fake-quant ranges round to the same float32): the converter failed
     on the PAD before conv1 ("same scale constraint"); the export reads the tensor with one step
     (``graph.SAME_STEP_RTOL``) and stays bit-exact with its emulation."""
-    qat, rep, test = _qat_model("ac_resnet18", 3)
-    for block in ("stage2_block0", "stage3_block0", "stage4_block0"):
-        conv1, shortcut = (next(l for l in all_layers(qat) if l.name == f"{block}_{part}"
-                                and getattr(l, "input_quantizer", None) is not None) for part in ("conv1", "shortcut"))
-        step = np.float32(1.5214132)
-        conv1.input_quantizer.step.assign(step)
-        shortcut.input_quantizer.step.assign(np.nextafter(step, np.float32(np.inf)))
-    path, report = repq.export_tflite(qat, str(tmp_path / "m.tflite"), rep, test)
+    qat, x = _two_reader_block(3)
+    steps = _reader_steps(qat)
+    steps["conv1"].assign(np.float32(1.5214132))
+    steps["shortcut"].assign(np.float32(1.5214133))
+    path, report = repq.export_tflite(qat, str(tmp_path / "m.tflite"), [x[:8], x[8:]], [(x, np.zeros(16, "int64"))])
     assert report["integer_only"], report["float_ops"]
     assert report["integer_emulation"]["max_abs_diff_steps"] == 0.0
 
@@ -163,15 +181,9 @@ def test_export_unifies_only_steps_within_the_tolerance(apart, unified):
     """Two readers of one tensor: steps one ulp apart get the first reader's step in the export graph;
     steps 1e-3 apart keep their own (and the QAT model keeps its steps either way)."""
     from repq.export.graph import export_model
-    from repq.layers import ConvBN
 
-    inputs = keras.Input((8, 8, 4))
-    x = ConvBN(8, 3, activation="relu", name="stem")(inputs)
-    y = keras.layers.Add()([ConvBN(8, 3, name="conv1")(x), ConvBN(8, 1, name="shortcut")(x)])
-    fp = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(y)))
-    qat = quantize_model(fp, 4, 4)
-    steps = {l.name: l.input_quantizer.step for l in all_layers(qat) if l.name in ("conv1", "shortcut")
-             and getattr(l, "input_quantizer", None) is not None}
+    qat, _ = _two_reader_block(4)
+    steps = _reader_steps(qat)
     base = np.float32(0.37)
     other = np.nextafter(base, np.float32(1)) if apart == 1 else np.float32(base * (1 + apart))
     steps["conv1"].assign(base)
