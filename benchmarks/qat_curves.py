@@ -33,7 +33,7 @@ def epoch_values(log_dir, tag="epoch_accuracy"):
     import tensorflow as tf
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(log_dir)
+    events = EventAccumulator(log_dir, size_guidance={"scalars": 0, "tensors": 0})  # 0: every epoch (default: 10)
     events.Reload()
     if tag in events.Tags().get("scalars", []):
         return [float(e.value) for e in events.Scalars(tag)]

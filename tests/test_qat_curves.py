@@ -44,12 +44,12 @@ def test_fp_stage_curves_of_the_runs_that_trained_an_fp_model(tmp_path, monkeypa
             for model in ("ac_resnet18", "repvgg_a0") for label in ("FP", "RepQ-BNEst W4A4", "RepQ W4A4")]
     (tmp_path / "qat_results.json").write_text(json.dumps(dict(runs=runs)))
     for model in ("ac_resnet18", "repvgg_a0"):
-        _logs(tmp_path / "runs" / f"{model}_s0_fp", [0.5], [0.25], stage="fp")
+        _logs(tmp_path / "runs" / f"{model}_s0_fp", [0.5] * 11 + [0.625], [0.25] * 12, stage="fp")  # > 10 epochs
         _logs(tmp_path / "runs" / f"{model}_s0_repq-bnest_w4a4", [0.75, 1.0], [0.125, 0.5], stage="fp")
         _logs(tmp_path / "runs" / f"{model}_s0_repq_w4a4", [0.5], [0.5])  # QAT logs only
     qat_curves.main(["--runs_dir", str(tmp_path / "runs"), "--stage", "fp", "--models", "ac_resnet18", "--name", "fp"])
     text = (tmp_path / "fp.md").read_text()
     rows = [line for line in text.splitlines() if line.startswith("| ac_resnet18")]
     assert "| repvgg_a0 |" not in text and "FP epoch" in text
-    assert rows == ["| ac_resnet18 | FP | 0 | 99.00 | 50.0 | 25.0 |",
+    assert rows == [f"| ac_resnet18 | FP | 0 | 99.00 | {'50.0, ' * 11}62.5 | {', '.join(['25.0'] * 12)} |",
                     "| ac_resnet18 | RepQ-BNEst W4A4 | 0 | 99.00 | 75.0, 100.0 | 12.5, 50.0 |"]
