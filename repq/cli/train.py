@@ -274,10 +274,9 @@ def check_fp_checkpoint(model, reference, path):
 
 def padding_aware_blocks(model):
     """Names of the BNEst blocks of ``model`` that estimate with the padding counted."""
-    from repq.graph import all_layers
+    from repq.models.registry import bnest_blocks
 
-    return sorted(layer.name for layer in all_layers(model)
-                  if getattr(layer, "norm_mode", None) == "bnest" and getattr(layer, "bnest_padding_aware", False))
+    return sorted(block.name for block in bnest_blocks(model) if block.bnest_padding_aware)
 
 
 def check_writable(output_dir):

@@ -75,14 +75,18 @@ def create_model(name, *, bnest_padding_aware=False, **kwargs):
     """
     model = _entry(name).builder(**kwargs)
     if bnest_padding_aware:
-        blocks = [layer for layer in all_layers(model)
-                  if isinstance(layer, RepConvBlock) and layer.norm_mode == "bnest"]
+        blocks = bnest_blocks(model)
         if not blocks:
             raise ValueError(f"bnest_padding_aware=True: this {name} has no BNEst block; pass norm_mode='bnest'.")
         for block in blocks:
             block.bnest_padding_aware = True
     set_registry_name(model, name)
     return model
+
+
+def bnest_blocks(model):
+    """The rep blocks of ``model`` that normalize by BN estimation (``norm_mode="bnest"``), in graph order."""
+    return [layer for layer in all_layers(model) if isinstance(layer, RepConvBlock) and layer.norm_mode == "bnest"]
 
 
 def set_registry_name(model, name):
