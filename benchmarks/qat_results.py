@@ -261,7 +261,7 @@ def summarize(runs):
                wall_s_mean=float(np.mean([r["wall_s"] for r in runs])),
                **({"bicubic": [r["metrics"]["bicubic"] for r in runs]}
                   if all("bicubic" in r["metrics"] for r in runs) else {}),
-               commits=sorted({r.get("commit", "?")[:7] for r in runs}))
+               commits=sorted({r.get("commit", "?")[:7] + ("+" if r.get("dirty") else "") for r in runs}))
     if q is not None:
         row.update(q_mean=float(q.mean()), q_std=sample_std(q), q=q.tolist(), drop_mean=float((q - fp).mean()),
                    drop_std=sample_std(q - fp))
@@ -355,8 +355,8 @@ def markdown(rows, claim_rows, info):
         return f"{mean:.2f}" if len(row["seeds"]) == 1 else f"{mean:.2f} ± {std:.2f}"
 
     lines = [markdown_header(info), "The command above wrote this file; rows it did not run are kept from earlier "
-             "commands (their `commits` column says when they ran; every run's train.py command and commit are in "
-             "qat_results.json's `runs`).", "",
+             "commands (their `commits` column says when they ran, `+` where the tree had uncommitted changes; every "
+             "run's train.py command and commit are in qat_results.json's `runs`).", "",
              "| model | method | metric | seeds | FP | quantized | quantized − FP | "
              "deploy == QAT | integer == QAT | wall (s/run) | commits |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

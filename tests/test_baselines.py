@@ -154,7 +154,7 @@ def test_tfmot8_command_carries_the_recipe():
 
 def test_qat_results_adds_one_row_from_existing_fp_checkpoints(tmp_path):
     """``qat_results.py --rows`` runs only the named rows and needs the FP checkpoints of the table's runs;
-    each row lists the commits its runs were made at."""
+    each row lists the commits its runs were made at (``+``: with uncommitted changes)."""
     from benchmarks import qat_results
 
     with pytest.raises(SystemExit, match="needs the FP checkpoint .*repvgg_a0_s0_fp"):
@@ -164,6 +164,9 @@ def test_qat_results_adds_one_row_from_existing_fp_checkpoints(tmp_path):
                  wall_s=1.0, commit=c) for s, c in ((0, "4fa85ac0"), (1, "abcdef12"), (2, "4fa85ac0"))]
     row = qat_results.summarize(runs)
     assert row["commits"] == ["4fa85ac", "abcdef1"] and row["q_mean"] == 98.0 and row["drop_mean"] == 0.0
+    # a run made with uncommitted changes is marked as provenance.markdown_header marks it
+    assert qat_results.summarize([*runs[:2], {**runs[2], "dirty": True}])["commits"] == \
+        ["4fa85ac", "4fa85ac+", "abcdef1"]
     assert row["deploy_equals_qat"] is None and row["integer_equals_qat"] is None  # not measured: "-", not True
     for r in runs:
         r.update(deploy_matches_qat=True, metrics={**r["metrics"], "integer": r["metrics"]["qat"]})
