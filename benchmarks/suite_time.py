@@ -64,8 +64,8 @@ def plot(durations, path, title):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 0.3 * max(len(durations), 1) + 1.2))
-    labels = [f"{t.split('::')[0].replace('tests/', '')}::{t.split('::')[-1][:48]} ({p})" for _, p, t in durations]
+    fig, ax = plt.subplots(figsize=(11, 0.3 * max(len(durations), 1) + 1.4))
+    labels = [f"{os.path.basename(t.split('::')[0])[:-3]}::{t.split('::')[-1][:40]} ({p})" for _, p, t in durations]
     ax.barh(range(len(durations)), [s for s, _, _ in durations], color="tab:blue")
     ax.set_yticks(range(len(durations)), labels, fontsize=7)
     ax.invert_yaxis()
@@ -115,7 +115,7 @@ def main(argv=None):
     write_json(os.path.join(args.results_dir, "suite_time.json"), report)
     write_text(os.path.join(args.results_dir, "suite_time.md"), "\n".join(lines) + "\n")
     plot(durations, os.path.join(args.results_dir, "suite_time.png"),
-         f"{summary} at {str(info['commit'])[:7]}: slowest tests")
+         f"slowest tests at {str(info['commit'])[:7]}\n{summary}")
     print("\n".join(lines))
     return proc.returncode
 
