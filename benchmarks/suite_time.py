@@ -7,7 +7,7 @@ cannot drift apart), adds ``--durations=20`` (a report only: the slowest tests) 
 (e.g. one test file, for a quick check; the artifact records them), and writes
 benchmarks/results/suite_time.{json,md,png} with the commit, the command, pytest's summary line, the wall
 time, the CPU count, the 1-minute load average before and after (another job on the cores slows
-the suite: the load says whether it ran alone), and the slowest tests (the plot). Exits with pytest's code.
+the suite: the load says whether it ran alone), and the slowest tests (the plot). pytest's own output is shown as it runs. Exits with pytest's code.
 """
 
 import argparse
@@ -90,14 +90,19 @@ def main(argv=None):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     load_before = os.getloadavg()[0]
     start = time.time()
-    proc = subprocess.run(run, cwd=ROOT, env=env, capture_output=True, text=True)
+    proc = subprocess.Popen(run, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = []
+    for line in proc.stdout:  # pytest's own progress, shown as it runs and kept for its summary line
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        output.append(line)
+    proc.wait()
     wall = time.time() - start
     load_after = os.getloadavg()[0]
-    output = proc.stdout + proc.stderr
+    output = "".join(output)
     summary = summary_line(output)
     if summary is None:
-        sys.stdout.write(output[-4000:])
-        raise SystemExit(f"pytest (exit {proc.returncode}) printed no summary line; its output's end is above")
+        raise SystemExit(f"pytest (exit {proc.returncode}) printed no summary line; its output is above")
     durations = slowest(output)
     report = dict(provenance=info, readme_command=shlex.join(command), extra_args=args.pytest_args,
                   summary=summary, counts=counts(summary), exit_code=proc.returncode, wall_s=wall,

@@ -35,13 +35,15 @@ def test_summary_counts_and_slowest_tests_are_read_from_pytest_output():
         "tests/test_export.py::test_a", "tests/test_train_cli.py::test_c", "tests/test_layers.py::test_b[x-1]"]
 
 
-def test_a_run_writes_the_summary_with_the_commit(tmp_path):
-    """End to end on a small test file: the artifact holds pytest's counts and the exit code."""
+def test_a_run_writes_the_summary_with_the_commit(tmp_path, capsys):
+    """End to end on a small test file: pytest's progress is shown as it runs; the artifact holds pytest's
+    counts and the exit code."""
     tests = tmp_path / "test_tiny.py"
     tests.write_text("import pytest\n\ndef test_ok():\n    assert 1 + 1 == 2\n\n"
                      "@pytest.mark.skip(reason='x')\ndef test_skipped():\n    pass\n")
     code = suite_time.main(["--results_dir", str(tmp_path / "out"), "--note", "a test", "--", str(tests)])
     report = json.loads((tmp_path / "out" / "suite_time.json").read_text())
+    assert "[100%]" in capsys.readouterr().out  # pytest's own progress line, streamed
     assert code == 0 == report["exit_code"]
     assert report["counts"] == {"passed": 1, "skipped": 1}
     assert report["extra_args"] == [str(tests)] and report["provenance"]["commit"]
