@@ -13,7 +13,8 @@ Writes benchmarks/results/ptq_vs_qat_<model>.{json,md,png} (or ``--name``) after
 and the command, and ``<name>_loss_curves.png``: each reconstruction unit's training L_rec against its
 optimisation step (the first seed of every PTQ method and bit width), to show whether the losses stopped
 falling. The table under it gives the median over units of the last quarter's fall (see ``late_fall``).
-Runs share ``--runs_dir``: a run of an earlier table (same model, method, bits, seed) is reused.
+Runs share ``--runs_dir``: a run of an earlier table (same model, method, bits, seed) is reused, and keeps the
+commit it was made at (its run dir's ``run_commit.json``; the table's last line lists the runs' commits).
 """
 
 import argparse
@@ -75,9 +76,24 @@ def run_dir(args, kind, method, bits, seed):
     return os.path.abspath(os.path.join(args.runs_dir, f"{args.model}_{kind}_{method}_{label(bits).lower()}_s{seed}"))
 
 
-def run_one(args, kind, method, bits, seed):
+RUN_COMMIT = "run_commit.json"  # in a run dir: the commit of the process that made the run
+
+
+def run_commit(out):
+    """The commit a finished run in ``out`` was made at (``"abc1234"``, ``"abc1234+"`` with uncommitted
+    changes), or None for a run made before run dirs recorded it."""
+    path = os.path.join(out, RUN_COMMIT)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        record = json.load(f)
+    return record["commit"][:7] + ("+" if record.get("dirty") else "")
+
+
+def run_one(args, kind, method, bits, seed, info):
     """One ptq.py / train.py run at ``bits`` = (weight, activation) -> ``{"top1": deployed top-1 %,
-    "fp": FP top-1 %, "unit_loss_curves": PTQ's per-unit curves (None for QAT), ...}``.
+    "fp": FP top-1 %, "unit_loss_curves": PTQ's per-unit curves (None for QAT), "commit": ``run_commit``, ...}``;
+    a run made now records ``info``'s commit in its run dir, a finished run read back keeps its own.
 
     ``mrecg_loss`` reads its search losses from the same seed's finished QDrop run (``ptq.py
     --baseline_run``: that pass is MRECG's search pass) instead of repeating it."""
@@ -98,6 +114,7 @@ def run_one(args, kind, method, bits, seed):
     start = time.time()
     if not os.path.exists(results_path):
         subprocess.run([sys.executable, os.path.join(ROOT, cmd[0]), *cmd[1:]], check=True, cwd=ROOT)
+        write_json(os.path.join(out, RUN_COMMIT), dict(commit=info["commit"], dirty=info["dirty"]))
     with open(results_path) as f:
         result = json.load(f)
     curves = output_loss = above_rtn = None
@@ -114,7 +131,7 @@ def run_one(args, kind, method, bits, seed):
     run_s = result.get("ptq_time_s") if kind == "ptq" else result.get("times", {}).get("total_s")
     return dict(run_s=run_s, kind=kind, method=method, bits=label(bits), weight_bits=w_bits, act_bits=a_bits, seed=seed,
                 top1=top1, fp=fp, wall_s=time.time() - start, command=repo_relative("python " + " ".join(cmd)),
-                unit_loss_curves=curves, output_loss=output_loss, units_above_rtn=above_rtn)
+                unit_loss_curves=curves, output_loss=output_loss, units_above_rtn=above_rtn, commit=run_commit(out))
 
 
 def units_above_rtn(losses):
@@ -229,7 +246,18 @@ def markdown(args, runs, rows, info):
         order.append(f"| {c['bits']} | {c['pair']} | {c['top1_holds']} | {c['top1_beyond_noise']} | "
                      f"{dash(c['output_holds'])} | {dash(c['output_beyond_noise'])} |")
     return "\n".join(lines + (falls + outputs + above if reconstructed else []) + times
-                     + (order if len(order) > 5 else [])) + "\n"
+                     + (order if len(order) > 5 else []) + ["", runs_commits(runs)]) + "\n"
+
+
+def runs_commits(runs):
+    """One line: the commits the runs were made at, with how many runs each (``+``: uncommitted changes)."""
+    counts = {}
+    for run in runs:
+        key = run.get("commit") or "unrecorded"
+        counts[key] = counts.get(key, 0) + 1
+    parts = [f"{commit} ({n} run{'s' * (n != 1)})" for commit, n in sorted(counts.items())]
+    note = " ('unrecorded': made before run dirs recorded their commit)" if "unrecorded" in counts else ""
+    return "Runs made at: " + ", ".join(parts) + f" (`+`: with uncommitted changes){note}."
 
 
 # the seed's order below MRECG, best first (SPEC Part C §7); each MRECG variant is compared with the best of these
@@ -331,7 +359,7 @@ def main(argv=None):
     for bits in args.bits:
         for seed in args.seeds:
             for kind, method in [("ptq", m) for m in args.ptq] + [("qat", m) for m in args.qat]:
-                runs.append(run_one(args, kind, method, bits, seed))
+                runs.append(run_one(args, kind, method, bits, seed, info))
                 rows = summary(runs)
                 write_json(base + ".json", dict(provenance=info, args=repo_relative(vars(args)), runs=runs, rows=rows,
                                                 ordering=ordering(args, runs)))

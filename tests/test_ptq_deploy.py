@@ -103,6 +103,7 @@ def test_ptq_vs_qat_command_writes_one_table(tmp_path):
     assert [(r["kind"], r["method"], r["bits"]) for r in report["rows"]] == [("ptq", "rtn", "W8A8"), ("qat", "repq", "W8A8")]
     assert all(0.0 <= r["mean"] <= 100.0 for r in report["rows"])
     assert "| PTQ rtn | " in (tmp_path / "ptq_vs_qat_repvgg_a0.md").read_text()
+    assert {r["commit"] for r in report["runs"]} == {report["provenance"]["commit"][:7] + "+" * report["provenance"]["dirty"]}
     assert (tmp_path / "ptq_vs_qat_repvgg_a0.png").stat().st_size > 0
 
 
@@ -161,6 +162,28 @@ def test_ptq_vs_qat_reports_each_runs_own_time_also_when_read_back():
     text = ptq_vs_qat.markdown(args, runs, list(rows.values()), dict(command="c", commit="0" * 40, dirty=False, date="d"))
     times = text[text.index("Time per run"):]
     assert "| PTQ qdrop | 420 ± 20 |" in times and "| PTQ rtn | - |" in times
+
+
+def test_ptq_vs_qat_reports_each_runs_commit(tmp_path):
+    """A run dir's RUN_COMMIT gives the run's commit (``+`` when the tree had uncommitted changes); a run dir
+    without one (made before runs recorded it) is 'unrecorded'; the table ends with the commits and their counts."""
+    import json
+
+    from benchmarks import ptq_vs_qat
+
+    made, dirty, old = (tmp_path / name for name in ("made", "dirty", "old"))
+    for path, record in ((made, dict(commit="a" * 40, dirty=False)), (dirty, dict(commit="b" * 40, dirty=True))):
+        path.mkdir()
+        (path / ptq_vs_qat.RUN_COMMIT).write_text(json.dumps(record))
+    old.mkdir()
+    assert [ptq_vs_qat.run_commit(str(p)) for p in (made, dirty, old)] == ["aaaaaaa", "bbbbbbb+", None]
+    runs = [dict(kind="ptq", method="rtn", bits="W3A3", top1=75.0, fp=99.0, commit=c)
+            for c in ("aaaaaaa", "aaaaaaa", "bbbbbbb+", None)]
+    args = ptq_vs_qat.parse_args(["--fp_checkpoint", "x", "--bits", "3", "--ptq", "rtn", "--qat"])
+    text = ptq_vs_qat.markdown(args, runs, ptq_vs_qat.summary(runs), dict(command="c", commit="0" * 40, dirty=False,
+                                                                           date="d"))
+    line = text.strip().splitlines()[-1]
+    assert line.startswith("Runs made at: aaaaaaa (2 runs), bbbbbbb+ (1 run), unrecorded (1 run)")
 
 
 def test_artefacts_name_repository_paths_relative():
