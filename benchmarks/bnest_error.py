@@ -4,7 +4,10 @@ For every rep block of a trained model, on test batches: the true per-channel ba
 variance of each normalized branch output, against BNEst's estimate from the block input
 (``E[X]·ΣW``, ``V[X]·ΣW²``, SPEC B), and the padding-aware estimate (``bnest_padding_aware``: only
 the taps that read the input count). Reported per layer and estimate: the feature-map size, the median over
-channels of ``|est − true| / std_true`` for the mean and of ``est / true`` for the variance.
+channels of ``|est − true| / std_true`` for the mean and of ``est / true`` for the variance, the latter also per
+branch (in the block's ``branch_kernels`` order). Both estimates take one input mean and variance per channel
+for every position; for maps of at most SMALL_MAP positions a side the input's variance at each position (mean
+over channels) is reported too, to show where that does not hold.
 
   python benchmarks/bnest_error.py --checkpoint runs/main_job/fp_model.keras [--batches 4] [--name bnest_error]
 
@@ -28,6 +31,14 @@ from benchmarks.provenance import markdown_header, provenance  # noqa: E402
 from repq.data import get_dataset  # noqa: E402
 from repq.layers.base import RepConvBlock  # noqa: E402
 from repq.layers.norm_stats import batch_moments, estimate_output_moments  # noqa: E402
+
+
+SMALL_MAP = 4  # input maps up to this size get their per-position variance reported
+
+
+def position_variance(inputs):
+    """(H, W) variance over the batch at each position of ``inputs`` (N, H, W, C), averaged over channels."""
+    return np.asarray(inputs).var(axis=0).mean(axis=-1)
 
 
 def block_inputs(model, x):
@@ -56,20 +67,24 @@ def layer_errors(block, inputs):
     return rows
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default=os.path.join("runs", "main_job", "fp_model.keras"))
     parser.add_argument("--batches", type=int, default=4, help="test batches of 64")
-    parser.add_argument("--name", default="bnest_error", help="artifact name under benchmarks/results/")
-    args = parser.parse_args()
+    parser.add_argument("--name", default="bnest_error", help="artifact name under --results_dir")
+    parser.add_argument("--results_dir", default=RESULTS)
+    args = parser.parse_args(argv)
     model = keras.saving.load_model(args.checkpoint, compile=False)
     test = get_dataset("mnist5k", "test", 64)[0].take(args.batches)
     per_layer = {}
     for x, _ in test:
         for name, inputs in block_inputs(model, x).items():
             block = model.get_layer(name)
-            per_layer.setdefault(name, dict(size=int(inputs.shape[1]), norm_mode=block.norm_mode, values=[]))
+            per_layer.setdefault(name, dict(size=int(inputs.shape[1]), norm_mode=block.norm_mode, values=[],
+                                            position_var=[]))
             per_layer[name]["values"].append(layer_errors(block, inputs))
+            if inputs.shape[1] <= SMALL_MAP:
+                per_layer[name]["position_var"].append(position_variance(inputs))
     rows = []
     for name, entry in per_layer.items():
         values = np.array(entry["values"])  # (batches, branches, 4)
@@ -78,7 +93,11 @@ def main():
                          worst_branch_var_ratio=float(values[..., 1].mean(0).max()),
                          padding_aware_mean_error_over_std=float(values[..., 2].mean()),
                          padding_aware_var_ratio=float(values[..., 3].mean()),
-                         padding_aware_worst_branch_var_ratio=float(values[..., 3].mean(0).max())))
+                         padding_aware_worst_branch_var_ratio=float(values[..., 3].mean(0).max()),
+                         branch_var_ratios=values[..., 1].mean(0).tolist(),
+                         padding_aware_branch_var_ratios=values[..., 3].mean(0).tolist(),
+                         input_position_var=(np.mean(entry["position_var"], axis=0).tolist()
+                                             if entry["position_var"] else None)))
     info = provenance()
     lines = [markdown_header(info), f"Checkpoint: `{args.checkpoint}`; {args.batches} test batches of 64.", "",
              "Spec: the formula of SPEC B (border neglected); padding-aware: `bnest_padding_aware=True`.", "",
@@ -88,10 +107,22 @@ def main():
     lines += [f"| {r['layer']} | {r['map_size']}x{r['map_size']} | {r['norm_mode']} | {r['mean_error_over_std']:.3f} | "
               f"{r['var_ratio']:.2f} | {r['worst_branch_var_ratio']:.2f} | {r['padding_aware_mean_error_over_std']:.3f} "
               f"| {r['padding_aware_var_ratio']:.2f} | {r['padding_aware_worst_branch_var_ratio']:.2f} |" for r in rows]
+    lines += ["", "Variance est / true per branch (spec; padding-aware), in the block's branch order:", "",
+              "| layer | spec | padding-aware |", "|---|---|---|"]
+    lines += [f"| {r['layer']} | {' / '.join(f'{v:.2f}' for v in r['branch_var_ratios'])} | "
+              f"{' / '.join(f'{v:.2f}' for v in r['padding_aware_branch_var_ratios'])} |" for r in rows]
+    small = [r for r in rows if r["input_position_var"] is not None]
+    if small:
+        lines += ["", f"Input variance at each position (over the batch, mean over channels and batches; maps up to "
+                  f"{SMALL_MAP}x{SMALL_MAP}), rows top to bottom:", "", "| layer | map | per-position variance |",
+                  "|---|---|---|"]
+        lines += [f"| {r['layer']} | {r['map_size']}x{r['map_size']} | "
+                  + " ; ".join(" ".join(f"{v:.3g}" for v in row) for row in r["input_position_var"]) + " |"
+                  for r in small]
     from repq.training import write_json, write_text
 
-    write_json(os.path.join(RESULTS, f"{args.name}.json"), dict(provenance=info, checkpoint=args.checkpoint, rows=rows))
-    write_text(os.path.join(RESULTS, f"{args.name}.md"), "\n".join(lines) + "\n")
+    write_json(os.path.join(args.results_dir, f"{args.name}.json"), dict(provenance=info, checkpoint=args.checkpoint, rows=rows))
+    write_text(os.path.join(args.results_dir, f"{args.name}.md"), "\n".join(lines) + "\n")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -107,9 +138,10 @@ def main():
     ax.set_xticks(range(len(rows)), [f"{r['layer']}\\n{r['map_size']}px" for r in rows], rotation=90, fontsize=6)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(os.path.join(RESULTS, f"{args.name}.png"), dpi=100)
+    fig.savefig(os.path.join(args.results_dir, f"{args.name}.png"), dpi=100)
     print("\n".join(lines))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
