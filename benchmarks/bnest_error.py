@@ -98,7 +98,7 @@ def main(argv=None):
                          padding_aware_branch_var_ratios=values[..., 3].mean(0).tolist(),
                          input_position_var=(np.mean(entry["position_var"], axis=0).tolist()
                                              if entry["position_var"] else None)))
-    info = provenance()
+    info = provenance(None if argv is None else [__file__, *argv])
     lines = [markdown_header(info), f"Checkpoint: `{args.checkpoint}`; {args.batches} test batches of 64.", "",
              "Spec: the formula of SPEC B (border neglected); padding-aware: `bnest_padding_aware=True`.", "",
              "| layer | map | norm | mean error / std | var est / true (mean over branches) | worst branch var ratio "

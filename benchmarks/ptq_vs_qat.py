@@ -87,13 +87,14 @@ def run_commit(out):
         return None
     with open(path) as f:
         record = json.load(f)
-    return record["commit"][:7] + ("+" if record.get("dirty") else "")
+    return (record.get("commit") or "unknown")[:7] + ("+" if record.get("dirty") else "")  # unknown: no git
 
 
-def run_one(args, kind, method, bits, seed, info):
+def run_one(args, kind, method, bits, seed):
     """One ptq.py / train.py run at ``bits`` = (weight, activation) -> ``{"top1": deployed top-1 %,
     "fp": FP top-1 %, "unit_loss_curves": PTQ's per-unit curves (None for QAT), "commit": ``run_commit``, ...}``;
-    a run made now records ``info``'s commit in its run dir, a finished run read back keeps its own.
+    a run made now records the commit of the tree it ran from (read just before it starts; a run that resumes an
+    interrupted one, the commit it finished at) in its run dir, a finished run read back keeps its own.
 
     ``mrecg_loss`` reads its search losses from the same seed's finished QDrop run (``ptq.py
     --baseline_run``: that pass is MRECG's search pass) instead of repeating it."""
@@ -113,6 +114,7 @@ def run_one(args, kind, method, bits, seed, info):
     results_path = os.path.join(out, "results.json")
     start = time.time()
     if not os.path.exists(results_path):
+        info = provenance()  # the tree the subprocess imports now (it may have moved since this process started)
         subprocess.run([sys.executable, os.path.join(ROOT, cmd[0]), *cmd[1:]], check=True, cwd=ROOT)
         write_json(os.path.join(out, RUN_COMMIT), dict(commit=info["commit"], dirty=info["dirty"]))
     with open(results_path) as f:
@@ -359,7 +361,7 @@ def main(argv=None):
     for bits in args.bits:
         for seed in args.seeds:
             for kind, method in [("ptq", m) for m in args.ptq] + [("qat", m) for m in args.qat]:
-                runs.append(run_one(args, kind, method, bits, seed, info))
+                runs.append(run_one(args, kind, method, bits, seed))
                 rows = summary(runs)
                 write_json(base + ".json", dict(provenance=info, args=repo_relative(vars(args)), runs=runs, rows=rows,
                                                 ordering=ordering(args, runs)))

@@ -186,6 +186,36 @@ def test_ptq_vs_qat_reports_each_runs_commit(tmp_path):
     assert line.startswith("Runs made at: aaaaaaa (2 runs), bbbbbbb+ (1 run), unrecorded (1 run)")
 
 
+def test_ptq_vs_qat_records_a_new_runs_commit_and_keeps_a_reused_ones(tmp_path, monkeypatch):
+    """``run_one`` with ptq.py replaced by a stub that writes a finished run: a new run records the commit of the tree
+    at its start; called again, the finished run is read back (no subprocess) with the commit it was made at, also
+    when the tree has moved on since."""
+    import json
+
+    from benchmarks import ptq_vs_qat
+
+    calls = []
+
+    def fake_ptq(cmd, **kwargs):  # a finished ptq.py run in its --output_dir
+        calls.append(cmd)
+        out = next(a.split("=", 1)[1] for a in cmd if a.startswith("--output_dir="))
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "results.json"), "w") as f:
+            json.dump(dict(deploy_top1=97.0, fp_top1=99.0, ptq_time_s=1.0), f)
+        with open(os.path.join(out, "unit_losses.json"), "w") as f:
+            json.dump(dict(unit_losses=[1.0], unit_losses_init=[2.0], unit_loss_curves=None), f)
+
+    monkeypatch.setattr(ptq_vs_qat.subprocess, "run", fake_ptq)
+    monkeypatch.setattr(ptq_vs_qat, "provenance", lambda: dict(commit="c" * 40, dirty=True))
+    args = ptq_vs_qat.parse_args(["--fp_checkpoint", str(tmp_path / "fp.keras"), "--bits", "4", "--ptq", "rtn",
+                                  "--runs_dir", str(tmp_path / "runs")])
+    first = ptq_vs_qat.run_one(args, "ptq", "rtn", (4, 4), 0)
+    assert (first["commit"], first["top1"], len(calls)) == ("ccccccc+", 97.0, 1)
+    monkeypatch.setattr(ptq_vs_qat, "provenance", lambda: dict(commit="d" * 40, dirty=False))
+    again = ptq_vs_qat.run_one(args, "ptq", "rtn", (4, 4), 0)
+    assert (again["commit"], len(calls)) == ("ccccccc+", 1)
+
+
 def test_artefacts_name_repository_paths_relative():
     """Benchmarks record run commands and arguments without this checkout's absolute path."""
     from benchmarks.provenance import ROOT, repo_relative
