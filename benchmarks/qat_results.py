@@ -214,8 +214,9 @@ def run_record(run_dir):
         return json.load(f)
 
 
-def run_or_reuse(model, label, flags, seed, runs_dir, info, rerun=False):
-    """``run``, recorded with this process's commit in the run dir's RUN_RECORD; or, unless ``rerun``, the
+def run_or_reuse(model, label, flags, seed, runs_dir, rerun=False):
+    """``run``, recorded in the run dir's RUN_RECORD with the commit of the tree it ran from (read just before it
+    starts: train.py imports the tree as it is then); or, unless ``rerun``, the
     record already there when it was made by the same command from the same FP model (SHA-256 of the FP
     checkpoint) with the recipe the row trains with now (``same_recipe``), so an interrupted table resumes where
     it stopped and each reused run keeps its own commit."""
@@ -227,12 +228,13 @@ def run_or_reuse(model, label, flags, seed, runs_dir, info, rerun=False):
         if (record.get("command") == command and record.get("fp_checkpoint_sha256") == fp_sha
                 and same_recipe(record, model, flags, f"{label}, seed {seed}, in {repo_relative(out)}")):
             print(f"qat_results.py: {label}, seed {seed}: reusing the finished run in {repo_relative(out)} "
-                  f"(commit {record['commit'][:7]}); --rerun runs it again", flush=True)
+                  f"(commit {(record.get('commit') or 'unknown')[:7]}); --rerun runs it again", flush=True)
             return record
     if os.path.exists(record_path):
         os.remove(record_path)  # the run dir is about to be rewritten: no stale record if this run fails
-    record = {**run(model, label, flags, seed, runs_dir), "command": command, "commit": info["commit"],
-              "dirty": info["dirty"], "fp_checkpoint_sha256": fp_sha}
+    tree = provenance()
+    record = {**run(model, label, flags, seed, runs_dir), "command": command, "commit": tree["commit"],
+              "dirty": tree["dirty"], "fp_checkpoint_sha256": fp_sha}
     os.makedirs(out, exist_ok=True)
     write_json(record_path, record)
     return record
@@ -468,7 +470,7 @@ def main(argv=None):
                 runs += finished
                 continue
             for label, flags in rows:
-                runs.append(run_or_reuse(model, label, flags, seed, os.path.abspath(args.runs_dir), info, args.rerun))
+                runs.append(run_or_reuse(model, label, flags, seed, os.path.abspath(args.runs_dir), args.rerun))
             write_results(runs, info)  # after every seed: an interrupted run keeps the seeds it finished
     print(write_results(runs, info))
 

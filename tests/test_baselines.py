@@ -1,5 +1,6 @@
 """Baselines: merged LSQ (in process) and tfmot 8-bit (in a subprocess: tfmot flips TF to tf_keras)."""
 
+import itertools
 import json
 import os
 import subprocess
@@ -296,6 +297,9 @@ def test_qat_results_resumes_from_finished_runs_unless_their_fp_model_changed(tm
     monkeypatch.setattr(qat_results, "run", lambda model, label, flags, seed, runs_dir: done.append(label) or dict(
         model=model, label=label, metric="top1", seed=seed, wall_s=2.0,
         metrics={"fp": 98.0} if label == "FP" else {"fp": 98.0, "qat": 97.0}))
+    reads = itertools.count(1)  # each read of the tree's commit finds a new one, as if the tree moved on meanwhile
+    monkeypatch.setattr(qat_results, "provenance",
+                        lambda: dict(commit=f"{next(reads):040d}", dirty=False, command="c", date="d"))
     runs = str(tmp_path / "runs")
     argv = ["--models", "repvgg_a0", "--seeds", "0", "--runs_dir", runs]
     labels = [label for label, _ in qat_results.ROWS]
@@ -307,6 +311,8 @@ def test_qat_results_resumes_from_finished_runs_unless_their_fp_model_changed(tm
 
     first, first_runs = table()
     assert first == labels and len(first_runs) == len(labels)
+    # each run records the commit read just before it ran, not the one the table started at
+    assert len({r["commit"] for r in first_runs}) == len(labels)
     again, again_runs = table()
     assert again == [] and again_runs == first_runs  # every run read back, with its own commit
     checkpoint = tmp_path / "runs" / "repvgg_a0_s0_fp" / "fp_model.keras"
