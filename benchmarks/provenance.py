@@ -28,6 +28,11 @@ def provenance(argv=None):
                 date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
 
 
+def short_commit(commit, dirty):
+    """``"abc1234"``, or ``"abc1234+"`` when the tree had uncommitted changes; ``"unknown"`` without a commit."""
+    return (commit or "unknown")[:7] + ("+" if dirty else "")
+
+
 def repo_relative(value):
     """``value`` (a string, or a dict of them) with this checkout's absolute path left out, so an
     artefact names paths inside the repository as ``runs/...``, not as one machine's paths."""

@@ -18,6 +18,7 @@ commit it was made at (its run dir's ``run_commit.json``; the table's last line 
 """
 
 import argparse
+import collections
 import json
 import os
 import subprocess
@@ -30,7 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from benchmarks.checks import missing_fp_checkpoint  # noqa: E402
-from benchmarks.provenance import markdown_header, provenance, repo_relative  # noqa: E402
+from benchmarks.provenance import markdown_header, provenance, repo_relative, short_commit  # noqa: E402
 from benchmarks.seed_stats import beyond_noise, sample_std  # noqa: E402
 from repq.training.artifacts import atomic_write, write_json, write_text  # noqa: E402
 
@@ -87,7 +88,7 @@ def run_commit(out):
         return None
     with open(path) as f:
         record = json.load(f)
-    return (record.get("commit") or "unknown")[:7] + ("+" if record.get("dirty") else "")  # unknown: no git
+    return short_commit(record.get("commit"), record.get("dirty"))
 
 
 def run_one(args, kind, method, bits, seed):
@@ -253,10 +254,7 @@ def markdown(args, runs, rows, info):
 
 def runs_commits(runs):
     """One line: the commits the runs were made at, with how many runs each (``+``: uncommitted changes)."""
-    counts = {}
-    for run in runs:
-        key = run.get("commit") or "unrecorded"
-        counts[key] = counts.get(key, 0) + 1
+    counts = collections.Counter(run.get("commit") or "unrecorded" for run in runs)
     parts = [f"{commit} ({n} run{'s' * (n != 1)})" for commit, n in sorted(counts.items())]
     note = " ('unrecorded': made before run dirs recorded their commit)" if "unrecorded" in counts else ""
     return "Runs made at: " + ", ".join(parts) + f" (`+`: with uncommitted changes){note}."

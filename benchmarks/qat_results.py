@@ -41,7 +41,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 sys.path.insert(0, ROOT)
 
-from benchmarks.provenance import markdown_header, provenance, repo_relative  # noqa: E402
+from benchmarks.provenance import markdown_header, provenance, repo_relative, short_commit  # noqa: E402
 from benchmarks.seed_stats import beyond_noise, binomial_se, sample_std  # noqa: E402
 from benchmarks.zoo_fp import BICUBIC_GAIN_BAR, TOP1_BAR, converged  # noqa: E402
 from repq.claims import keeps_fp, tolerance  # noqa: E402
@@ -228,7 +228,7 @@ def run_or_reuse(model, label, flags, seed, runs_dir, rerun=False):
         if (record.get("command") == command and record.get("fp_checkpoint_sha256") == fp_sha
                 and same_recipe(record, model, flags, f"{label}, seed {seed}, in {repo_relative(out)}")):
             print(f"qat_results.py: {label}, seed {seed}: reusing the finished run in {repo_relative(out)} "
-                  f"(commit {(record.get('commit') or 'unknown')[:7]}); --rerun runs it again", flush=True)
+                  f"(commit {short_commit(record.get('commit'), False)}); --rerun runs it again", flush=True)
             return record
     if os.path.exists(record_path):
         os.remove(record_path)  # the run dir is about to be rewritten: no stale record if this run fails
@@ -263,7 +263,7 @@ def summarize(runs):
                wall_s_mean=float(np.mean([r["wall_s"] for r in runs])),
                **({"bicubic": [r["metrics"]["bicubic"] for r in runs]}
                   if all("bicubic" in r["metrics"] for r in runs) else {}),
-               commits=sorted({r.get("commit", "?")[:7] + ("+" if r.get("dirty") else "") for r in runs}))
+               commits=sorted({short_commit(r.get("commit"), r.get("dirty")) for r in runs}))
     if q is not None:
         row.update(q_mean=float(q.mean()), q_std=sample_std(q), q=q.tolist(), drop_mean=float((q - fp).mean()),
                    drop_std=sample_std(q - fp))
